@@ -1,0 +1,204 @@
+"""The pieces of the training entry point: build a run from the config, one RIPT step, evaluation.
+
+Everything is built from Hydra ``_target_`` nodes, so swapping the policy, the runner or the
+optimizer is a config change. Tasks are split across ranks (rank r takes tasks r, r+W, ...).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ript.training.checkpointing import (
+    TrainingState,
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from ript.training.metrics_logger import MetricsLogger
+from ript.utils.distributed import DistInfo, all_gather_objects
+
+logger = logging.getLogger(__name__)
+
+
+def split_tasks_across_ranks(task_names: list[str], rank: int, world_size: int) -> list[str]:
+    """Rank r takes tasks r, r+W, ...; with fewer tasks than ranks, ranks share tasks round-robin."""
+    if not task_names:
+        raise ValueError("no tasks to train on: task.task_names_to_use selected nothing")
+    if len(task_names) < world_size:
+        return [task_names[rank % len(task_names)]]
+    return task_names[rank::world_size]
+
+
+class StepBatchStream:
+    """An endless stream of init-state batches that is a pure function of (seed, rank, step).
+
+    The rollout generator may pull extra batches (dynamic sampling); because the stream for step N
+    is rebuilt from its seed, a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int, shuffle: bool = True) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed, self.rank, self.shuffle = seed, rank, shuffle
+
+    def for_step(self, step: int) -> Iterator[dict]:
+        rng = np.random.default_rng([self.seed, self.rank, step])
+        while True:
+            order = rng.permutation(len(self.dataset)) if self.shuffle else np.arange(len(self.dataset))
+            for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+                items = [self.dataset[int(i)] for i in order[start : start + self.batch_size]]
+                yield self.dataset.collate(items)
+
+
+@dataclass
+class TrainingRun:
+    """Everything the loop touches, built once by :func:`build_training_run`."""
+
+    cfg: DictConfig
+    dist_info: DistInfo
+    run_dir: Path
+    policy: Any
+    env_runner: Any
+    rollout_generator: Any
+    rl_optimizer: Any
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[Any]
+    batches: StepBatchStream
+    metrics: MetricsLogger
+    task_names: list[str]
+    step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self) -> Path | None:
+        if self.dist_info.rank != 0:
+            return None
+        state = TrainingState(
+            step=self.step,
+            optimizers=[opt.state_dict() for opt in self.optimizers],
+            schedulers=[sched.state_dict() for sched in self.schedulers],
+            rng=capture_rng_state(),
+            rollout_stats=self.rollout_generator.state_dict() if hasattr(self.rollout_generator, "state_dict") else None,
+            extra={"config": OmegaConf.to_container(self.cfg, resolve=True)},
+        )
+        return save_checkpoint(self.run_dir, self.policy.trainable_state_dict(), state,
+                               keep_last=self.cfg.training.keep_last_checkpoints)
+
+    def close(self) -> None:
+        self.metrics.close()
+        close = getattr(self.env_runner, "close", None)
+        if callable(close):
+            close()
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def build_training_run(cfg: DictConfig, dist_info: DistInfo) -> TrainingRun:
+    """Dataset -> runner -> policy -> optimizers -> generator -> RL optimizer, then resume."""
+    _seed_everything(cfg.seed + dist_info.rank)
+    if cfg.training.get("deterministic", False):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    run_dir = Path(cfg.output_dir)
+    all_tasks = instantiate(cfg.task.dataset).task_names
+    task_names = split_tasks_across_ranks(list(all_tasks), dist_info.rank, dist_info.world_size)
+    dataset = instantiate(cfg.task.dataset, task_names_to_use=task_names)
+    env_runner = instantiate(cfg.algo.env_runner, task_names_to_use=task_names)
+    policy = instantiate(cfg.algo.policy)
+    optimizers = [
+        instantiate(cfg.algo.optimizer_factory)(params=policy.trainable_params["model"]),
+        instantiate(cfg.algo.header_optimizer_factory)(params=policy.trainable_params["header"]),
+    ]
+    schedulers = [instantiate(cfg.algo.scheduler_factory)(optimizer=opt) for opt in optimizers]
+    rollout_generator = instantiate(cfg.algo.rollout_generator_factory)(
+        env_runner=env_runner, task_names_to_use=task_names,
+        demo_batch_size=cfg.train_dataloader.batch_size // dist_info.world_size,
+    )
+    rl_optimizer = instantiate(cfg.algo.rl_optimizer_factory)(
+        rollout_generator=rollout_generator, reward_function=instantiate(cfg.algo.reward_function),
+    )
+    metrics = MetricsLogger(
+        run_dir, enabled=dist_info.rank == 0, wandb_mode=cfg.logging.mode, project=cfg.logging.project,
+        run_name=cfg.logging.name, config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    batches = StepBatchStream(dataset, cfg.train_dataloader.batch_size // dist_info.world_size,
+                              seed=cfg.seed, rank=dist_info.rank, shuffle=cfg.train_dataloader.shuffle)
+    run = TrainingRun(cfg, dist_info, run_dir, policy, env_runner, rollout_generator, rl_optimizer,
+                      optimizers, schedulers, batches, metrics, task_names)
+    _maybe_resume(run)
+    logger.info("rank %d trains on tasks %s; run dir %s", dist_info.rank, task_names, run_dir)
+    return run
+
+
+def _maybe_resume(run: TrainingRun) -> None:
+    cfg = run.cfg.training
+    checkpoint_dir = cfg.get("resume_from") or (latest_checkpoint(run.run_dir) if cfg.resume else None)
+    if checkpoint_dir is None:
+        if cfg.resume:
+            logger.warning("training.resume=true but no checkpoint in %s: starting fresh", run.run_dir)
+        return
+    weights, state = load_checkpoint(checkpoint_dir)
+    run.policy.load_trainable_state_dict(weights)
+    for optimizer, optimizer_state in zip(run.optimizers, state.optimizers):
+        optimizer.load_state_dict(optimizer_state)
+    for scheduler, scheduler_state in zip(run.schedulers, state.schedulers):
+        scheduler.load_state_dict(scheduler_state)
+    if state.rollout_stats is not None and hasattr(run.rollout_generator, "load_state_dict"):
+        run.rollout_generator.load_state_dict(state.rollout_stats)
+    if run.dist_info.world_size == 1:
+        restore_rng_state(state.rng)  # other ranks keep their own seeded streams
+    run.step = state.step
+    logger.info("resumed from %s at step %d", checkpoint_dir, run.step)
+
+
+def train_one_step(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
+    """One RIPT round: rollouts + CFG-Flow update (inside the RL optimizer), then the LR schedule."""
+    run.policy.train()
+    data_iterator = run.batches.for_step(run.step)
+    batch = next(data_iterator)
+    metrics = run.rl_optimizer.optimize(run.policy, batch, run.optimizers, data_iterator, run.batches)
+    for scheduler in run.schedulers:
+        scheduler.step()
+    metrics = dict(metrics)
+    metrics["train/lr_model"] = run.optimizers[0].param_groups[0]["lr"]
+    metrics["train/lr_header"] = run.optimizers[1].param_groups[0]["lr"]
+    return metrics
+
+
+def evaluate(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
+    """Each rank evaluates its own tasks; results are merged so rank zero logs every task."""
+    run.policy.eval()
+    local = run.env_runner.run(
+        run.policy, n_video=cfg.rollout.n_video, do_tqdm=run.dist_info.rank == 0,
+        cfg_scale=cfg.rollout.cfg_scale, num_trials_per_task=cfg.rollout.num_trials_per_task,
+    )
+    run.policy.train()
+    return merge_eval_results(all_gather_objects(local))
+
+
+def merge_eval_results(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-task rates from every rank; the overall rate is the episode-weighted mean."""
+    merged: dict[str, Any] = {}
+    total_episodes, total_successes = 0, 0.0
+    for result in per_rank:
+        episodes = int(result.get("rollout/num_episodes", 0))
+        total_episodes += episodes
+        total_successes += float(result.get("rollout/overall_success_rate", 0.0)) * episodes
+        merged.update({k: v for k, v in result.items() if k.startswith("rollout/success_rate/")})
+        if "rollout/protocol" in result:
+            merged["rollout/protocol"] = result["rollout/protocol"]
+    merged["rollout/num_episodes"] = total_episodes
+    merged["rollout/overall_success_rate"] = total_successes / max(total_episodes, 1)
+    return merged

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The README's test command: installs what is missing, then runs the whole suite on CPU.
+set -euo pipefail
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bash "${repo_root}/scripts/install.sh"
+cd "${repo_root}"
+export PYTHONUNBUFFERED=1
+exec "${PYTHON:-python3}" -m pytest tests -q -p no:cacheprovider --durations=15 "$@"

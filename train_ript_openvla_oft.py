@@ -1,0 +1,127 @@
+"""RIPT training entry point for PI0 with the advantage-weighted CFG flow-matching loss.
+
+    python train_ript_openvla_oft.py                       # embedded default: tiny PI0, one LIBERO task
+    torchrun --nproc_per_node=N train_ript_openvla_oft.py task=libero_goal_rl \
+        algo.policy.pretrained_path=/ckpt/pi0_libero algo.policy.norm_stats_path=/ckpt/norm_stats.json
+
+The stages: ``setup`` builds everything from the Hydra config (after pre-flight checks), ``train``
+runs rollout -> CFG-Flow update -> log -> save -> evaluate, ``cleanup`` closes envs and the group.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ript.training.config_checks import check_config
+from ript.training.loop import TrainingRun, build_training_run, evaluate, train_one_step
+from ript.utils.distributed import cleanup_distributed, setup_distributed
+
+logger = logging.getLogger("train_ript_openvla_oft")
+
+
+class StopRequest:
+    """First SIGINT/SIGTERM: finish the current step, save, exit. Second: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if self.requested:
+            raise KeyboardInterrupt(f"second signal {signum}: stopping without a final checkpoint")
+        self.requested = True
+        logger.warning("signal %d: finishing this step, saving a checkpoint, then exiting", signum)
+
+
+def train(cfg: DictConfig, run: TrainingRun, stop: StopRequest) -> dict[str, Any]:
+    """The RIPT loop; returns the final evaluation (empty if evaluation is disabled)."""
+    final_eval: dict[str, Any] = {}
+    if cfg.rollout.enabled and cfg.rollout.eval_at_start and run.step == 0:
+        run.metrics.log(0, evaluate(cfg, run))
+    while run.step < cfg.training.n_steps:
+        metrics = train_one_step(cfg, run)
+        run.step += 1
+        if run.step % cfg.logging.log_every_n_steps == 0:
+            run.metrics.log(run.step, metrics)
+        last_step = run.step == cfg.training.n_steps
+        if run.step % cfg.training.save_every_n_steps == 0 or last_step or stop.requested:
+            run.save()
+        if cfg.rollout.enabled and (run.step % cfg.rollout.every_n_steps == 0 or last_step):
+            final_eval = evaluate(cfg, run)
+            run.metrics.log(run.step, final_eval)
+        if _stop_requested_anywhere(stop):
+            logger.warning("stopping at step %d on request (checkpoint saved)", run.step)
+            break
+    return final_eval
+
+
+def _stop_requested_anywhere(stop: StopRequest) -> bool:
+    """A signal to one rank stops all ranks together at the same step."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return stop.requested
+    flag = torch.tensor([float(stop.requested)])
+    if torch.distributed.get_backend() == "nccl":
+        flag = flag.cuda()
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def run_training(cfg: DictConfig) -> dict[str, Any]:
+    """setup -> train -> cleanup; usable from Python and tests as well as the Hydra CLI."""
+    dist_info = setup_distributed()
+    _configure_logging(dist_info.rank)
+    stop = StopRequest()
+    run = None
+    try:
+        check_config(cfg, world_size=dist_info.world_size)
+        run = build_training_run(cfg, dist_info)
+        stop.install()
+        final_eval = train(cfg, run, stop)
+        if dist_info.rank == 0 and final_eval:
+            logger.info("final success rate: %s", _format_success(final_eval))
+        return final_eval
+    except BaseException:
+        logger.exception("rank %d failed; tearing down the process group", dist_info.rank)
+        raise
+    finally:
+        stop.uninstall()
+        if run is not None:
+            run.close()
+        cleanup_distributed()
+
+
+def _format_success(eval_metrics: dict[str, Any]) -> str:
+    parts = [f"overall={eval_metrics.get('rollout/overall_success_rate', float('nan')):.3f}"]
+    parts += [f"{k.split('/')[-1]}={v:.3f}" for k, v in sorted(eval_metrics.items())
+              if k.startswith("rollout/success_rate/")]
+    return " ".join(parts)
+
+
+def _configure_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"[%(asctime)s][rank{rank}][%(name)s][%(levelname)s] %(message)s",
+                        force=True)
+
+
+@hydra.main(version_base=None, config_path="config", config_name="train_base_rl_openvla_oft")
+def main(cfg: DictConfig) -> None:
+    logger.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+    run_training(cfg)
+
+
+if __name__ == "__main__":
+    main()
