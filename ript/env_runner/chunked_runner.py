@@ -1,0 +1,453 @@
+"""Backend-independent open-loop chunk execution over vectorised environments.
+
+:class:`ChunkedRunner` owns the rollout loop shared by every backend (LIBERO, the in-tree reach
+env): settle-down wait steps, one ``policy.select_action`` per chunk for all still-running envs,
+open-loop execution, per-env :class:`~ript.types.Episode` records, evaluation, and recovery from
+crashed simulator workers. Subclasses only say how to build envs and where tasks come from.
+
+Vectorised env protocol (LIBERO's ``SubprocVectorEnv`` already has it; fakes in tests mimic it):
+``reset(id=None) -> obs``, ``set_init_state(states, id=None) -> obs``,
+``step(actions (k, 7), id=None) -> (obs, rewards, dones, infos)``, ``close()``, where ``obs`` is
+indexable per env and holds LIBERO-style observation dicts and ``id`` lists the env indices
+addressed (finished envs are simply not stepped any more).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from ript.env_runner.pi0_runner_utils import (
+    ACTION_DIM, ACTION_MODES, CAMERA_KEY_TO_SLOT, ActionMode, NormStats,
+    check_norm_stats_against_chunk, env_obs_to_pi0_observation, model_chunk_to_env_actions,
+    to_numpy,
+)
+from ript.types import ChunkObservation, Episode
+
+logger = logging.getLogger(__name__)
+
+# Gripper -1 is "open" in LIBERO/robosuite; the wait steps must not close it on an object.
+NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
+
+
+class EnvFault(RuntimeError):
+    """A vectorised env (or one of its worker processes) failed; the env must be rebuilt."""
+
+
+class RecoverableVectorEnv:
+    """A vectorised env that can be rebuilt in place after a worker dies.
+
+    The rollout generator keeps the object returned by ``create_env`` across calls, so a crash
+    must not leave it holding a dead env: the inner env is replaced, the handle stays valid.
+    Every failure of the inner env surfaces as :class:`EnvFault`, so the runner can tell
+    simulator faults from bugs in the policy (which must propagate).
+    """
+
+    def __init__(self, factory: Callable[[], Any], env_num: int, inner: Any | None = None):
+        self._factory = factory
+        self.env_num = env_num
+        self.inner = inner
+        self.num_recreated = 0
+
+    def _env(self) -> Any:
+        if self.inner is None:
+            try:
+                self.inner = self._factory()
+            except Exception as exc:  # noqa: BLE001 -- a worker failing to start is a fault too
+                raise EnvFault(f"creating the vectorised env failed: {exc!r}") from exc
+        return self.inner
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        env = self._env()
+        try:
+            return getattr(env, method)(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 -- EOFError, BrokenPipeError, MuJoCo errors...
+            raise EnvFault(f"vectorised env {method}() failed: {exc!r}") from exc
+
+    def reset(self, id: Sequence[int] | None = None) -> Any:  # noqa: A002 -- LIBERO's name
+        return self._call("reset", id=id)
+
+    def set_init_state(self, init_states: Any, id: Sequence[int] | None = None) -> Any:  # noqa: A002
+        return self._call("set_init_state", init_states, id=id)
+
+    def step(self, actions: np.ndarray, id: Sequence[int] | None = None) -> tuple:  # noqa: A002
+        return self._call("step", actions, id=id)
+
+    def discard(self) -> None:
+        """Close the inner env as well as a broken one allows; the next call builds a new one."""
+        env, self.inner = self.inner, None
+        if env is None:
+            return
+        self.num_recreated += 1
+        try:
+            env.close()
+        except Exception as exc:  # noqa: BLE001 -- a dead worker makes close() fail; kill instead
+            logger.debug("closing a faulted env failed (%r); terminating its workers", exc)
+        kill = getattr(env, "kill", None)
+        if callable(kill):
+            kill()
+
+    def close(self) -> None:
+        env, self.inner = self.inner, None
+        if env is not None:
+            env.close()
+
+    def __len__(self) -> int:
+        return self.env_num
+
+
+@dataclass
+class _EpisodeBuffer:
+    """What one env accumulates during a rollout (converted to an Episode at the end)."""
+
+    actions: list = field(default_factory=list)
+    chunk_start_steps: list = field(default_factory=list)
+    chunk_observations: list = field(default_factory=list)
+    sampled_chunks: list = field(default_factory=list)
+    frames: list = field(default_factory=list)
+    total_reward: float = 0.0
+    success: bool = False
+
+
+def save_episode_video(frames: Sequence[np.ndarray], path_stem: str, fps: int = 20) -> str:
+    """Write frames as ``<stem>.mp4`` (imageio) or, without imageio, ``<stem>.npz``; return the path."""
+    os.makedirs(os.path.dirname(path_stem) or ".", exist_ok=True)
+    try:
+        import imageio  # optional: videos are a convenience, not a requirement
+    except ImportError:
+        path = path_stem + ".npz"
+        np.savez_compressed(path, frames=np.stack(frames))
+        return path
+    path = path_stem + ".mp4"
+    imageio.mimsave(path, list(frames), fps=fps)
+    return path
+
+
+class ChunkedRunner:
+    """Open-loop chunked rollouts over a vectorised env; subclasses supply the backend.
+
+    Training protocol: a chunk of ``open_loop`` (= the model's ``n_action_steps``, 50) actions is
+    executed open loop, so training windows cut at the same boundaries match what was executed.
+    Evaluation may instead replan every ``replan_steps`` actions (openpi's published LIBERO
+    protocol executes 5 actions of each 50-step chunk, then replans).
+    """
+
+    def __init__(self, *, num_parallel_envs: int = 1, num_steps_wait: int = 10, open_loop: int = 50,
+                 action_mode: ActionMode = "relative", rotate_images_180: bool = True,
+                 replan_steps: int | None = None, max_env_retries: int = 2,
+                 n_action_steps: int | None = 50, allow_open_loop_mismatch: bool = False,
+                 video_dir: str | None = None, norm_stats_check_threshold: float = 0.2):
+        problems = []
+        if num_parallel_envs < 1:
+            problems.append(f"num_parallel_envs ({num_parallel_envs}) must be >= 1")
+        if num_steps_wait < 0:
+            problems.append(f"num_steps_wait ({num_steps_wait}) must be >= 0")
+        if open_loop < 1:
+            problems.append(f"open_loop ({open_loop}) must be >= 1")
+        if action_mode not in ACTION_MODES:
+            problems.append(f"action_mode ({action_mode!r}) must be one of {list(ACTION_MODES)}")
+        if replan_steps is not None and not 1 <= replan_steps <= open_loop:
+            problems.append(f"replan_steps ({replan_steps}) must be in [1, open_loop={open_loop}] "
+                            f"or None (replan every open_loop steps)")
+        if max_env_retries < 0:
+            problems.append(f"max_env_retries ({max_env_retries}) must be >= 0")
+        if n_action_steps is not None and open_loop != n_action_steps and not allow_open_loop_mismatch:
+            problems.append(
+                f"open_loop ({open_loop}) != the policy's n_action_steps ({n_action_steps}): the "
+                f"training windows would not match what was executed; set them equal or pass "
+                f"allow_open_loop_mismatch=True")
+        if n_action_steps is not None and open_loop > n_action_steps:
+            problems.append(f"open_loop ({open_loop}) cannot exceed n_action_steps ({n_action_steps})")
+        if problems:
+            raise ValueError(f"{type(self).__name__} config: " + "; ".join(problems))
+        self.num_parallel_envs = num_parallel_envs
+        self.num_steps_wait = num_steps_wait
+        self.open_loop = open_loop
+        self.action_mode = action_mode
+        self.rotate_images_180 = rotate_images_180
+        self.replan_steps = replan_steps
+        self.max_env_retries = max_env_retries
+        self.n_action_steps = n_action_steps
+        self.allow_open_loop_mismatch = allow_open_loop_mismatch
+        self.video_dir = video_dir
+        self.norm_stats_check_threshold = norm_stats_check_threshold
+        self.norm_stats_warning: str | None = None
+        self._norm_stats_checked = False
+        # env_errors: faults seen; env_recreated: envs rebuilt; episodes_dropped: samples given up.
+        self.fault_counts: collections.Counter = collections.Counter()
+        self.timing: collections.Counter = collections.Counter()  # env_steps / env_step_time_s
+
+    # ------------------------------------------------------------------ backend hooks
+    def _make_vector_env(self, task_name: str, n: int) -> Any:
+        raise NotImplementedError
+
+    def _task_description(self, task_name: str) -> str:
+        raise NotImplementedError
+
+    def _task_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def _init_states(self, task_name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def _max_episode_length(self, task_name: str) -> int:
+        raise NotImplementedError
+
+    def _task_id(self, task_name: str) -> int:
+        return self._task_names().index(task_name)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def protocol(self) -> str:
+        """Which execution protocol :meth:`run` uses (recorded in the eval output)."""
+        return self.protocol_name(self.replan_steps)
+
+    def protocol_name(self, replan_steps: int | None) -> str:
+        if replan_steps is None or replan_steps == self.open_loop:
+            return f"open_loop_{self.open_loop}"
+        return f"replan_{replan_steps}_of_{self.open_loop}"
+
+    def create_env(self, task_name: str) -> tuple[RecoverableVectorEnv, int, int]:
+        """A recoverable vectorised env of ``num_parallel_envs`` workers for one task."""
+        n = self.num_parallel_envs
+        env = RecoverableVectorEnv(lambda: self._make_vector_env(task_name, n), env_num=n)
+        env._env()  # build now so construction errors surface here, not mid-rollout
+        return env, self._task_id(task_name), n
+
+    def run_policy_in_env(self, env_name: str, policy: Any, all_init_states: Any, render: bool = False,
+                          created_env: Any = None, random_init: bool = False, cfg_scale: float = 1.0,
+                          replan_steps: int | None = None
+                          ) -> Iterator[tuple[bool, float, Episode]]:
+        """Roll ``policy`` out once per initial state; yield ``(success, total_reward, episode)``.
+
+        States are processed in batches of ``num_parallel_envs``. ``replan_steps`` defaults to the
+        training protocol (replan every ``open_loop`` steps), whatever ``self.replan_steps`` is.
+        ``random_init`` resets the envs randomly instead (the states then only give the count).
+        """
+        states = list(all_init_states)
+        own_env = created_env is None
+        if own_env:
+            env, _, _ = self.create_env(env_name)
+        elif isinstance(created_env, RecoverableVectorEnv):
+            env = created_env
+        else:  # a raw env from elsewhere: wrap it so a crash can still be recovered
+            env = RecoverableVectorEnv(lambda: self._make_vector_env(env_name, len(created_env)),
+                                       env_num=len(created_env), inner=created_env)
+        replan = replan_steps or self.open_loop
+        try:
+            for start in range(0, len(states), env.env_num):
+                batch = states[start:start + env.env_num]
+                episodes = self._rollout_with_retries(env, env_name, batch, policy, cfg_scale,
+                                                      replan, render, random_init)
+                for ep in episodes:
+                    yield ep.success, ep.total_reward, ep
+        finally:
+            if own_env:
+                env.close()
+
+    def run(self, policy: Any, n_video: int = 0, do_tqdm: bool = False,
+            save_video_fn: Callable[..., Any] | None = None, cfg_scale: float = 1.0,
+            num_trials_per_task: int | None = None) -> dict[str, Any]:
+        """Evaluate on every task with its shipped init states; return ``rollout/...`` metrics.
+
+        Episodes dropped after repeated simulator faults are left out of the success rates and
+        reported as ``rollout/num_env_faults``.
+        """
+        replan = self.replan_steps or self.open_loop
+        results: dict[str, Any] = {}
+        successes, faults, videos = [], 0, 0
+        for task_name in self._task_names():
+            states = self._eval_init_states(task_name, num_trials_per_task)
+            bar = _progress(len(states), f"eval {task_name}", do_tqdm)
+            env, _, _ = self.create_env(task_name)
+            task_successes = []
+            try:
+                for start in range(0, len(states), env.env_num):
+                    render = videos < n_video
+                    for success, _, ep in self.run_policy_in_env(
+                            task_name, policy, states[start:start + env.env_num], render=render,
+                            created_env=env, cfg_scale=cfg_scale, replan_steps=replan):
+                        if bar is not None:
+                            bar.update(1)
+                        if not ep.valid:
+                            faults += 1
+                            continue
+                        task_successes.append(bool(success))
+                        if render and videos < n_video and ep.extra.get("frames"):
+                            self._save_video(ep, videos, save_video_fn)
+                            videos += 1
+                        ep.extra.pop("frames", None)
+            finally:
+                env.close()
+                if bar is not None:
+                    bar.close()
+            results[f"rollout/success_rate/{task_name}"] = float(np.mean(task_successes)) if task_successes else 0.0
+            successes.extend(task_successes)
+            logger.info("eval %s: success %.3f over %d episodes", task_name,
+                        results[f"rollout/success_rate/{task_name}"], len(task_successes))
+        results["rollout/overall_success_rate"] = float(np.mean(successes)) if successes else 0.0
+        results["rollout/num_episodes"] = len(successes)
+        results["rollout/num_env_faults"] = faults
+        results["rollout/protocol"] = self.protocol_name(replan)
+        results["rollout/cfg_scale"] = float(cfg_scale)
+        return results
+
+    # ------------------------------------------------------------------ internals
+    def _eval_init_states(self, task_name: str, num_trials: int | None) -> list:
+        states = list(self._init_states(task_name))
+        if num_trials is None:
+            return states
+        if not 1 <= num_trials <= len(states):
+            raise ValueError(f"num_trials_per_task ({num_trials}) must be in [1, {len(states)}] "
+                             f"(task {task_name!r} ships {len(states)} initial states)")
+        return states[:num_trials]
+
+    def _save_video(self, ep: Episode, index: int, save_video_fn: Callable[..., Any] | None) -> None:
+        frames = ep.extra["frames"]
+        if save_video_fn is not None:
+            save_video_fn(frames, ep.task_name, index, ep.success)
+        elif self.video_dir:
+            stem = os.path.join(self.video_dir, f"{ep.task_name}_{index:03d}_{'ok' if ep.success else 'fail'}")
+            logger.info("saved video %s", save_episode_video(frames, stem))
+
+    def _rollout_with_retries(self, env: RecoverableVectorEnv, task_name: str, batch: list,
+                              policy: Any, cfg_scale: float, replan: int, render: bool,
+                              random_init: bool) -> list[Episode]:
+        """One batch; a simulator fault rebuilds the env and retries, then drops the batch."""
+        last_error: EnvFault | None = None
+        for attempt in range(self.max_env_retries + 1):
+            try:
+                return self._rollout_batch(env, task_name, batch, policy, cfg_scale, replan,
+                                           render, random_init)
+            except EnvFault as exc:
+                last_error = exc
+                self.fault_counts["env_errors"] += 1
+                self.fault_counts["env_recreated"] += 1
+                logger.warning("task %s: simulator fault on attempt %d/%d (%s); rebuilding the "
+                               "env", task_name, attempt + 1, self.max_env_retries + 1, exc)
+                env.discard()  # the next call builds fresh workers
+        self.fault_counts["episodes_dropped"] += len(batch)
+        logger.error("task %s: dropping %d episodes after %d failed attempts (last error: %s); "
+                     "they are returned as valid=False", task_name, len(batch),
+                     self.max_env_retries + 1, last_error)
+        return [self._faulted_episode(task_name, s, random_init, last_error) for s in batch]
+
+    def _faulted_episode(self, task_name: str, init_state: Any, random_init: bool,
+                         error: Exception | None) -> Episode:
+        ep = Episode.padding(task_name=task_name, task_id=self._task_id(task_name))
+        ep.task_description = self._task_description(task_name)
+        ep.init_state = None if random_init else np.asarray(init_state)
+        ep.extra.update(env_fault=True, error=repr(error))
+        return ep
+
+    def _reset_batch(self, env: RecoverableVectorEnv, ids: list[int], batch: list,
+                     random_init: bool) -> list:
+        obs = env.reset(id=ids)
+        if not random_init:
+            obs = env.set_init_state(np.stack([np.asarray(s) for s in batch]), id=ids)
+        obs = [obs[j] for j in range(len(ids))]
+        noop = np.tile(NOOP_ACTION, (len(ids), 1))
+        for _ in range(self.num_steps_wait):  # let objects settle; not part of the episode
+            step_obs, _, _, _ = env.step(noop, id=ids)
+            obs = [step_obs[j] for j in range(len(ids))]
+        return obs
+
+    def _sample_chunks(self, policy: Any, obs: list, description: str, cfg_scale: float,
+                       replan: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+        """One ``select_action`` for the given observations -> (pi0 obs, raw, norm chunk, env chunk)."""
+        norm_stats: NormStats = policy.norm_stats
+        pi0_obs, raw = env_obs_to_pi0_observation(obs, [description] * len(obs), norm_stats,
+                                                  rotate_180=self.rotate_images_180)
+        norm_chunk = to_numpy(policy.select_action(pi0_obs, cfg_scale=cfg_scale))  # (k, T, 7)
+        if norm_chunk.ndim != 3 or norm_chunk.shape[0] != len(obs) or norm_chunk.shape[2] != ACTION_DIM:
+            raise ValueError(f"policy.select_action returned shape {norm_chunk.shape}; expected "
+                             f"({len(obs)}, n_action_steps, {ACTION_DIM})")
+        horizon = norm_chunk.shape[1]
+        if horizon < replan or (horizon != self.open_loop and not self.allow_open_loop_mismatch):
+            raise ValueError(f"policy chunks have {horizon} steps but open_loop={self.open_loop} "
+                             f"(replan every {replan}); set open_loop to the policy's n_action_steps")
+        if not self._norm_stats_checked:
+            self._norm_stats_checked = True
+            self.norm_stats_warning = check_norm_stats_against_chunk(
+                norm_stats, norm_stats.unnormalize_action(norm_chunk),
+                max_outside_fraction=self.norm_stats_check_threshold)
+        env_chunk = model_chunk_to_env_actions(norm_chunk, raw, norm_stats, self.action_mode)
+        return pi0_obs, raw, norm_chunk, env_chunk
+
+    def _rollout_batch(self, env: RecoverableVectorEnv, task_name: str, batch: list, policy: Any,
+                       cfg_scale: float, replan: int, render: bool, random_init: bool) -> list[Episode]:
+        """Run one batch of episodes (one env worker each) to success or the length cap."""
+        ids = list(range(len(batch)))
+        description = self._task_description(task_name)
+        max_len = self._max_episode_length(task_name)
+        obs = self._reset_batch(env, ids, batch, random_init)
+        bufs = [_EpisodeBuffer() for _ in ids]
+        running = np.ones(len(ids), dtype=bool)
+        plans = np.zeros((len(ids), replan, ACTION_DIM), dtype=np.float32)
+        t = 0
+        while running.any() and t < max_len:
+            live = [int(i) for i in np.flatnonzero(running)]
+            if t % replan == 0:  # all live envs started together, so they replan together
+                pi0_obs, raw, norm_chunk, env_chunk = self._sample_chunks(
+                    policy, [obs[i] for i in live], description, cfg_scale, replan)
+                for j, i in enumerate(live):
+                    bufs[i].chunk_start_steps.append(t)
+                    bufs[i].chunk_observations.append(ChunkObservation(
+                        images={slot: pi0_obs[f"image.{slot}"][j] for slot in CAMERA_KEY_TO_SLOT.values()},
+                        state=pi0_obs["state"][j], raw_state=raw[j]))
+                    bufs[i].sampled_chunks.append(norm_chunk[j])
+                    plans[i] = env_chunk[j, :replan]
+            actions = plans[live, t % replan]  # (k, 7)
+            t0 = time.perf_counter()
+            step_obs, rewards, dones, _ = env.step(actions, id=live)
+            self.timing["env_step_time_s"] += time.perf_counter() - t0
+            self.timing["env_steps"] += len(live)
+            self.timing["vector_steps"] += 1
+            for j, i in enumerate(live):
+                obs[i] = step_obs[j]
+                bufs[i].actions.append(actions[j])
+                bufs[i].total_reward += float(rewards[j])
+                if render:
+                    # LIBERO renders upside down; flip so the video is upright.
+                    bufs[i].frames.append(np.asarray(obs[i]["agentview_image"])[::-1, ::-1].copy())
+                if bool(dones[j]):
+                    bufs[i].success, running[i] = True, False
+            t += 1
+        return [self._to_episode(task_name, description, buf, None if random_init else batch[i])
+                for i, buf in enumerate(bufs)]
+
+    def _to_episode(self, task_name: str, description: str, buf: _EpisodeBuffer,
+                    init_state: Any) -> Episode:
+        horizon = buf.sampled_chunks[0].shape[0] if buf.sampled_chunks else (self.n_action_steps or self.open_loop)
+        ep = Episode(
+            task_name=task_name, task_description=description, task_id=self._task_id(task_name),
+            success=buf.success, total_reward=buf.total_reward,
+            actions=np.asarray(buf.actions, dtype=np.float32).reshape(-1, ACTION_DIM),
+            chunk_start_steps=np.asarray(buf.chunk_start_steps, dtype=np.int64),
+            chunk_observations=buf.chunk_observations,
+            sampled_chunks=(np.stack(buf.sampled_chunks).astype(np.float32) if buf.sampled_chunks
+                            else np.zeros((0, horizon, ACTION_DIM), np.float32)),
+            init_state=None if init_state is None else np.asarray(init_state),
+        )
+        ep.extra["action_mode"] = self.action_mode
+        if buf.frames:
+            ep.extra["frames"] = buf.frames
+        return ep
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc)
+
+
+__all__ = ["ChunkedRunner", "EnvFault", "NOOP_ACTION", "RecoverableVectorEnv", "save_episode_video"]
