@@ -1,0 +1,528 @@
+"""CFGFlowOptimizerPI0: one RIPT round (rollouts -> RLOO -> weights) + the CFG-Flow update.
+
+The maths lives in :mod:`ript.algos.rl_optimizers.cfg_flow_math`; this module only orchestrates:
+rollouts, windows, micro-batches, gradient synchronisation, clipping, fault handling, metrics.
+
+Distributed design (why it looks the way it does):
+
+* Ranks cut different numbers of windows (episode lengths differ, a rank may accept no sample).
+  DDP needs every rank to run the same number of forward/backward passes (its reducer and its
+  buffer broadcast are collectives), so the ranks first agree on a *plan* (window counts of all
+  ranks -> number of optimisation steps and micro-steps). A rank that runs out of windows feeds a
+  filler window with ``window_mask=0``: it participates in the collectives with zero loss.
+* Loss normalisation: each optimisation step s covers up to ``mini_batch_size *
+  gradient_accumulation_steps`` windows per rank, N_s over all ranks. Each micro-batch loss is
+  ``sum_i (w_i L_pos_i + alpha L_uncond_i) / (N_s / world_size)``; DDP averages over ranks once
+  (on the last micro-step; earlier ones run under ``no_grad_sync``), so the applied gradient is
+  exactly that of ``mean over the N_s windows`` -- independent of micro-batching, accumulation
+  and how windows are spread over ranks.
+* If the policy's module is *not* DDP-wrapped while a process group is up, gradients are
+  averaged by one manual flattened all-reduce instead (never both).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ript.algos.rl_optimizers.cfg_flow_math import (
+    ActionMode,
+    ShortWindow,
+    WeightMode,
+    Window,
+    WindowMode,
+    advantage_weights,
+    check_literal,
+    collate_windows,
+    cut_windows,
+    draw_noise_time,
+    rloo_advantages,
+    weighted_cfg_flow_loss,
+)
+from ript.types import Episode
+from ript.utils.distributed import all_reduce_mean_dict, broadcast_object, get_rank, get_world_size, is_dist_ready
+
+logger = logging.getLogger(__name__)
+
+GROUPS = ("model", "header")  # order of `optimizers` and keys of `policy.trainable_params`
+
+
+@dataclass(frozen=True)
+class CFGFlowConfig:
+    """Hyper-parameters of the CFG-Flow update, validated at construction."""
+
+    num_epochs: int = 1  # passes over this round's windows
+    mini_batch_size: int = 8  # windows per forward pass
+    gradient_accumulation_steps: int = 1  # micro-batches per optimisation step
+    grad_norm_clip: float | None = 1.0  # per-group max grad norm for 'model'; None = no clipping
+    header_grad_norm_clip: float | None = None  # for 'header'; None = same as grad_norm_clip
+    a_max: float = 5.0
+    cfg_uncond_weight: float = 0.1  # alpha
+    weight_mode: WeightMode = "clip"
+    advantage_temperature: float = 1.0
+    window_stride: int = 50
+    window_mode: WindowMode = "aligned"
+    short_window: ShortWindow = "skip"
+    action_mode: ActionMode = "relative"
+    n_action_steps: int | None = None  # None: the policy's n_action_steps (50 if it has none)
+    action_dim: int = 7
+    max_consecutive_nonfinite: int = 3
+    seed: int = 0
+    bc_ablation: bool = False  # w = 1 for every valid rollout (behaviour-cloning ablation)
+    shuffle_windows: bool = True
+    seeded_noise: bool = True  # per-window seeded noise/time (deterministic, micro-batch invariant)
+    noise_dim: int | None = None  # None: policy.config.max_action_dim; else the policy draws noise
+
+    def __post_init__(self) -> None:
+        check_literal("weight_mode", self.weight_mode, WeightMode)
+        check_literal("window_mode", self.window_mode, WindowMode)
+        check_literal("short_window", self.short_window, ShortWindow)
+        check_literal("action_mode", self.action_mode, ActionMode)
+        positive_ints = {
+            "num_epochs": self.num_epochs, "mini_batch_size": self.mini_batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "window_stride": self.window_stride, "action_dim": self.action_dim,
+            "max_consecutive_nonfinite": self.max_consecutive_nonfinite,
+        }
+        for key, value in positive_ints.items():
+            if int(value) != value or value < 1:
+                raise ValueError(f"{key}={value!r} must be an integer >= 1")
+        _check(self.a_max > 0, "a_max", self.a_max, "advantage weights are clipped to [0, a_max]; use a_max > 0")
+        _check(self.cfg_uncond_weight >= 0, "cfg_uncond_weight", self.cfg_uncond_weight,
+               "alpha weights the unconditional branch; use a value >= 0 (default 0.1)")
+        _check(self.advantage_temperature > 0, "advantage_temperature", self.advantage_temperature,
+               "the temperature divides the advantage; use a value > 0 (default 1.0)")
+        for key in ("grad_norm_clip", "header_grad_norm_clip"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, key, value, "use a positive max norm, or null to disable clipping")
+        if self.n_action_steps is not None:
+            _check(self.n_action_steps >= 1, "n_action_steps", self.n_action_steps, "use the policy's chunk length (50)")
+            if self.window_mode != "stride" and self.window_stride != self.n_action_steps:
+                _check(False, "window_stride", self.window_stride,
+                       f"window_mode={self.window_mode!r} cuts at chunk starts, so the stride must equal "
+                       f"n_action_steps={self.n_action_steps}; use window_mode='stride' for other strides")
+        chunk = self.n_action_steps or 50
+        if self.window_mode == "stride" and self.window_stride % chunk != 0:
+            # Only chunk-start observations are recorded by default (SPEC §4); say so up front.
+            logger.warning(
+                "window_stride=%d is not a multiple of the chunk length %d: windows start mid-chunk and "
+                "need per-step observations in episode.extra['step_observations'] (cut_windows raises "
+                "otherwise)", self.window_stride, chunk)
+
+    def clip_for(self, group: str) -> float | None:
+        if group == "header" and self.header_grad_norm_clip is not None:
+            return self.header_grad_norm_clip
+        return self.grad_norm_clip
+
+
+def _check(ok: bool, key: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value!r} is invalid: {fix}")
+
+
+@dataclass
+class _Scored:
+    """Per-episode RL quantities of one round, all (D*K,)."""
+
+    valid: torch.Tensor  # bool
+    rewards: torch.Tensor  # float32
+    advantages: torch.Tensor  # float32
+    weights: torch.Tensor  # float32, conditional-branch weight
+
+
+@dataclass
+class _Plan:
+    """What every rank agreed to run this round (identical on all ranks)."""
+
+    counts: list[int]  # windows per rank
+    windows_per_step: int  # mini_batch_size * gradient_accumulation_steps
+    num_steps: int  # optimisation steps per epoch
+    micro_steps: list[int]  # micro-batches of each step (max over ranks)
+    step_totals: list[int]  # windows of each step summed over ranks (N_s)
+    filler_src: int | None  # rank that broadcasts a filler window to window-less ranks
+
+
+@dataclass
+class _TrainStats:
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    grad_norms: dict[str, list[float]] = field(default_factory=lambda: {g: [] for g in GROUPS})
+    steps_taken: int = 0
+    nonfinite_skipped: int = 0
+
+
+class CFGFlowOptimizerPI0:
+    """RIPT round with the advantage-weighted CFG flow-matching loss (CFGRL) for PI0.
+
+    ``optimize(model, batch, optimizers, data_iterator, dataloader)``: ``model`` is the policy
+    wrapper (``cfg_flow_losses``, ``no_grad_sync``, ``trainable_params``, ``norm_stats``) and
+    ``optimizers`` is ``[model_optimizer, header_optimizer]`` matching
+    ``model.trainable_params['model']`` / ``['header']``.
+    """
+
+    def __init__(
+        self,
+        rollout_generator: Any,
+        reward_function: Any,
+        num_epochs: int = 1,
+        mini_batch_size: int = 8,
+        gradient_accumulation_steps: int = 1,
+        grad_norm_clip: float | None = 1.0,
+        header_grad_norm_clip: float | None = None,
+        a_max: float = 5.0,
+        cfg_uncond_weight: float = 0.1,
+        weight_mode: WeightMode = "clip",
+        advantage_temperature: float = 1.0,
+        window_stride: int = 50,
+        window_mode: WindowMode = "aligned",
+        short_window: ShortWindow = "skip",
+        action_mode: ActionMode = "relative",
+        n_action_steps: int | None = None,
+        action_dim: int = 7,
+        max_consecutive_nonfinite: int = 3,
+        seed: int = 0,
+        bc_ablation: bool = False,
+        shuffle_windows: bool = True,
+        seeded_noise: bool = True,
+        noise_dim: int | None = None,
+        rloo_batch_size: int | None = None,
+    ) -> None:
+        self.config = CFGFlowConfig(
+            num_epochs=num_epochs, mini_batch_size=mini_batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps, grad_norm_clip=grad_norm_clip,
+            header_grad_norm_clip=header_grad_norm_clip, a_max=a_max, cfg_uncond_weight=cfg_uncond_weight,
+            weight_mode=weight_mode, advantage_temperature=advantage_temperature, window_stride=window_stride,
+            window_mode=window_mode, short_window=short_window, action_mode=action_mode,
+            n_action_steps=n_action_steps, action_dim=action_dim,
+            max_consecutive_nonfinite=max_consecutive_nonfinite, seed=seed, bc_ablation=bc_ablation,
+            shuffle_windows=shuffle_windows, seeded_noise=seeded_noise, noise_dim=noise_dim,
+        )
+        self.rollout_generator = rollout_generator
+        self.reward_function = reward_function
+        k = rloo_batch_size if rloo_batch_size is not None else getattr(rollout_generator, "rloo_batch_size", None)
+        if k is None or int(k) < 2:
+            raise ValueError(
+                f"rloo_batch_size={k!r}: RLOO needs >= 2 rollouts per init state; set it on the rollout "
+                "generator (algo.rloo_batch_size) or pass rloo_batch_size="
+            )
+        self.rloo_batch_size = int(k)
+        self.round = 0  # rounds done; seeds noise and shuffling
+        self.consecutive_nonfinite = 0  # run-level: consecutive skipped optimisation steps
+
+    # ------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, int]:
+        """Counters that make a resumed run draw the same noise and keep the fault streak."""
+        return {"round": self.round, "consecutive_nonfinite": self.consecutive_nonfinite}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.round = int(state.get("round", 0))
+        self.consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
+
+    # --------------------------------------------------------------------------- the round
+    def optimize(
+        self,
+        model: Any,
+        batch: Any,
+        optimizers: Sequence[torch.optim.Optimizer],
+        data_iterator: Any = None,
+        dataloader: Any = None,
+    ) -> dict[str, float]:
+        """Rollouts -> RLOO -> weights -> windows -> CFG-Flow update. Returns rank-averaged metrics."""
+        if len(optimizers) != len(GROUPS):
+            raise ValueError(f"optimizers must be [model_optimizer, header_optimizer], got {len(optimizers)} items")
+        episodes, _task_ids, valid_mask, samples_checked = self.rollout_generator.generate_rollouts(
+            model, batch, data_iterator, dataloader
+        )
+        scored = self.score_episodes(episodes, valid_mask)
+        windows, n_skipped = self.make_windows(episodes, scored.weights, model)
+        stats = self.train_on_windows(model, windows, optimizers)
+        metrics = self._round_metrics(episodes, scored, windows, n_skipped, stats, samples_checked)
+        self.round += 1
+        return metrics
+
+    def score_episodes(self, episodes: Sequence[Episode], valid_mask: Any) -> _Scored:
+        """Rewards, RLOO advantages (RIPT) and conditional-branch weights (CFGRL) per episode."""
+        mask = torch.as_tensor(np.asarray(
+            valid_mask.cpu() if isinstance(valid_mask, torch.Tensor) else valid_mask, dtype=bool)).reshape(-1)
+        if mask.numel() != len(episodes):
+            raise ValueError(f"valid_mask has {mask.numel()} entries for {len(episodes)} episodes")
+        valid = mask & torch.tensor([bool(ep.valid) for ep in episodes], dtype=torch.bool)
+        rewards = torch.tensor(
+            [float(self.reward_function(ep)) if v else 0.0 for ep, v in zip(episodes, valid.tolist())],
+            dtype=torch.float32,
+        )  # (D*K,)
+        adv = rloo_advantages(rewards, self.rloo_batch_size, valid)  # (D*K,)
+        if self.config.bc_ablation:
+            weights = valid.float()  # plain behaviour cloning on every valid rollout
+        else:
+            weights = advantage_weights(adv, self.config.weight_mode, self.config.a_max,
+                                        self.config.advantage_temperature, valid)
+        return _Scored(valid=valid, rewards=rewards, advantages=adv, weights=weights)
+
+    def _n_action_steps(self, model: Any) -> int:
+        model_steps = getattr(model, "n_action_steps", None)
+        if self.config.n_action_steps is not None:
+            if model_steps is not None and int(model_steps) != self.config.n_action_steps:
+                raise ValueError(f"n_action_steps={self.config.n_action_steps} but the policy predicts "
+                                 f"{model_steps}-step chunks; remove the override or match the policy")
+            return self.config.n_action_steps
+        return int(model_steps) if model_steps is not None else 50
+
+    def make_windows(self, episodes: Sequence[Episode], weights: torch.Tensor, model: Any) -> tuple[list[Window], int]:
+        """Cut every valid episode into windows carrying its weight; (windows, n_short_skipped)."""
+        c = self.config
+        n_steps = self._n_action_steps(model)
+        windows: list[Window] = []
+        n_skipped = 0
+        for i, ep in enumerate(episodes):
+            if not ep.valid:
+                continue
+            ws, skipped = cut_windows(
+                ep, float(weights[i]), model.norm_stats, window_stride=c.window_stride, window_mode=c.window_mode,
+                short_window=c.short_window, n_action_steps=n_steps, action_mode=c.action_mode, episode_index=i,
+            )
+            windows.extend(ws)
+            n_skipped += skipped
+        return windows, n_skipped
+
+    # ------------------------------------------------------------------------- training
+    def _make_plan(self, n_local: int) -> _Plan:
+        """Agree with all ranks on steps / micro-steps / per-step window totals."""
+        if is_dist_ready() and get_world_size() > 1:
+            counts: list[Any] = [None] * get_world_size()
+            dist.all_gather_object(counts, int(n_local))
+            counts = [int(x) for x in counts]
+        else:
+            counts = [int(n_local)]
+        c = self.config
+        per_step = c.mini_batch_size * c.gradient_accumulation_steps
+        num_steps = max((n + per_step - 1) // per_step for n in counts) if counts else 0
+        micro, totals = [], []
+        for s in range(num_steps):
+            in_step = [min(max(n - s * per_step, 0), per_step) for n in counts]  # per rank
+            micro.append(max((k + c.mini_batch_size - 1) // c.mini_batch_size for k in in_step))
+            totals.append(sum(in_step))
+        needs_filler = num_steps > 0 and min(counts) == 0
+        filler_src = next(r for r, n in enumerate(counts) if n > 0) if needs_filler else None
+        return _Plan(counts, per_step, num_steps, micro, totals, filler_src)
+
+    def _epoch_order(self, n: int, epoch: int) -> list[int]:
+        if not self.config.shuffle_windows or n == 0:
+            return list(range(n))
+        entropy = [self.config.seed, self.round, epoch, get_rank(), 0x5EED]
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        return torch.randperm(n, generator=gen).tolist()
+
+    def _window_seed(self, window: Window, epoch: int) -> int:
+        # Keyed by the window's identity, not its position: the same window gets the same noise
+        # however windows are grouped into micro-batches or steps.
+        entropy = [self.config.seed, self.round, epoch, get_rank(), window.episode_index + 1, window.start_step]
+        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+    def train_on_windows(self, model: Any, windows: list[Window], optimizers: Sequence[torch.optim.Optimizer]) -> _TrainStats:
+        """All epochs / steps of this round; every rank runs the same number of micro-steps."""
+        plan = self._make_plan(len(windows))
+        stats = _TrainStats()
+        filler = windows[0] if windows else None
+        if plan.filler_src is not None:
+            filler = broadcast_object(filler, src=plan.filler_src)
+        for epoch in range(self.config.num_epochs):
+            order = self._epoch_order(len(windows), epoch)
+            for s in range(plan.num_steps):
+                idx = order[s * plan.windows_per_step:(s + 1) * plan.windows_per_step]
+                self._optimisation_step(model, [windows[i] for i in idx], filler, plan, s, epoch, optimizers, stats)
+        return stats
+
+    def _noise_time(self, model: Any, chunk: list[Window], epoch: int, n_steps: int):
+        if not self.config.seeded_noise:
+            return None, None
+        dim = self.config.noise_dim or getattr(getattr(model, "config", None), "max_action_dim", None)
+        if dim is None:
+            return None, None  # the policy draws one shared noise/time itself
+        return draw_noise_time([self._window_seed(w, epoch) for w in chunk], n_steps, int(dim))
+
+    def _micro_step(self, model: Any, chunk: list[Window], mask: torch.Tensor, normalizer: float,
+                    epoch: int, sync: bool, stats: _TrainStats) -> bool:
+        """Forward both CFG branches, weighted loss, backward. Returns whether the loss was finite."""
+        batch = collate_windows(chunk)
+        weights = batch.pop("weights")  # (n,)
+        noise, time = self._noise_time(model, chunk, epoch, batch["action"].shape[1])
+        context = contextlib.nullcontext() if sync else model.no_grad_sync()
+        with context:
+            out = model.cfg_flow_losses(batch, noise=noise, time=time)
+            loss, m = weighted_cfg_flow_loss(
+                out["losses_pos"], out["losses_uncond"], weights, batch["action_is_pad"],
+                self.config.cfg_uncond_weight, normalizer=normalizer, window_mask=mask,
+                action_dim=self.config.action_dim,
+            )
+            loss.backward()
+        n = m["num_windows"]
+        for key in ("fm_loss", "fm_loss_pos", "fm_loss_pos_unweighted", "fm_loss_uncond", "positive_window_ratio"):
+            stats.sums[key] += m[key] * n
+        stats.sums["num_windows"] += n
+        return bool(torch.isfinite(loss.detach()).item())
+
+    def _optimisation_step(self, model: Any, step_windows: list[Window], filler: Window | None, plan: _Plan,
+                           s: int, epoch: int, optimizers: Sequence[torch.optim.Optimizer], stats: _TrainStats) -> None:
+        mbs = self.config.mini_batch_size
+        # Each rank scales by N_s / world_size so DDP's average over ranks yields the mean over N_s.
+        normalizer = plan.step_totals[s] / len(plan.counts)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        finite = True
+        for k in range(plan.micro_steps[s]):
+            chunk = step_windows[k * mbs:(k + 1) * mbs]
+            mask = torch.ones(len(chunk), dtype=torch.bool)
+            if not chunk:  # this rank ran out: a masked filler keeps the collectives in step
+                chunk, mask = [filler], torch.zeros(1, dtype=torch.bool)
+            sync = k == plan.micro_steps[s] - 1
+            finite &= self._micro_step(model, chunk, mask, normalizer, epoch, sync, stats)
+        self._finish_step(model, optimizers, finite, stats)
+
+    def _finish_step(self, model: Any, optimizers: Sequence[torch.optim.Optimizer], finite: bool,
+                     stats: _TrainStats) -> None:
+        """Sync (if no DDP), check finiteness on all ranks, clip per group, step or skip."""
+        params = {g: [p for p in model.trainable_params[g] if p.requires_grad] for g in GROUPS}
+        if _needs_manual_sync(model):
+            _all_reduce_mean_grads([p for g in GROUPS for p in params[g]])
+        norms = {g: _grad_norm(params[g]) for g in GROUPS}
+        local_ok = finite and all(np.isfinite(n) for n in norms.values())
+        if not _all_ranks_true(local_ok):
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)  # nothing of this step reaches weights or Adam moments
+            stats.nonfinite_skipped += 1
+            self.consecutive_nonfinite += 1
+            logger.warning("non-finite loss or grad norm (model=%s, header=%s): optimizer step skipped (%d in a row)",
+                           norms["model"], norms["header"], self.consecutive_nonfinite)
+            if self.consecutive_nonfinite >= self.config.max_consecutive_nonfinite:
+                raise RuntimeError(
+                    f"{self.consecutive_nonfinite} optimisation steps in a row had a non-finite loss or gradient "
+                    f"norm (last grad norms: model={norms['model']}, header={norms['header']}); weights were left "
+                    "unchanged. Check the inputs (norm stats, images), lower the learning rate, or raise "
+                    "training.max_consecutive_nonfinite"
+                )
+            return
+        self.consecutive_nonfinite = 0
+        for group, opt in zip(GROUPS, optimizers):
+            stats.grad_norms[group].append(norms[group])
+            _clip_(params[group], norms[group], self.config.clip_for(group))
+            opt.step()
+        stats.steps_taken += 1
+
+    # -------------------------------------------------------------------------- metrics
+    def _round_metrics(self, episodes: Sequence[Episode], scored: _Scored, windows: list[Window], n_skipped: int,
+                       stats: _TrainStats, samples_checked: Any) -> dict[str, float]:
+        """Rank-averaged metrics. Sums and counts are reduced, then divided, so every ratio is
+        the exact global ratio and every count the global total."""
+        v = scored.valid
+        n_valid = float(v.sum())
+        local: dict[str, float] = {
+            "n_valid": n_valid,
+            "sum_reward": float(scored.rewards[v].sum()),
+            "sum_adv": float(scored.advantages[v].sum()),
+            "n_nonzero_adv": float((scored.advantages[v] != 0).sum()),
+            "windows_used": float(len(windows)),
+            "windows_skipped": float(n_skipped),
+            "n_positive_windows": float(sum(w.weight > 0 for w in windows)),
+            "rollout_checked": float(samples_checked or 0),
+            "env_faults": float(sum(bool(ep.extra.get("env_fault")) for ep in episodes)),
+            **{f"loss_sum/{k}": float(val) for k, val in stats.sums.items()},
+        }
+        for ep, is_valid in zip(episodes, v.tolist()):
+            if is_valid:
+                local[f"task_n/{ep.task_name}"] = local.get(f"task_n/{ep.task_name}", 0.0) + 1.0
+                local[f"task_s/{ep.task_name}"] = local.get(f"task_s/{ep.task_name}", 0.0) + float(bool(ep.success))
+        r = all_reduce_mean_dict(local)  # collective: every rank calls it every round
+        world = float(get_world_size())
+        return self._format_metrics(r, world, stats)
+
+    @staticmethod
+    def _format_metrics(r: dict[str, float], world: float, stats: _TrainStats) -> dict[str, float]:
+        def ratio(num: str, den: str) -> float:
+            return r.get(num, 0.0) / r[den] if r.get(den, 0.0) > 0 else 0.0
+
+        out = {
+            "rollout/mean_scores": ratio("sum_reward", "n_valid"),
+            "rollout/mean_advantage": ratio("sum_adv", "n_valid"),
+            "rollout/non_zero_adv_ratio": ratio("n_nonzero_adv", "n_valid"),
+            "rollout/rollout_checked": r.get("rollout_checked", 0.0) * world,
+            "rollout/env_faults": r.get("env_faults", 0.0) * world,
+            "rollout/valid_episodes": r.get("n_valid", 0.0) * world,
+            "train/windows_used": r.get("windows_used", 0.0) * world,
+            "train/windows_skipped": r.get("windows_skipped", 0.0) * world,
+            "train/positive_window_ratio": ratio("n_positive_windows", "windows_used"),
+            "train/nonfinite_skipped": float(stats.nonfinite_skipped),  # identical on all ranks
+            "train/optimizer_steps": float(stats.steps_taken),
+        }
+        for key in ("fm_loss", "fm_loss_pos", "fm_loss_pos_unweighted", "fm_loss_uncond"):
+            out[f"loss/{key}"] = ratio(f"loss_sum/{key}", "loss_sum/num_windows")
+        for group in GROUPS:  # post-sync norms are identical on all ranks
+            norms = stats.grad_norms[group]
+            out[f"train/grad_norm_{group}"] = float(np.mean(norms)) if norms else 0.0
+        for key in r:
+            if key.startswith("task_n/"):
+                task = key[len("task_n/"):]
+                out[f"rollout/success_rate/{task}"] = ratio(f"task_s/{task}", key)
+        return out
+
+
+# ------------------------------------------------------------------------------ grad helpers
+def _grad_norm(params: Sequence[torch.Tensor]) -> float:
+    """L2 norm of all gradients of a group (0 when none has a gradient)."""
+    grads = [p.grad.detach().float() for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
+def _clip_(params: Sequence[torch.Tensor], norm: float, max_norm: float | None) -> None:
+    """Scale gradients so their norm is at most ``max_norm`` (torch's clip_grad_norm_ rule)."""
+    if max_norm is None or norm <= max_norm:
+        return
+    coef = max_norm / (norm + 1e-6)
+    for p in params:
+        if p.grad is not None:
+            p.grad.detach().mul_(coef)
+
+
+def _collective_device() -> torch.device:
+    if is_dist_ready() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_ranks_true(flag: bool) -> bool:
+    """Logical AND over ranks, so every rank takes (or skips) the same optimizer step."""
+    if not is_dist_ready() or get_world_size() == 1:
+        return flag
+    t = torch.tensor([0.0 if flag else 1.0], device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() == 0.0)
+
+
+def _needs_manual_sync(model: Any) -> bool:
+    """A process group is up but the policy's module is not DDP: average gradients ourselves."""
+    if not is_dist_ready() or get_world_size() == 1:
+        return False
+    inner = getattr(model, "model", model)
+    return not isinstance(inner, torch.nn.parallel.DistributedDataParallel)
+
+
+def _all_reduce_mean_grads(params: Sequence[torch.Tensor]) -> None:
+    """One flattened all-reduce of every gradient (missing grads count as zeros), then / world."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params]).to(_collective_device())
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= get_world_size()
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
