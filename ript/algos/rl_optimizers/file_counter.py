@@ -152,9 +152,9 @@ class FileCounter(GlobalCounter):
                 fh.seek(0)
                 fh.truncate()
                 fh.write(json.dumps(counts))
+                # flush before unlocking so the next lock holder reads the new value (no fsync:
+                # readers share the page cache; durability across crashes is not needed)
                 fh.flush()
-                os.fsync(fh.fileno())  # other processes read through the page cache anyway;
-                # fsync only matters on network filesystems, where it is what makes flock useful
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         return total
