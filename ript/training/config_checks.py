@@ -56,10 +56,12 @@ def check_hyperparameters(cfg: DictConfig, world_size: int) -> None:
     for key, value in (("algo.cfg_scale", algo.cfg_scale), ("rollout.cfg_scale", cfg.rollout.cfg_scale)):
         if value < 0:
             _fail(key, value, "the CFG guidance scale must be >= 0 (1.0 = conditional policy only)")
+    # "++" because the key is optional in algo/*.yaml: a plain override of a key the YAML lacks is
+    # rejected by Hydra, "++" works whether or not the key is declared.
     if algo.open_loop != algo.n_action_steps and not algo.get("allow_open_loop_mismatch", False):
         _fail("algo.open_loop", algo.open_loop,
               f"must equal algo.n_action_steps={algo.n_action_steps} so training windows match what was "
-              "executed; set algo.allow_open_loop_mismatch=true to override on purpose")
+              "executed; pass ++algo.allow_open_loop_mismatch=true to override on purpose")
     batch_size = cfg.train_dataloader.batch_size
     if batch_size < world_size or batch_size % world_size != 0:
         _fail("train_dataloader.batch_size", batch_size,

@@ -1,0 +1,178 @@
+"""Pre-flight config checks (issue 7, "Configuration errors"; README "Config errors fail first").
+
+Each bad value is an override of the real composed config, and must raise ConfigError naming the
+key and the value before any model or simulator is built. These tests only compose YAML and read
+small JSON files, so they run in well under a second each.
+
+Not covered here because config_checks does not own them: unknown task names / benchmarks are
+rejected by LiberoInitStateDataset (which needs LIBERO to list the valid names).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from ript.training.config_checks import ConfigError, check_config
+
+REPO = Path(__file__).resolve().parents[3]
+CONFIG_DIR = REPO / "config"
+CONFIG_NAME = "train_base_rl_openvla_oft"
+FIXTURE_NORM_STATS = REPO.parent / "shared" / "fixtures" / "libero_norm_stats_flat.json"
+
+
+@pytest.fixture(scope="module")
+def compose_cfg():
+    """compose(overrides) -> the real training config; output_dir is normally Hydra's run dir,
+    which only exists inside @hydra.main, so it is overridden."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        yield lambda *overrides: compose(CONFIG_NAME, overrides=["output_dir=/tmp/ript_cfg_test", *overrides])
+
+
+def _raises_naming(cfg, key: str, value, world_size: int = 1) -> str:
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg, world_size=world_size)
+    message = str(info.value)
+    assert key in message, message
+    assert str(value) in message, message
+    return message
+
+
+def _write_json(path: Path, payload) -> Path:
+    path.write_text(json.dumps(payload) if not isinstance(payload, str) else payload)
+    return path
+
+
+def _stats(state_dim: int = 8, action_dim: int = 7, **drop) -> dict:
+    state = {"mean": [0.0] * state_dim, "std": [1.0] * state_dim}
+    actions = {"mean": [0.0] * action_dim, "std": [1.0] * action_dim}
+    for group, stat in drop.items():
+        del {"state": state, "actions": actions}[group][stat]
+    return {"state": state, "actions": actions}
+
+
+# --------------------------------------------------------------------------- valid configs
+
+
+def test_default_config_passes(compose_cfg):
+    check_config(compose_cfg())
+
+
+def test_real_paths_and_world_size_pass(compose_cfg, tmp_path):
+    if not FIXTURE_NORM_STATS.is_file():
+        pytest.skip(f"shared fixture {FIXTURE_NORM_STATS} not present")
+    ckpt, tok = tmp_path / "model.safetensors", tmp_path / "tokenizer"
+    ckpt.write_bytes(b"")
+    tok.mkdir()
+    cfg = compose_cfg(f"algo.policy.norm_stats_path={FIXTURE_NORM_STATS}", f"algo.policy.pretrained_path={ckpt}",
+                      f"algo.policy.tokenizer_path={tok}", "train_dataloader.batch_size=4")
+    check_config(cfg, world_size=2)
+
+
+# --------------------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["algo.policy.norm_stats_path", "algo.policy.pretrained_path", "algo.policy.tokenizer_path"],
+)
+def test_missing_path(compose_cfg, tmp_path, key):
+    missing = tmp_path / "does_not_exist"
+    message = _raises_naming(compose_cfg(f"{key}={missing}"), key, missing)
+    assert "does not exist" in message
+
+
+def test_norm_stats_path_that_is_a_directory(compose_cfg, tmp_path):
+    _raises_naming(compose_cfg(f"algo.policy.norm_stats_path={tmp_path}"), "algo.policy.norm_stats_path", tmp_path)
+
+
+def test_unreadable_norm_stats(compose_cfg, tmp_path):
+    path = _write_json(tmp_path / "norm_stats.json", "{not json")
+    message = _raises_naming(compose_cfg(f"algo.policy.norm_stats_path={path}"), "algo.policy.norm_stats_path", path)
+    assert "JSON" in message
+
+
+@pytest.mark.parametrize("group,stat", [("state", "mean"), ("state", "std"), ("actions", "mean"), ("actions", "std")])
+def test_norm_stats_without_mean_or_std(compose_cfg, tmp_path, group, stat):
+    path = _write_json(tmp_path / "norm_stats.json", _stats(**{group: stat}))
+    message = _raises_naming(compose_cfg(f"algo.policy.norm_stats_path={path}"), "algo.policy.norm_stats_path", path)
+    assert f"{group}.{stat}" in message  # which statistic is missing
+
+
+def test_norm_stats_without_action_group(compose_cfg, tmp_path):
+    path = _write_json(tmp_path / "norm_stats.json", {"state": _stats()["state"]})
+    message = _raises_naming(compose_cfg(f"algo.policy.norm_stats_path={path}"), "algo.policy.norm_stats_path", path)
+    assert "actions" in message
+
+
+@pytest.mark.parametrize("state_dim,action_dim,short", [(7, 7, "state.mean"), (8, 6, "actions.mean")])
+def test_norm_stats_with_too_few_dims(compose_cfg, tmp_path, state_dim, action_dim, short):
+    # PI0 on LIBERO needs 8 state dims and 7 action dims (SPEC section 3).
+    path = _write_json(tmp_path / "norm_stats.json", _stats(state_dim, action_dim))
+    message = _raises_naming(compose_cfg(f"algo.policy.norm_stats_path={path}"), "algo.policy.norm_stats_path", path)
+    assert short in message and "dims" in message
+
+
+def test_norm_stats_in_openpi_nested_layout_pass(compose_cfg, tmp_path):
+    # openpi stores stats padded to 32 dims under "norm_stats"; they are sliced, not rejected.
+    path = _write_json(tmp_path / "norm_stats.json", {"norm_stats": _stats(32, 32)})
+    check_config(compose_cfg(f"algo.policy.norm_stats_path={path}"))
+
+
+# --------------------------------------------------------------------------- hyper-parameters
+
+
+@pytest.mark.parametrize("value", [1, 0])
+def test_rloo_batch_size_below_two(compose_cfg, value):
+    message = _raises_naming(compose_cfg(f"algo.rloo_batch_size={value}"), "algo.rloo_batch_size", value)
+    assert ">= 2" in message
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0])
+def test_a_max_not_positive(compose_cfg, value):
+    _raises_naming(compose_cfg(f"algo.a_max={value}"), "algo.a_max", value)
+
+
+@pytest.mark.parametrize("key", ["algo.cfg_scale", "rollout.cfg_scale"])
+def test_negative_cfg_scale(compose_cfg, key):
+    _raises_naming(compose_cfg(f"{key}=-0.5"), key, -0.5)
+
+
+def test_zero_cfg_scale_is_allowed(compose_cfg):
+    # s = 0 is the unconditional policy: a legitimate point of an evaluation sweep.
+    check_config(compose_cfg("algo.cfg_scale=0.0", "rollout.cfg_scale=0.0"))
+
+
+def test_negative_uncond_weight(compose_cfg):
+    _raises_naming(compose_cfg("algo.cfg_uncond_weight=-0.1"), "algo.cfg_uncond_weight", -0.1)
+
+
+def test_open_loop_must_match_n_action_steps(compose_cfg):
+    message = _raises_naming(compose_cfg("algo.open_loop=10"), "algo.open_loop", 10)
+    assert "algo.n_action_steps=50" in message and "allow_open_loop_mismatch" in message
+
+
+def test_open_loop_mismatch_allowed_with_the_override_the_message_names(compose_cfg):
+    with pytest.raises(ConfigError) as info:
+        check_config(compose_cfg("algo.open_loop=10"))
+    override = re.search(r"\S*allow_open_loop_mismatch=true", str(info.value)).group(0)
+    # The fix the message suggests must be a Hydra override that composes and passes.
+    check_config(compose_cfg("algo.open_loop=10", override))
+
+
+@pytest.mark.parametrize("batch_size,world_size", [(1, 2), (3, 2), (6, 4)])
+def test_batch_size_not_divisible_by_world_size(compose_cfg, batch_size, world_size):
+    message = _raises_naming(compose_cfg(f"train_dataloader.batch_size={batch_size}"),
+                             "train_dataloader.batch_size", batch_size, world_size=world_size)
+    assert f"world size {world_size}" in message
+
+
+def test_batch_size_divisible_by_world_size_passes(compose_cfg):
+    check_config(compose_cfg("train_dataloader.batch_size=8"), world_size=4)
+
+
+def test_zero_training_steps(compose_cfg):
+    _raises_naming(compose_cfg("training.n_steps=0"), "training.n_steps", 0)
