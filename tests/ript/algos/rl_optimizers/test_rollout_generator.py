@@ -1,0 +1,310 @@
+"""RolloutGenerator against a fake env runner (no simulator): RIPT's sampling rules.
+
+The fake runner's outcome is a function of the init state: ``state[0]`` encodes the group's
+pattern -- 0: every rollout fails, 1: every rollout succeeds, 2: rollouts alternate
+success/failure (a "mixed" group, the only kind dynamic sampling keeps).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from ript.algos.rl_optimizers.file_counter import FileCounter
+from ript.algos.rl_optimizers.rollout_generator import RolloutGenerator, init_state_hash
+from ript.datasets.init_state_dataset import InitStateDataset, collate_init_states
+from ript.types import Episode
+
+FAIL, SUCCEED, MIXED = 0.0, 1.0, 2.0
+K = 4
+D = 5
+
+
+class _FakeEnv:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeRunner:
+    """Runner contract: create_env / run_policy_in_env yielding (success, reward, Episode)."""
+
+    def __init__(self, delay_s: float = 0.0, on_group=None) -> None:
+        self.created: list[str] = []
+        self.calls: list[tuple[str, np.ndarray, object]] = []  # (task, init states, created_env)
+        self.delay_s = delay_s
+        self.on_group = on_group  # hook called once per group (e.g. "another rank" adds)
+
+    def create_env(self, task_name: str):
+        self.created.append(task_name)
+        return _FakeEnv(), len(self.created) - 1, K
+
+    def run_policy_in_env(self, env_name, policy, all_init_states, render=False,
+                          created_env=None, random_init=False):
+        self.calls.append((env_name, np.array(all_init_states), created_env))
+        if self.on_group is not None:
+            self.on_group()
+        for i, state in enumerate(all_init_states):
+            time.sleep(self.delay_s)
+            pattern = state[0]
+            success = bool(pattern == SUCCEED or (pattern == MIXED and i % 2 == 0))
+            ep = Episode(
+                task_name=env_name, task_description=env_name.replace("_", " "), task_id=0,
+                success=success, total_reward=float(success),
+                actions=np.zeros((3, 7), np.float32),
+                chunk_start_steps=np.zeros((1,), np.int64), chunk_observations=[],
+                sampled_chunks=np.zeros((1, 50, 7), np.float32),
+            )
+            yield success, float(success), ep
+
+
+def _states(patterns, offset=0.0) -> np.ndarray:
+    """(N, D): row i has pattern patterns[i] and a unique tail, so hashes differ."""
+    rows = np.zeros((len(patterns), D))
+    rows[:, 0] = patterns
+    rows[:, 1] = np.arange(len(patterns)) + offset
+    return rows
+
+
+def _loader(patterns, batch_size, task="task_a", task_id=0, held_out=None) -> DataLoader:
+    ds = InitStateDataset([(task_id, task, _states(patterns))], held_out=held_out)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_init_states)
+
+
+def _round(gen: RolloutGenerator, loader: DataLoader):
+    it = iter(loader)
+    return gen.generate_rollouts(model=None, batch=next(it), data_iterator=it, dataloader=loader)
+
+
+def _gen(runner, demo, **kw) -> RolloutGenerator:
+    kw.setdefault("use_tqdm", False)
+    return RolloutGenerator(runner, rloo_batch_size=K, demo_batch_size=demo, **kw)
+
+
+def test_same_init_state_for_all_k_rollouts_and_env_reused():
+    runner = FakeRunner()
+    loader = _loader([MIXED, MIXED, MIXED], batch_size=3)
+    gen = _gen(runner, demo=3)
+    episodes, task_ids, valid, checked = _round(gen, loader)
+    assert checked == 3 and len(runner.calls) == 3
+    expected = _states([MIXED] * 3)
+    for (task, init_states, env), row in zip(runner.calls, expected):
+        assert init_states.shape == (K, D)
+        np.testing.assert_array_equal(init_states, np.repeat(row[None], K, 0))
+        assert env is runner.calls[0][2]  # one env per task, created once, reused
+    assert runner.created == ["task_a"]
+    # Episodes come grouped K by K, each tagged with its group's init state.
+    for g in range(3):
+        for ep in episodes[g * K:(g + 1) * K]:
+            np.testing.assert_array_equal(ep.init_state, expected[g])
+            assert ep.extra["init_hash"] == init_state_hash(expected[g])
+    assert task_ids == [0] * 3 * K and all(valid)
+    gen.close()
+    assert runner.calls[0][2][0].closed
+
+
+def test_dynamic_sampling_drops_all_zero_and_all_one_groups():
+    runner = FakeRunner()
+    loader = _loader([FAIL, SUCCEED, MIXED, FAIL, MIXED], batch_size=5)
+    gen = _gen(runner, demo=2, enable_dynamic_sampling=True)
+    episodes, _, valid, checked = _round(gen, loader)
+    # FAIL and SUCCEED are dropped; the two MIXED groups fill the quota at the 5th sample.
+    assert checked == 5
+    assert gen.last_round_stats.dropped_uniform == 3
+    assert all(valid) and len(episodes) == 2 * K
+    assert [ep.init_state[0] for ep in episodes] == [MIXED] * (2 * K)
+    # Without dynamic sampling the first two groups are taken as they come.
+    gen2 = _gen(FakeRunner(), demo=2)
+    episodes2, _, _, checked2 = _round(gen2, loader)
+    assert checked2 == 2 and [ep.init_state[0] for ep in episodes2[::K]] == [FAIL, SUCCEED]
+
+
+def test_pulls_more_batches_and_recreates_exhausted_iterator():
+    runner = FakeRunner()
+    loader = _loader([FAIL, MIXED], batch_size=1)  # 2 batches of 1; quota 3 needs 6 samples
+    gen = _gen(runner, demo=3, enable_dynamic_sampling=True)
+    episodes, _, valid, checked = _round(gen, loader)
+    assert checked == 6 and all(valid) and len(episodes) == 3 * K
+    assert gen.last_data_iterator is not None
+
+
+def test_padding_to_demo_batch_times_k_with_invalid_entries():
+    runner = FakeRunner()
+    loader = _loader([MIXED, FAIL, FAIL, FAIL], batch_size=4)
+    gen = _gen(runner, demo=3, enable_dynamic_sampling=True, max_sample_attempts=4)
+    episodes, task_ids, valid, _ = _round(gen, loader)
+    assert len(episodes) == len(task_ids) == len(valid) == 3 * K
+    assert valid == [True] * K + [False] * (2 * K)
+    assert all(not ep.valid for ep in episodes[K:])
+    assert task_ids[K:] == [-1] * (2 * K)
+    assert gen.last_round_stats.hit_attempt_limit
+
+
+def test_rollout_stats_tracking_skips_all_success_init_states(tmp_path):
+    stats_path = tmp_path / "rollout_stats.json"
+    loader = _loader([SUCCEED, MIXED], batch_size=2)
+    runner = FakeRunner()
+    gen = _gen(runner, demo=1, enable_rollout_stats_tracking=True,
+               rollout_stats_path=str(stats_path))
+    _round(gen, loader)  # round 1: SUCCEED is new, so it is rolled out (all K succeed)
+    assert len(runner.calls) == 1 and runner.calls[0][1][0, 0] == SUCCEED
+    episodes, _, valid, checked = _round(gen, loader)  # round 2: it is skipped
+    assert checked == 2 and gen.last_round_stats.skipped_all_success == 1
+    assert runner.calls[-1][1][0, 0] == MIXED and len(runner.calls) == 2
+    assert all(valid) and episodes[0].init_state[0] == MIXED
+    # Persisted each round, and reloaded by a new generator (resume): it skips at once.
+    saved = json.loads(stats_path.read_text())
+    assert saved["history"][init_state_hash(_states([SUCCEED])[0])] == [1] * K
+    runner3 = FakeRunner()
+    gen3 = _gen(runner3, demo=1, enable_rollout_stats_tracking=True,
+                rollout_stats_path=str(stats_path))
+    _round(gen3, loader)
+    assert runner3.calls[0][1][0, 0] == MIXED
+    # state_dict round trip (checkpointing)
+    gen4 = _gen(FakeRunner(), demo=1, enable_rollout_stats_tracking=True)
+    gen4.load_state_dict(gen.state_dict())
+    assert gen4.stats_tracker.history == gen.stats_tracker.history
+
+
+def test_skipped_state_is_retried_after_skip_threshold():
+    loader = _loader([SUCCEED], batch_size=1)
+    runner = FakeRunner()
+    gen = _gen(runner, demo=1, enable_rollout_stats_tracking=True, skip_threshold=1)
+    _round(gen, loader)  # rolled out: K successes recorded
+    # next round: skipped once (count 1), then again (count 2 > threshold: memory dropped,
+    # still skipped), then rolled out again and accepted.
+    _, _, _, checked = _round(gen, loader)
+    assert checked == 3 and len(runner.calls) == 2
+
+
+def test_early_stop_at_global_threshold_counts_other_ranks():
+    counter = FileCounter()
+    # Simulate the other ranks: while this rank runs its first group, they accept 3 samples.
+    added = []
+
+    def other_ranks_accept():
+        if not added:
+            added.append(True)
+            counter.add(3)
+
+    runner = FakeRunner(on_group=other_ranks_accept)
+    gen = _gen(runner, demo=4, counter=counter)  # threshold = 1.0 * 4 * world(1) = 4
+    episodes, _, valid, checked = _round(gen, _loader([MIXED] * 4, batch_size=4))
+    assert checked == 1 and sum(valid) == K  # 3 (others) + 1 (mine) = 4 reached: stop
+    assert gen.last_round_stats.early_stopped and gen.last_round_stats.global_accepted == 4
+    assert len(episodes) == 4 * K
+    # The next round starts from zero (fresh key), not from 4.
+    added.append(True)
+    _, _, valid2, _ = _round(gen, _loader([MIXED] * 4, batch_size=4))
+    assert sum(valid2) == 4 * K
+    counter.close()
+
+
+def test_early_stop_percentage_threshold_single_rank():
+    gen = _gen(FakeRunner(), demo=4, early_stop_percentage=0.5)
+    assert gen.global_threshold == 2
+    _, _, valid, checked = _round(gen, _loader([MIXED] * 4, batch_size=4))
+    assert checked == 2 and sum(valid) == 2 * K
+
+
+def test_val_init_draws_from_held_out_pool():
+    held = _states([MIXED, MIXED, MIXED], offset=100.0)
+    loader = _loader([MIXED, MIXED], batch_size=2, held_out=[(0, "task_a", held)])
+    runner = FakeRunner()
+    gen = _gen(runner, demo=2, use_val_init=True, seed=0)
+    _round(gen, loader)
+    for _, init_states, _ in runner.calls:
+        assert init_states[0, 1] >= 100.0  # from the held-out pool, not the batch
+        assert (init_states == init_states[0]).all()  # still one state per group
+    runner2 = FakeRunner()
+    gen2 = _gen(runner2, demo=2, use_val_init=True, mix_val_init_in_rloo=True, seed=0)
+    _round(gen2, loader)
+    mixed_rows = np.concatenate([c[1] for c in runner2.calls])
+    assert (mixed_rows[:, 1] >= 100.0).all()
+    assert len({tuple(r) for r in mixed_rows}) > 1  # K different held-out states per group
+
+
+def test_config_errors_name_the_value():
+    with pytest.raises(ValueError, match="mix_val_init_in_rloo"):
+        _gen(FakeRunner(), demo=1, mix_val_init_in_rloo=True)
+    with pytest.raises(ValueError, match="early_stop_percentage=1.5"):
+        _gen(FakeRunner(), demo=1, early_stop_percentage=1.5)
+    gen = _gen(FakeRunner(), demo=1, task_names_to_use=["task_b"])
+    with pytest.raises(ValueError, match="task_a.*task_names_to_use"):
+        _round(gen, _loader([MIXED], batch_size=1))
+
+
+# --------------------------------------------------------------------------- 2 ranks (gloo)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_rank_worker(rank: int, port: int, results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    try:
+        out = {}
+        # Round 1: rank 1's policy fails everywhere, so dynamic sampling rejects all its groups;
+        # rank 0 accepts 2 = ceil(0.5 * 2 * 2) = the global threshold. Rank 1 must see it,
+        # stop with zero accepted samples, and not deadlock anyone.
+        pattern = MIXED if rank == 0 else FAIL
+        runner = FakeRunner(delay_s=0.005)
+        gen = RolloutGenerator(runner, rloo_batch_size=K, demo_batch_size=2, use_tqdm=False,
+                               early_stop_percentage=0.5, enable_dynamic_sampling=True,
+                               max_sample_attempts=100_000)
+        loader = _loader([pattern] * 4, batch_size=2, task=f"task_{rank}", task_id=rank)
+        _, _, valid, _ = _round(gen, loader)
+        s = gen.last_round_stats
+        out["r1"] = (sum(valid), s.accepted, s.early_stopped, s.global_accepted)
+        # Round 2: both ranks accept; quota 4 each, threshold ceil(0.5 * 4 * 2) = 4 in all.
+        gen.demo_batch_size, gen.global_threshold = 4, 4
+        loader = _loader([MIXED] * 8, batch_size=4, task=f"task_{rank}", task_id=rank)
+        _, _, valid, _ = _round(gen, loader)
+        s = gen.last_round_stats
+        out["r2"] = (sum(valid), s.accepted, s.early_stopped, s.global_accepted)
+        # A collective after the rounds: completes only if every rank finished its round.
+        from ript.utils.distributed import all_reduce_mean_dict
+        out["mean"] = all_reduce_mean_dict({"accepted": float(s.accepted)})["accepted"]
+        gen.close()
+        results[rank] = out
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_rank_global_early_stop_and_zero_accept_rank_does_not_deadlock():
+    ctx = mp.get_context("fork")  # no torch re-import per child; the parent has no group
+    results = ctx.Manager().dict()
+    port = _free_port()
+    procs = [ctx.Process(target=_two_rank_worker, args=(r, port, results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.terminate()
+    assert not hung, "a rank hung: the early stop was not seen or a collective deadlocked"
+    assert [p.exitcode for p in procs] == [0, 0]
+    r0, r1 = results[0], results[1]
+    assert r0["r1"][:2] == (2 * K, 2)  # rank 0 filled its quota: global reached 2
+    assert r1["r1"][:3] == (0, 0, True)  # rank 1: nothing accepted, stopped by the global count
+    assert r1["r1"][3] >= 2
+    # Round 2: the global threshold (4) is reached; a rank short of its own quota (4) must
+    # have stopped because of it; each rank overshoots by at most its one in-flight group.
+    total = r0["r2"][1] + r1["r2"][1]
+    assert 4 <= total <= 5
+    for r in (r0, r1):
+        assert r["r2"][1] == 4 or r["r2"][2]
+    assert r0["mean"] == r1["mean"] == total / 2
