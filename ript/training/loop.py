@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ript.datasets.init_state_dataset import collate_init_states
 from ript.training.checkpointing import (
     TrainingState,
     capture_rng_state,
@@ -25,7 +26,7 @@ from ript.training.checkpointing import (
     save_checkpoint,
 )
 from ript.training.metrics_logger import MetricsLogger
-from ript.utils.distributed import DistInfo, all_gather_objects
+from ript.utils.distributed import DistInfo, is_dist_ready
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,13 @@ class StepBatchStream:
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, rank: int, shuffle: bool = True) -> None:
+        # Batches never straddle epochs, so a batch larger than the dataset would make
+        # for_step spin forever without yielding.
+        if not 1 <= batch_size <= len(dataset):
+            raise ValueError(
+                f"init-state batch_size={batch_size} per rank must be between 1 and the {len(dataset)} "
+                "init states this rank holds; lower train_dataloader.batch_size or use more tasks"
+            )
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed, self.rank, self.shuffle = seed, rank, shuffle
@@ -57,7 +65,7 @@ class StepBatchStream:
             order = rng.permutation(len(self.dataset)) if self.shuffle else np.arange(len(self.dataset))
             for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
                 items = [self.dataset[int(i)] for i in order[start : start + self.batch_size]]
-                yield self.dataset.collate(items)
+                yield collate_init_states(items)
 
 
 @dataclass
@@ -185,20 +193,41 @@ def evaluate(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
         cfg_scale=cfg.rollout.cfg_scale, num_trials_per_task=cfg.rollout.num_trials_per_task,
     )
     run.policy.train()
-    return merge_eval_results(all_gather_objects(local))
+    return merge_eval_results(_gather_from_ranks(local))
+
+
+def _gather_from_ranks(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` in rank order (just ``[obj]`` without a process group)."""
+    if not is_dist_ready():
+        return [obj]
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
 
 
 def merge_eval_results(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-task rates from every rank; the overall rate is the episode-weighted mean."""
+    """Per-task rates from every rank; the overall rate is the episode-weighted mean.
+
+    A task evaluated on several ranks (fewer tasks than ranks) gets the mean of their rates: every
+    rank runs the same number of trials per task, so that is its episode-weighted rate too.
+    Env-fault counts are summed so no rank's faults disappear from the log.
+    """
     merged: dict[str, Any] = {}
-    total_episodes, total_successes = 0, 0.0
+    per_task: dict[str, list[float]] = {}
+    total_episodes, total_successes, faults = 0, 0.0, 0
     for result in per_rank:
         episodes = int(result.get("rollout/num_episodes", 0))
         total_episodes += episodes
         total_successes += float(result.get("rollout/overall_success_rate", 0.0)) * episodes
-        merged.update({k: v for k, v in result.items() if k.startswith("rollout/success_rate/")})
-        if "rollout/protocol" in result:
-            merged["rollout/protocol"] = result["rollout/protocol"]
+        faults += int(result.get("rollout/num_env_faults", 0))
+        for key, value in result.items():
+            if key.startswith("rollout/success_rate/"):
+                per_task.setdefault(key, []).append(float(value))
+        for key in ("rollout/protocol", "rollout/cfg_scale"):
+            if key in result:
+                merged[key] = result[key]
+    merged.update({key: sum(rates) / len(rates) for key, rates in per_task.items()})
     merged["rollout/num_episodes"] = total_episodes
+    merged["rollout/num_env_faults"] = faults
     merged["rollout/overall_success_rate"] = total_successes / max(total_episodes, 1)
     return merged
