@@ -46,7 +46,14 @@ from ript.algos.rl_optimizers.cfg_flow_math import (
     weighted_cfg_flow_loss,
 )
 from ript.types import Episode
-from ript.utils.distributed import all_reduce_mean_dict, broadcast_object, get_rank, get_world_size, is_dist_ready
+from ript.utils.distributed import (
+    all_reduce_mean_dict,
+    broadcast_object,
+    get_rank,
+    get_world_size,
+    is_dist_ready,
+    log_rank_zero,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +249,12 @@ class CFGFlowOptimizerPI0:
         windows, n_skipped = self.make_windows(episodes, scored.weights, model)
         stats = self.train_on_windows(model, windows, optimizers)
         metrics = self._round_metrics(episodes, scored, windows, n_skipped, stats, samples_checked)
+        log_rank_zero(
+            logger, "round %d: score %.3f, windows %d used / %d skipped, %d steps (%d non-finite skipped), "
+            "fm_loss %.4f", self.round, metrics["rollout/mean_scores"], metrics["train/windows_used"],
+            metrics["train/windows_skipped"], metrics["train/optimizer_steps"], metrics["train/nonfinite_skipped"],
+            metrics["loss/fm_loss"],
+        )
         self.round += 1
         return metrics
 

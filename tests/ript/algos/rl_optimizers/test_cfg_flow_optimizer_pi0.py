@@ -345,7 +345,21 @@ def test_collated_batch_matches_policy_contract():
 
 
 # ------------------------------------------------------------------------- two ranks (gloo)
-def _dist_worker(rank: int, world: int, port: int, scenario: str, out_dir: str) -> None:
+SCENARIOS = ("zero", "uneven", "manual")
+
+
+def _rank_episodes(rank: int, scenario: str) -> list[Episode]:
+    ns = make_norm_stats()
+    if rank == 0:
+        return [make_episode(100, ns, success=True, seed=0), make_episode(100, ns, success=False, seed=1)]
+    if scenario == "zero":  # this rank accepted no sample: padding only
+        return [Episode.padding("task_a"), Episode.padding("task_a")]
+    # fewer windows than rank 0 (2 vs 4), another task
+    return [make_episode(50, ns, success=True, seed=2, task="task_b"),
+            make_episode(50, ns, success=False, seed=3, task="task_b")]
+
+
+def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import os
 
     import torch.distributed as dist
@@ -353,20 +367,13 @@ def _dist_worker(rank: int, world: int, port: int, scenario: str, out_dir: str) 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        ns = make_norm_stats()
-        if rank == 0:
-            episodes = [make_episode(100, ns, success=True, seed=0), make_episode(100, ns, success=False, seed=1)]
-        elif scenario == "zero":  # this rank accepted no sample: padding only
-            episodes = [Episode.padding("task_a"), Episode.padding("task_a")]
-        else:  # uneven: fewer windows than rank 0
-            episodes = [make_episode(50, ns, success=True, seed=2, task="task_b"),
-                        make_episode(50, ns, success=False, seed=3, task="task_b")]
-        policy = DDPFakePolicy() if scenario != "manual" else FakePolicy()
-        opt = make_optimizer(episodes, mini_batch_size=1, gradient_accumulation_steps=2)
-        optimizers = sgd(policy.core if scenario != "manual" else policy)
-        metrics = opt.optimize(policy, None, optimizers)
-        core = policy.core if scenario != "manual" else policy
-        torch.save({"params": params_of(core), "metrics": metrics}, f"{out_dir}/rank{rank}.pt")
+        for scenario in SCENARIOS:  # one process group for all scenarios (spawning is the slow part)
+            # "manual": the module is not DDP-wrapped -> one flattened all-reduce of the grads.
+            policy = FakePolicy() if scenario == "manual" else DDPFakePolicy()
+            core = policy if scenario == "manual" else policy.core
+            opt = make_optimizer(_rank_episodes(rank, scenario), mini_batch_size=1, gradient_accumulation_steps=2)
+            metrics = opt.optimize(policy, None, sgd(core))
+            torch.save({"params": params_of(core), "metrics": metrics}, f"{out_dir}/{scenario}_rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -380,27 +387,26 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", ["zero", "uneven", "manual"])
-def test_two_ranks_no_deadlock_and_one_average(tmp_path, scenario):
+def test_two_ranks_no_deadlock_and_one_average(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_dist_worker, args=(2, _free_port(), scenario, str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    for a, b in zip(r0["params"], r1["params"]):  # one synchronised update on both ranks
-        torch.testing.assert_close(a, b)
-    assert r0["metrics"] == r1["metrics"]
-    if scenario == "zero":
-        # Rank 1 had no window: the update is the mean over rank 0's 4 windows, exactly what a
-        # single process with rank 0's episodes computes (same per-window noise).
-        ns = make_norm_stats()
-        episodes = [make_episode(100, ns, success=True, seed=0), make_episode(100, ns, success=False, seed=1)]
-        policy = FakePolicy()
-        make_optimizer(episodes, mini_batch_size=1, gradient_accumulation_steps=2).optimize(policy, None, sgd(policy))
-        for a, b in zip(r0["params"], params_of(policy)):
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-        assert r0["metrics"]["train/windows_used"] == 4
-        assert r0["metrics"]["rollout/mean_scores"] == 0.5  # padding rank adds no episodes
-    else:
-        assert r0["metrics"]["train/windows_used"] == 6
-        assert r0["metrics"]["rollout/success_rate/task_a"] == 0.5
-        assert r0["metrics"]["rollout/success_rate/task_b"] == 0.5
+    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for scenario in SCENARIOS:
+        r0, r1 = (torch.load(tmp_path / f"{scenario}_rank{r}.pt") for r in (0, 1))
+        for a, b in zip(r0["params"], r1["params"]):  # one synchronised update on both ranks
+            torch.testing.assert_close(a, b)
+        assert r0["metrics"] == r1["metrics"], scenario
+        if scenario == "zero":
+            # Rank 1 had no window (it fed masked fillers): the update is the mean over rank 0's
+            # 4 windows, exactly what one process with rank 0's episodes computes (same noise).
+            policy = FakePolicy()
+            make_optimizer(_rank_episodes(0, "zero"), mini_batch_size=1, gradient_accumulation_steps=2).optimize(
+                policy, None, sgd(policy))
+            for a, b in zip(r0["params"], params_of(policy)):
+                torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+            assert r0["metrics"]["train/windows_used"] == 4
+            assert r0["metrics"]["rollout/mean_scores"] == 0.5  # padding adds no episodes
+        else:
+            assert r0["metrics"]["train/windows_used"] == 6
+            assert r0["metrics"]["rollout/success_rate/task_a"] == 0.5
+            assert r0["metrics"]["rollout/success_rate/task_b"] == 0.5
