@@ -99,11 +99,13 @@ class PI0FlowMatching(nn.Module):
 
         freeze_vision_encoder: SigLIP frozen. train_expert_only: the whole PaliGemma (SigLIP,
         projector, VLM) frozen; the expert and PI0 heads (incl. cond_embed) stay trainable.
+        Always frozen: the VLM parts that cannot affect any output (see
+        `PaliGemmaWithExpert.unused_vlm_modules`), so every trainable parameter gets a gradient.
         """
         pwe = self.paligemma_with_expert
         for param in self.parameters():
             param.requires_grad_(True)
-        frozen: list[nn.Module] = []
+        frozen: list[nn.Module] = list(pwe.unused_vlm_modules())
         if self.config.train_expert_only:
             frozen.append(pwe.paligemma)
         elif self.config.freeze_vision_encoder:

@@ -204,6 +204,18 @@ class PaliGemmaWithExpert(nn.Module):
     def expert_model(self) -> GemmaModel:
         return self.gemma_expert.model
 
+    def unused_vlm_modules(self) -> list[nn.Module]:
+        """VLM parts that can never influence PI0's outputs (so never receive gradients).
+
+        The suffix reads only the prefix keys/values; the last VLM layer's query projection,
+        attention output, MLP and the VLM's final norm only produce prefix hidden states that
+        nothing consumes (in the reference's joint pass as well). Freezing them keeps DDP usable
+        without `find_unused_parameters`.
+        """
+        last = self.language_model.layers[-1]
+        return [last.self_attn.q_proj, last.self_attn.o_proj, last.post_attention_layernorm, last.mlp,
+                self.language_model.norm]
+
     @property
     def dtype(self) -> torch.dtype:
         return self.language_model.layers[0].self_attn.q_proj.weight.dtype
@@ -243,20 +255,25 @@ class PaliGemmaWithExpert(nn.Module):
 
     def forward_prefix(
         self, prefix_embs: torch.Tensor, pad_masks: torch.Tensor,
-        attention_mask: torch.Tensor, position_ids: torch.Tensor,
-    ) -> tuple[torch.Tensor, PrefixKVCache]:
+        attention_mask: torch.Tensor, position_ids: torch.Tensor, return_output: bool = False,
+    ) -> tuple[torch.Tensor | None, PrefixKVCache]:
         """VLM-only pass over the prefix. prefix_embs (B, Lp, vlm_hidden), pad_masks (B, Lp),
-        attention_mask (B, Lp, Lp), position_ids (B, Lp) -> (prefix_out (B, Lp, vlm_hidden), cache)."""
+        attention_mask (B, Lp, Lp), position_ids (B, Lp) -> (prefix_out (B, Lp, vlm_hidden) or None,
+        cache). Unless `return_output`, the last layer only projects keys/values: its attention
+        output, MLP and the final norm would feed nothing the suffix reads."""
         hiddens: list[torch.Tensor | None] = [prefix_embs.to(self.dtype), None]
         keys, values = [], []
-        for layer_idx in range(len(self.language_model.layers)):
+        num_layers = len(self.language_model.layers)
+        for layer_idx in range(num_layers):
+            kv_only = layer_idx == num_layers - 1 and not return_output
             hiddens, (key, value) = self._maybe_checkpointed_layer(
-                layer_idx, hiddens, attention_mask, position_ids, None
+                layer_idx, hiddens, attention_mask, position_ids, None, kv_only
             )
             keys.append(key)  # (B, Lp, KV, D), after RoPE
             values.append(value)
         cache = PrefixKVCache(key_states=keys, value_states=values, pad_masks=pad_masks)
-        return self.language_model.norm(hiddens[0]), cache
+        prefix_out = self.language_model.norm(hiddens[0]) if return_output else None
+        return prefix_out, cache
 
     def forward_suffix(
         self, suffix_embs: torch.Tensor, cache: PrefixKVCache,
@@ -271,18 +288,20 @@ class PaliGemmaWithExpert(nn.Module):
         return self.expert_model.norm(hiddens[1])
 
     # ------------------------------------------------------------------ one joint layer
-    def _maybe_checkpointed_layer(self, layer_idx, hiddens, attention_mask, position_ids, past):
+    def _maybe_checkpointed_layer(self, layer_idx, hiddens, attention_mask, position_ids, past, kv_only=False):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(
-                self._joint_layer, layer_idx, hiddens, attention_mask, position_ids, past, use_reentrant=False
+                self._joint_layer, layer_idx, hiddens, attention_mask, position_ids, past, kv_only,
+                use_reentrant=False,
             )
-        return self._joint_layer(layer_idx, hiddens, attention_mask, position_ids, past)
+        return self._joint_layer(layer_idx, hiddens, attention_mask, position_ids, past, kv_only)
 
     def _joint_layer(
         self, layer_idx: int, hiddens: list[torch.Tensor | None], attention_mask: torch.Tensor,
-        position_ids: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
+        position_ids: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, kv_only: bool = False,
     ) -> tuple[list[torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]:
         """One layer over the present streams; returns new hiddens and this call's (keys, values).
+        kv_only: stop after the keys/values (hiddens returned unchanged).
 
         hiddens[s]: (B, L_s, hidden_s) or None; the query sequence is the concatenation of the
         present streams; keys are [past keys | this call's keys]. The returned keys/values cover
@@ -296,13 +315,16 @@ class PaliGemmaWithExpert(nn.Module):
             batch, length = hidden.shape[:2]
             normed = layer.input_layernorm(hidden)  # (B, L_s, hidden_s)
             attn = layer.self_attn
-            queries.append(attn.q_proj(normed).view(batch, length, self.num_heads, self.head_dim))
+            if not kv_only:
+                queries.append(attn.q_proj(normed).view(batch, length, self.num_heads, self.head_dim))
             keys.append(attn.k_proj(normed).view(batch, length, self.num_kv_heads, self.head_dim))
             values.append(attn.v_proj(normed).view(batch, length, self.num_kv_heads, self.head_dim))
             lengths.append(length)
-        query = apply_rope(torch.cat(queries, dim=1), position_ids)  # (B, Lq, H, D)
         key = apply_rope(torch.cat(keys, dim=1), position_ids)  # (B, Lq, KV, D)
         value = torch.cat(values, dim=1)  # (B, Lq, KV, D)
+        if kv_only:
+            return hiddens, (key, value)
+        query = apply_rope(torch.cat(queries, dim=1), position_ids)  # (B, Lq, H, D)
         all_keys, all_values = key, value
         if past is not None:
             all_keys = torch.cat([past[0].to(key.dtype), key], dim=1)  # (B, Lp + Lq, KV, D)
