@@ -33,6 +33,13 @@ def check_paths(cfg: DictConfig) -> None:
     _check_path("algo.policy.pretrained_path", policy.get("pretrained_path"), "the PI0 checkpoint")
     _check_path("algo.policy.tokenizer_path", policy.get("tokenizer_path"), "the tokenizer directory")
     norm_stats_path = policy.get("norm_stats_path")
+    if norm_stats_path is not None and str(norm_stats_path).startswith("builtin:"):
+        from ript.utils.assets import resolve_norm_stats_path
+
+        try:
+            norm_stats_path = resolve_norm_stats_path(norm_stats_path)
+        except FileNotFoundError as error:
+            _fail("algo.policy.norm_stats_path", norm_stats_path, str(error))
     _check_path("algo.policy.norm_stats_path", norm_stats_path, "the norm_stats.json file")
     if norm_stats_path is not None:
         # Parse it now: a stats file without mean/std or with too few dims is a config error.

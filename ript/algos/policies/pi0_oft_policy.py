@@ -23,6 +23,7 @@ from openpi_pytorch_ori.pi0.configuration_pi0 import PI0Config
 from openpi_pytorch_ori.pi0.modeling_pi0 import PI0Policy
 from openpi_pytorch_ori.pi0.tokenizer import load_tokenizer
 from ript.env_runner.pi0_runner_utils import NormStats, check_norm_stats_against_chunk, load_norm_stats
+from ript.utils.assets import resolve_norm_stats_path
 from ript.utils.distributed import unwrap
 
 logger = logging.getLogger(__name__)
@@ -37,9 +38,6 @@ HEADER_MODULE_NAMES = (
     "action_time_mlp_out",
     "cond_embed",
 )
-
-BUNDLED_NORM_STATS = Path(__file__).resolve().parents[2] / "assets" / "norm_stats" / "libero_norm_stats.json"
-
 
 def resolve_device(device_id: int | str | None) -> torch.device:
     """``None``: this process's LOCAL_RANK GPU under torchrun, GPU 0, or the CPU."""
@@ -103,14 +101,14 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         if pretrained_path is not None:
             report = load_pi0_weights(policy, pretrained_path, strict=strict_load)
             logger.info("loaded PI0 weights from %s: %s", pretrained_path, report)
-        torch_dtype = torch.bfloat16 if self.config.dtype == "bfloat16" else torch.float32
-        policy.to(device=self.device, dtype=torch_dtype)
+        # PI0Policy applies config.dtype itself (bf16 backbone, float32 heads); only move it.
+        policy.to(device=self.device)
         self.trainable_params = split_trainable_params(policy)
         self.model: nn.Module = self._maybe_wrap_ddp(policy, use_ddp)
         self._norm_stats_checked = not sanity_check_norm_stats
         logger.info(
             "PI0_OFT_Policy: preset=%s dtype=%s device=%s trainable model=%d header=%d params",
-            self.config.preset_name, self.config.dtype, self.device,
+            self.preset, self.config.dtype, self.device,
             sum(p.numel() for p in self.trainable_params["model"]),
             sum(p.numel() for p in self.trainable_params["header"]),
         )
@@ -122,20 +120,20 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
             logger.warning(
                 "algo.policy.norm_stats_path is not set: using the bundled public LIBERO statistics "
                 "(%s). A real checkpoint needs the norm_stats.json it was trained with.",
-                BUNDLED_NORM_STATS,
+                resolve_norm_stats_path("builtin:libero"),
             )
-            norm_stats_path = str(BUNDLED_NORM_STATS)
-        return load_norm_stats(norm_stats_path)
+            norm_stats_path = "builtin:libero"
+        return load_norm_stats(resolve_norm_stats_path(norm_stats_path))
 
-    @staticmethod
     def _build_config(
-        preset, pretrained_path, dtype, gradient_checkpointing, freeze_vision_encoder,
+        self, preset, pretrained_path, dtype, gradient_checkpointing, freeze_vision_encoder,
         train_expert_only, attention_implementation, overrides,
     ) -> PI0Config:
         if preset is None:
             # A checkpoint is a real PI0; without one the CPU-sized preset keeps the default runnable.
             preset = "full" if pretrained_path is not None else "tiny"
             logger.info("algo.policy.preset not set: using %r", preset)
+        self.preset = preset
         if dtype is None:
             dtype = "bfloat16" if torch.cuda.is_available() else "float32"
         fields = dict(
