@@ -89,7 +89,8 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final_dir = root / f"step_{state.step}"
     tmp_dir = root / f".tmp_step_{state.step}_{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    for leftover in root.glob(".tmp_step_*"):  # from a run killed mid-save
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp_dir.mkdir()
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp_dir / WEIGHTS_FILE))
     torch.save(state.__dict__, tmp_dir / STATE_FILE)

@@ -96,7 +96,11 @@ class TrainingRun:
             schedulers=[sched.state_dict() for sched in self.schedulers],
             rng=capture_rng_state(),
             rollout_stats=self.rollout_generator.state_dict() if hasattr(self.rollout_generator, "state_dict") else None,
-            extra={"config": OmegaConf.to_container(self.cfg, resolve=True)},
+            extra={
+                "config": OmegaConf.to_container(self.cfg, resolve=True),
+                # The RL optimizer's round counter (seeds its noise draws) and non-finite streak.
+                "rl_optimizer": self.rl_optimizer.state_dict() if hasattr(self.rl_optimizer, "state_dict") else None,
+            },
         )
         return save_checkpoint(self.run_dir, self.policy.trainable_state_dict(), state,
                                keep_last=self.cfg.training.keep_last_checkpoints)
@@ -165,6 +169,8 @@ def _maybe_resume(run: TrainingRun) -> None:
         scheduler.load_state_dict(scheduler_state)
     if state.rollout_stats is not None and hasattr(run.rollout_generator, "load_state_dict"):
         run.rollout_generator.load_state_dict(state.rollout_stats)
+    if state.extra.get("rl_optimizer") is not None and hasattr(run.rl_optimizer, "load_state_dict"):
+        run.rl_optimizer.load_state_dict(state.extra["rl_optimizer"])
     if run.dist_info.world_size == 1:
         restore_rng_state(state.rng)  # other ranks keep their own seeded streams
     run.step = state.step
