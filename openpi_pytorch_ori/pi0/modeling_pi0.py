@@ -267,11 +267,16 @@ class PI0FlowMatching(nn.Module):
         return losses[:batch], losses[batch:]
 
     def _noise_and_time(self, actions, noise, time) -> tuple[torch.Tensor, torch.Tensor]:
+        """Given or drawn flow noise (B, T, A) and time (B,); shapes checked (no silent broadcast)."""
         batch = actions.shape[0]
         if noise is None:
             noise = self.sample_noise(actions.shape, actions.device)
         if time is None:
             time = self.sample_time(batch, actions.device)
+        if noise.shape != actions.shape:
+            raise ValueError(f"noise must have the padded action shape {tuple(actions.shape)}, got {tuple(noise.shape)}.")
+        if time.shape != (batch,):
+            raise ValueError(f"time must have shape ({batch},), got {tuple(time.shape)}.")
         return noise.to(torch.float32), time.to(torch.float32)
 
     # ------------------------------------------------------------------ sampling
@@ -288,8 +293,11 @@ class PI0FlowMatching(nn.Module):
         The given noise tensor is not modified.
         """
         batch = state.shape[0]
+        chunk_shape = (batch, self.config.chunk_size, self.config.max_action_dim)
         if noise is None:
-            noise = self.sample_noise((batch, self.config.chunk_size, self.config.max_action_dim), state.device)
+            noise = self.sample_noise(chunk_shape, state.device)
+        if tuple(noise.shape) != chunk_shape:
+            raise ValueError(f"noise must have shape {chunk_shape} (B, chunk_size, max_action_dim), got {tuple(noise.shape)}.")
         cache = self.build_prefix_cache(images, img_masks, lang_tokens, lang_masks)
         guided = float(cfg_scale) != 1.0
         if guided:
@@ -499,6 +507,8 @@ class PI0Policy(nn.Module):
         """
         if branches not in ("single", "cfg"):
             raise ValueError(f"branches must be 'single' or 'cfg', got {branches!r}.")
+        if branches == "cfg" and is_positive is not None:
+            raise ValueError("is_positive selects one branch; branches='cfg' always computes both (pass None).")
         images, img_masks, lang_tokens, lang_masks, state = self._prepare_observation(batch)
         actions, action_dim = self.prepare_action(batch)
         noise = self._optional_tensor(noise if noise is not None else batch.get("noise"), "noise", torch.float32)

@@ -221,3 +221,13 @@ def test_action_chunk_of_the_wrong_length_is_rejected(policy):
         policy(observation(action=torch.zeros(BATCH, 10, 7)))
     with pytest.raises(ValueError, match=r"branches must be 'single' or 'cfg'"):
         policy(observation(action=torch.zeros(BATCH, 50, 7)), branches="both")
+
+
+def test_noise_and_time_of_the_wrong_shape_are_rejected_not_broadcast(policy):
+    batch = observation(action=torch.zeros(BATCH, 50, 7))
+    with pytest.raises(ValueError, match=r"noise must have the padded action shape \(2, 50, 32\), got \(1, 50, 32\)"):
+        policy(batch, noise=torch.zeros(1, 50, 32))
+    with pytest.raises(ValueError, match=r"time must have shape \(2,\), got \(\)"):
+        policy(batch, time=torch.tensor(0.5))
+    with pytest.raises(ValueError, match=r"noise must have shape \(2, 50, 32\)"):
+        policy.select_action(observation(), noise=torch.zeros(2, 50, 7))
