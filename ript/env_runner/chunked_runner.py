@@ -230,6 +230,8 @@ class ChunkedRunner:
         ``random_init`` resets the envs randomly instead (the states then only give the count).
         """
         states = list(all_init_states)
+        if isinstance(created_env, tuple):  # RIPT passes create_env()'s (env, task_id, env_num)
+            created_env = created_env[0]
         own_env = created_env is None
         if own_env:
             env, _, _ = self.create_env(env_name)
