@@ -203,6 +203,9 @@ class _BatchCursor:
 class RolloutGenerator:
     """Collects RLOO groups of rollouts from an env runner (RIPT semantics; module docstring).
 
+    Construct it after ``setup_distributed()``: the rank, the world size and the counter
+    backend (process-group store vs file) are fixed at construction.
+
     Args:
         env_runner: has ``create_env(task_name) -> (env, task_id, env_num)`` and
             ``run_policy_in_env(task_name, policy, all_init_states=..., created_env=...)``
@@ -264,10 +267,8 @@ class RolloutGenerator:
         self.val_init_states = val_init_states
         self.rng = np.random.default_rng(seed)
 
+        # Rank and world size are read once: construct the generator after setup_distributed().
         self.rank, self.world_size = du.get_rank(), du.get_world_size()
-        # ceil: "reaches p * B * W" for a fractional product means the next whole group.
-        self.global_threshold = max(1, math.ceil(early_stop_percentage * demo_batch_size
-                                                 * self.world_size - 1e-9))
         self._owns_counter = counter is None
         self.counter = counter if counter is not None else make_global_counter()
         self.stats_tracker = RolloutStatsTracker(rloo_batch_size, skip_threshold)
@@ -293,6 +294,13 @@ class RolloutGenerator:
             raise ValueError("mix_val_init_in_rloo=True needs use_val_init=True (it mixes held-out states)")
         if attempts is not None and attempts < 1:
             raise ValueError(f"max_sample_attempts={attempts} must be >= 1 or None")
+
+    @property
+    def global_threshold(self) -> int:
+        """Accepted groups, summed over ranks, at which every rank stops collecting."""
+        # ceil: "reaches p * B * W" for a fractional product means the next whole group.
+        exact = self.early_stop_percentage * self.demo_batch_size * self.world_size
+        return max(1, math.ceil(exact - 1e-9))
 
     # ------------------------------------------------------------------ public API
 

@@ -269,7 +269,8 @@ def _two_rank_worker(rank: int, port: int, results) -> None:
         s = gen.last_round_stats
         out["r1"] = (sum(valid), s.accepted, s.early_stopped, s.global_accepted)
         # Round 2: both ranks accept; quota 4 each, threshold ceil(0.5 * 4 * 2) = 4 in all.
-        gen.demo_batch_size, gen.global_threshold = 4, 4
+        gen.demo_batch_size = 4
+        assert gen.global_threshold == 4
         loader = _loader([MIXED] * 8, batch_size=4, task=f"task_{rank}", task_id=rank)
         _, _, valid, _ = _round(gen, loader)
         s = gen.last_round_stats
