@@ -1,0 +1,104 @@
+"""Interrupted runs: SIGTERM saves a final checkpoint, a resumed run reaches the same weights as an
+uninterrupted one, and a failing rank brings the whole torchrun job down instead of hanging.
+
+All on the fast reach environment (deterministic settings), launched as a user would.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, read_metrics, run_training_cli
+from ript.training.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+FAST_REACH = [
+    "task=reach_rl",
+    "task.task_names_to_use=[reach_red,reach_blue]",
+    "algo.rloo_batch_size=2",
+    "algo.num_parallel_envs=4",
+    "algo.mini_batch_size=4",
+    "train_dataloader.batch_size=2",
+    "rollout.enabled=false",
+    "logging.mode=disabled",
+    "training.deterministic=true",
+    "training.torch_num_threads=1",
+]
+
+
+def test_resumed_run_reaches_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    result = run_training_cli([*FAST_REACH, "training.n_steps=2", f"hydra.run.dir={straight}"], timeout_s=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Stop after one step, then continue in the same run directory up to step 2.
+    result = run_training_cli([*FAST_REACH, "training.n_steps=1", f"hydra.run.dir={interrupted}"], timeout_s=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_training_cli([*FAST_REACH, "training.n_steps=2", "training.resume=true",
+                               f"hydra.run.dir={interrupted}"], timeout_s=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout + result.stderr
+
+    straight_weights, straight_state = load_checkpoint(latest_checkpoint(straight))
+    resumed_weights, resumed_state = load_checkpoint(latest_checkpoint(interrupted))
+    assert straight_state.step == resumed_state.step == 2
+    for name, value in straight_weights.items():
+        torch.testing.assert_close(resumed_weights[name], value, rtol=0, atol=0, msg=name)
+    # Both optimizers' moments match too, not just the weights.
+    for straight_opt, resumed_opt in zip(straight_state.optimizers, resumed_state.optimizers):
+        for param_id, moments in straight_opt["state"].items():
+            torch.testing.assert_close(resumed_opt["state"][param_id]["exp_avg"], moments["exp_avg"], rtol=0, atol=0)
+    assert [r["step"] for r in read_metrics(interrupted) if "loss/fm_loss" in r] == [1, 2]
+
+
+def test_sigterm_finishes_the_step_and_writes_a_final_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO_ROOT))
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "train_ript_openvla_oft.py"), *FAST_REACH, "training.n_steps=1000",
+         "training.save_every_n_steps=1000", f"hydra.run.dir={run_dir}"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        metrics_path = run_dir / "metrics.jsonl"
+        deadline = time.time() + 300
+        while not (metrics_path.exists() and metrics_path.read_text().strip()):
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert time.time() < deadline, "no training step finished within 300 s"
+            time.sleep(1)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output[-3000:]
+    assert "saving a checkpoint, then exiting" in output
+    checkpoints = list_checkpoints(run_dir)
+    # save_every_n_steps=1000 would never have saved: this checkpoint comes from the signal.
+    assert len(checkpoints) == 1
+    _, state = load_checkpoint(checkpoints[0])
+    assert 1 <= state.step < 1000
+    assert state.step == max(r["step"] for r in read_metrics(run_dir))
+
+
+def test_a_rank_that_raises_tears_the_torchrun_job_down(tmp_path):
+    started = time.time()
+    result = run_training_cli(
+        [*FAST_REACH, "training.n_steps=2", f"hydra.run.dir={tmp_path / 'run'}",
+         # A test-only runner that raises on rank 1 while rank 0 goes on to the DDP set-up collective.
+         "task.env_runner._target_=fault_injection.RunnerFailingOnRank1"],
+        timeout_s=600,
+        launcher=["torchrun", "--standalone", "--nproc_per_node=2"],
+        extra_env={"PYTHONPATH": f"{REPO_ROOT / 'tests'}{os.pathsep}{REPO_ROOT}"},
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "injected failure on rank 1" in output
+    assert time.time() - started < 600
