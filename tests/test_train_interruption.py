@@ -31,6 +31,8 @@ FAST_REACH = [
     "logging.mode=disabled",
     "training.deterministic=true",
     "training.torch_num_threads=1",
+    # The LR schedule must not depend on where a run stops (T_max defaults to training.n_steps).
+    "algo.scheduler_factory.T_max=2",
 ]
 
 
