@@ -1,0 +1,405 @@
+#!/usr/bin/env python
+"""Does CFG-Flow RL learn? SFT warm start -> RL (and the BC ablation) on the reach env, over seeds.
+
+Per seed:
+  1. collect a FEW mediocre scripted demos (action noise + a chance of reaching the wrong colour),
+  2. flow-matching SFT of the tiny PI0 on them (both CFG branches) -> a mediocre start; its
+     weights are saved with ``save_pi0_weights``,
+  3. evaluate the SFT policy (ReachRunner, held-out init states),
+  4. RL: ``training.n_steps`` CFG-Flow rounds through the real training stack
+     (``train_ript_openvla_oft.run_training`` on ``task=reach_rl``, ``algo.policy.pretrained_path``
+     = the SFT weights), logging mean_scores / mean_advantage / fm_loss to metrics.jsonl,
+  5. evaluate the RL policy over the cfg_scale grid,
+  6. the same RL run with ``algo.bc_ablation=true`` (w = 1 for every rollout), evaluated alike.
+
+Evaluation uses init states the RL run never trained on (``--eval-init-seed``: the reach
+benchmark's init-state seed; training uses the task's own seed-0 states), so gains are not
+memorised starts. Writes ``<out>/learning_results.json``, ``learning_curves.png``,
+``learning_cfg_scale.png``, ``learning_bars.png`` and ``learning_table.md``; prints the table.
+
+    python scripts/bench_learning.py --seeds 0 1 2 --out-dir docs        # defaults: ~15 min/seed CPU
+    python scripts/bench_learning.py --seeds 0 1 2 --jobs 3 --device cuda # one process per seed
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+for p in (REPO_ROOT, REPO_ROOT / "scripts"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import numpy as np  # noqa: E402
+
+logger = logging.getLogger("bench_learning")
+CURVE_KEYS = ("rollout/mean_scores", "rollout/mean_advantage", "loss/fm_loss")
+
+
+# ------------------------------------------------------------------------------ arguments
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out-dir", default="docs", help="where the results json / plots / table go")
+    p.add_argument("--work-dir", default="runs/bench_learning", help="per-seed runs, checkpoints")
+    p.add_argument("--device", default=None, help="cpu / cuda (default: auto)")
+    p.add_argument("--jobs", type=int, default=1, help=">1: one subprocess per seed, this many at a time")
+    p.add_argument("--aggregate-only", action="store_true", help="only combine existing per-seed results")
+    p.add_argument("--skip-bc", action="store_true", help="no BC ablation run")
+    p.add_argument("--stages", nargs="+", default=["sft", "rl", "bc"], choices=["sft", "rl", "bc"],
+                   help="run only these stages (later stages read the earlier ones' files)")
+    g = p.add_argument_group("demos + SFT")
+    g.add_argument("--demos-per-task", type=int, default=4)
+    g.add_argument("--demo-noise", type=float, default=0.3)
+    g.add_argument("--demo-wrong-target-prob", type=float, default=0.3)
+    g.add_argument("--sft-steps", type=int, default=400)
+    g.add_argument("--sft-batch-size", type=int, default=16)
+    g.add_argument("--sft-lr", type=float, default=1e-3)
+    g.add_argument("--sft-stride", type=int, default=10)
+    g.add_argument("--train-vision", action="store_true", default=True,
+                   help="train the (random-init, tiny) vision tower in SFT and RL (default on)")
+    g.add_argument("--freeze-vision", dest="train_vision", action="store_false")
+    g = p.add_argument_group("RL (CFG-Flow, through run_training)")
+    g.add_argument("--rl-steps", type=int, default=20, help="training.n_steps (RIPT rounds)")
+    g.add_argument("--init-states-per-round", type=int, default=8, help="train_dataloader.batch_size")
+    g.add_argument("--rloo", type=int, default=8, help="algo.rloo_batch_size (K)")
+    g.add_argument("--rl-lr", type=float, default=3e-4)
+    g.add_argument("--mini-batch-size", type=int, default=32)
+    g.add_argument("--a-max", type=float, default=5.0)
+    g.add_argument("--weight-mode", default="clip")
+    g.add_argument("--short-window", default="pad", choices=["pad", "skip"])
+    g.add_argument("--num-epochs", type=int, default=1, help="passes over each round's windows")
+    g.add_argument("--dynamic-sampling", action="store_true")
+    g.add_argument("--rl-override", action="append", default=[], help="extra Hydra override (repeatable)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
+    g.add_argument("--eval-trials", type=int, default=25, help="init states per task (4 tasks)")
+    g.add_argument("--eval-init-seed", type=int, default=1000, help="held-out init states for evaluation")
+    g.add_argument("--eval-envs", type=int, default=25)
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ one seed
+def reach_env_config(args: argparse.Namespace, init_state_seed: int | None = None):
+    """reach_rl's env settings (max_speed 0.015, 200 steps); optionally other init states."""
+    import dataclasses
+
+    from ript.algos.sft_warm_start import reach_env_config_from_task_yaml
+
+    cfg = reach_env_config_from_task_yaml()
+    return dataclasses.replace(cfg, init_state_seed=init_state_seed) if init_state_seed is not None else cfg
+
+
+def eval_runner(args: argparse.Namespace, seed: int):
+    from ript.env_runner.reach_runner import ReachRunner
+
+    env_cfg = reach_env_config(args, args.eval_init_seed)
+    return ReachRunner(num_parallel_envs=args.eval_envs, max_episode_length=env_cfg.max_episode_length,
+                       action_mode="absolute", env_config=env_cfg, seed=seed)
+
+
+def sft_stage(args: argparse.Namespace, seed: int, seed_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """Demos -> SFT -> saved weights + SFT evaluation."""
+    import torch
+
+    from eval_cfg_sweep import sweep
+    from openpi_pytorch_ori.pi0.checkpoint import save_pi0_weights
+    from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
+    from ript.algos.sft_warm_start import demonstration_windows, sft_warm_start
+    from ript.envs.reach_env import collect_demonstrations
+
+    t0 = time.time()
+    demos = collect_demonstrations(None, args.demos_per_task, seed=10_000 + seed, noise=args.demo_noise,
+                                   wrong_target_prob=args.demo_wrong_target_prob, config=reach_env_config(args))
+    torch.manual_seed(seed)
+    policy = PI0_OFT_Policy(device_id=args.device, norm_stats_path="builtin:reach", preset="tiny",
+                            dtype="float32", freeze_vision_encoder=not args.train_vision)
+    windows = demonstration_windows(demos, policy.norm_stats, stride=args.sft_stride, action_mode="absolute")
+    losses = sft_warm_start(policy, windows, num_steps=args.sft_steps, batch_size=args.sft_batch_size,
+                            lr=args.sft_lr, seed=seed, progress=False)
+    path = seed_dir / "sft" / "model.safetensors"
+    save_pi0_weights(policy.pi0, path)
+    sft_time = time.time() - t0
+    evals = sweep(policy.eval(), eval_runner(args, seed), [1.0], args.eval_trials)
+    info = {"demo_success_rate": float(np.mean([d["success"] for d in demos])), "num_demos": len(demos),
+            "num_windows": len(windows), "loss_curve": losses, "time_s": sft_time, "eval": evals}
+    logger.info("seed %d SFT: demos %.2f success, %d windows, eval SR %.3f (%.0f s)", seed,
+                info["demo_success_rate"], len(windows), evals["1"]["overall"], sft_time)
+    return path, info
+
+
+def rl_overrides(args: argparse.Namespace, seed: int, sft_path: Path, run_dir: Path, bc: bool) -> list[str]:
+    device = "null" if args.device is None else args.device
+    return [
+        "task=reach_rl", f"seed={seed}", f"output_dir={run_dir}",
+        f"algo.policy.pretrained_path={sft_path}", "algo.policy.preset=tiny", "algo.policy.dtype=float32",
+        f"algo.policy.device_id={device}", f"algo.policy.freeze_vision_encoder={str(not args.train_vision).lower()}",
+        f"training.n_steps={args.rl_steps}", f"training.save_every_n_steps={args.rl_steps}",
+        "training.keep_last_checkpoints=1", f"train_dataloader.batch_size={args.init_states_per_round}",
+        f"algo.rloo_batch_size={args.rloo}", f"algo.num_parallel_envs={args.rloo}",
+        f"algo.lr={args.rl_lr}", f"algo.header_lr={args.rl_lr}", f"algo.mini_batch_size={args.mini_batch_size}",
+        f"algo.a_max={args.a_max}", f"algo.weight_mode={args.weight_mode}", f"algo.short_window={args.short_window}",
+        f"+algo.rl_optimizer_factory.num_epochs={args.num_epochs}",
+        f"algo.enable_dynamic_sampling={str(args.dynamic_sampling).lower()}",
+        f"algo.bc_ablation={str(bc).lower()}", "rollout.enabled=false", "logging.mode=disabled",
+        "algo.rollout_generator_factory.use_tqdm=false", *args.rl_override,
+    ]
+
+
+def rl_stage(args: argparse.Namespace, seed: int, sft_path: Path, run_dir: Path, bc: bool) -> dict[str, Any]:
+    """One RL run through run_training, then the cfg_scale evaluation of its final checkpoint."""
+    from eval_cfg_sweep import compose_config, load_policy_and_config, sweep
+    from train_ript_openvla_oft import run_training
+
+    t0 = time.time()
+    cfg = compose_config(None, rl_overrides(args, seed, sft_path, run_dir, bc))
+    run_training(cfg)
+    train_time = time.time() - t0
+    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    policy, _, _ = load_policy_and_config(run_dir, device=args.device)
+    scales = args.cfg_scales
+    evals = sweep(policy, eval_runner(args, seed), scales, args.eval_trials)
+    name = "BC" if bc else "RL"
+    logger.info("seed %d %s: %s (train %.0f s)", seed, name,
+                " ".join(f"cfg{s}={r['overall']:.3f}" for s, r in evals.items()), train_time)
+    return {"curve": [{k: r.get(k) for k in ("step", *CURVE_KEYS, "rollout/valid_episodes",
+                                              "train/windows_used", "train/positive_window_ratio")}
+                      for r in curve], "time_s": train_time, "eval": evals}
+
+
+def run_stage(args: argparse.Namespace, seed: int, stage: str) -> dict[str, Any]:
+    """``sft``: demos + SFT + eval -> sft.json; ``rl`` / ``bc``: RL from the saved SFT weights -> rl.json /
+    bc.json. Stages of one seed share only files, so RL and BC can run in parallel processes."""
+    seed_dir = Path(args.work_dir) / f"seed{seed}"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    if stage == "sft":
+        sft_path, info = sft_stage(args, seed, seed_dir)
+        info["weights"] = str(sft_path)
+    else:
+        sft_path = Path(json.loads((seed_dir / "sft.json").read_text())["weights"])
+        info = rl_stage(args, seed, sft_path, seed_dir / stage, bc=stage == "bc")
+    (seed_dir / f"{stage}.json").write_text(json.dumps(info) + "\n")
+    return info
+
+
+def load_seed_result(work_dir: str | Path, seed: int) -> dict[str, Any]:
+    seed_dir = Path(work_dir) / f"seed{seed}"
+    result: dict[str, Any] = {"seed": seed}
+    for stage in ("sft", "rl", "bc"):
+        if (seed_dir / f"{stage}.json").is_file():
+            result[stage] = json.loads((seed_dir / f"{stage}.json").read_text())
+    return result
+
+
+# --------------------------------------------------------------------------- aggregation
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std()), "values": [float(v) for v in arr]}
+
+
+def aggregate(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Mean +- std over seeds of every success rate; per-iteration curves."""
+    summary: dict[str, Any] = {"sft": _mean_std([r["sft"]["eval"]["1"]["overall"] for r in results])}
+    for arm in ("rl", "bc"):
+        if all(arm in r for r in results):
+            scales = list(results[0][arm]["eval"])
+            summary[arm] = {s: _mean_std([r[arm]["eval"][s]["overall"] for r in results]) for s in scales}
+            summary[f"{arm}_curve"] = {
+                key: _mean_std_per_step([[row[key] for row in r[arm]["curve"]] for r in results]) for key in CURVE_KEYS}
+    summary["time_s"] = {st: float(np.mean([r[st]["time_s"] for r in results]))
+                         for st in ("sft", "rl", "bc") if all(st in r for r in results)}
+    for arm in ("rl", "bc"):
+        if arm in summary:
+            summary[f"{arm}_gain_points_cfg1"] = 100 * (summary[arm]["1"]["mean"] - summary["sft"]["mean"])
+            summary[f"{arm}_best_scale"] = max(summary[arm], key=lambda s: summary[arm][s]["mean"])
+    return {"config": {k: v for k, v in vars(args).items() if k not in ("aggregate_only",)},
+            "summary": summary, "per_seed": results}
+
+
+def _mean_std_per_step(curves: list[list[float]]) -> dict[str, list[float]]:
+    n = min(len(c) for c in curves)
+    arr = np.asarray([[np.nan if v is None else v for v in c[:n]] for c in curves], dtype=float)
+    return {"mean": np.nanmean(arr, axis=0).tolist(), "std": np.nanstd(arr, axis=0).tolist()}
+
+
+# --------------------------------------------------------------------------------- output
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(summary: dict[str, Any], path: Path) -> None:
+    """mean_scores / mean_advantage / fm_loss per RL round, mean +- std over seeds (RL and BC)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key in zip(axes, CURVE_KEYS):
+        for arm, color in (("rl", "tab:blue"), ("bc", "tab:orange")):
+            if f"{arm}_curve" not in summary:
+                continue
+            c = summary[f"{arm}_curve"][key]
+            x = np.arange(1, len(c["mean"]) + 1)
+            m, s = np.asarray(c["mean"]), np.asarray(c["std"])
+            ax.plot(x, m, color=color, label="CFG-Flow RL" if arm == "rl" else "BC ablation")
+            ax.fill_between(x, m - s, m + s, color=color, alpha=0.2)
+        ax.set_title(key.split("/")[-1])
+        ax.set_xlabel("RL round")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_cfg_scale(summary: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for arm, color, label in (("rl", "tab:blue", "after RL"), ("bc", "tab:orange", "after BC ablation")):
+        if arm not in summary:
+            continue
+        scales = [float(s) for s in summary[arm]]
+        m = np.asarray([100 * v["mean"] for v in summary[arm].values()])
+        s = np.asarray([100 * v["std"] for v in summary[arm].values()])
+        ax.errorbar(scales, m, yerr=s, marker="o", capsize=3, color=color, label=label)
+    ax.axhline(100 * summary["sft"]["mean"], color="gray", ls="--", label="SFT start (cfg 1)")
+    ax.set_xlabel("cfg_scale")
+    ax.set_ylabel("success rate (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(summary: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    names, means, stds = ["SFT"], [summary["sft"]["mean"]], [summary["sft"]["std"]]
+    for arm, label in (("rl", "RL"), ("bc", "BC")):
+        if arm in summary:
+            names.append(f"{label} cfg1")
+            means.append(summary[arm]["1"]["mean"])
+            stds.append(summary[arm]["1"]["std"])
+            best = summary[f"{arm}_best_scale"]
+            if best != "1":
+                names.append(f"{label} cfg{best}")
+                means.append(summary[arm][best]["mean"])
+                stds.append(summary[arm][best]["std"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.bar(names, 100 * np.asarray(means), yerr=100 * np.asarray(stds), capsize=4,
+           color=["gray"] + ["tab:blue" if n.startswith("RL") else "tab:orange" for n in names[1:]])
+    ax.set_ylabel("success rate (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cell(v: dict[str, float]) -> str:
+    return f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}"
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    summary, seeds = doc["summary"], doc["per_seed"]
+    scales = list(summary.get("rl", {"1": None}))
+    lines = ["| policy | " + " | ".join(f"cfg {s}" for s in scales) + " | per seed (cfg 1) |",
+             "|---|" + "---:|" * len(scales) + "---|"]
+    sft_seeds = ", ".join(f"{100 * r['sft']['eval']['1']['overall']:.0f}" for r in seeds)
+    lines.append("| SFT start | " + _cell(summary["sft"]) + " |" + " — |" * (len(scales) - 1) + f" {sft_seeds} |")
+    for arm, label in (("rl", "CFG-Flow RL"), ("bc", "BC ablation (w = 1)")):
+        if arm in summary:
+            per = ", ".join(f"{100 * r[arm]['eval']['1']['overall']:.0f}" for r in seeds)
+            lines.append(f"| {label} | " + " | ".join(_cell(summary[arm][s]) for s in scales) + f" | {per} |")
+    return "\n".join(lines)
+
+
+def write_outputs(doc: dict[str, Any], out_dir: Path) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "learning_results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    plot_curves(doc["summary"], out_dir / "learning_curves.png")
+    plot_cfg_scale(doc["summary"], out_dir / "learning_cfg_scale.png")
+    plot_bars(doc["summary"], out_dir / "learning_bars.png")
+    table = markdown_table(doc)
+    (out_dir / "learning_table.md").write_text(table + "\n")
+    return table
+
+
+# ----------------------------------------------------------------------------------- main
+def _run_parallel(args: argparse.Namespace, argv: Sequence[str], jobs: list[tuple[int, str]]) -> None:
+    """One subprocess per (seed, stage), ``--jobs`` at a time, threads split between them."""
+    pending, running = list(jobs), []
+    log_dir = Path(args.work_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, min(args.jobs, len(jobs)))))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    base = _strip_args(argv, ("--seeds", "--jobs", "--stages"))
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed, stage = pending.pop(0)
+            cmd = [sys.executable, __file__, *base, "--seeds", str(seed), "--stages", stage, "--no-aggregate"]
+            log = open(log_dir / f"seed{seed}_{stage}.log", "w")
+            running.append(((seed, stage), subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+        time.sleep(1)
+        for key, proc in list(running):
+            if proc.poll() is None:
+                continue
+            running.remove((key, proc))
+            if proc.returncode != 0:
+                raise RuntimeError(f"seed {key[0]} stage {key[1]} failed (exit {proc.returncode}); "
+                                   f"see {log_dir}/seed{key[0]}_{key[1]}.log")
+
+
+def _strip_args(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``argv`` without the given options and their values."""
+    out, skip = [], False
+    for a in argv:
+        if a in names:
+            skip = True
+            continue
+        if skip and not a.startswith("--"):
+            continue
+        skip = False
+        out.append(a)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    no_aggregate = "--no-aggregate" in argv
+    argv = [a for a in argv if a != "--no-aggregate"]
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
+    # The checkpoint load report lists every remapped key (hundreds of lines per policy build).
+    logging.getLogger("ript.algos.policies.pi0_oft_policy").setLevel(logging.WARNING)
+    stages = [s for s in args.stages if not (s == "bc" and args.skip_bc)]
+    if not args.aggregate_only:
+        if args.jobs > 1:  # SFT of every seed first: the RL / BC stages start from its weights
+            for group in (["sft"], ["rl", "bc"]):
+                jobs = [(seed, st) for st in group for seed in args.seeds if st in stages]
+                if jobs:
+                    _run_parallel(args, argv, jobs)
+        else:
+            for seed in args.seeds:
+                for stage in stages:
+                    run_stage(args, seed, stage)
+    if no_aggregate:
+        return None
+    doc = aggregate([load_seed_result(args.work_dir, s) for s in args.seeds], args)
+    table = write_outputs(doc, Path(args.out_dir))
+    print(table)  # the script's final table
+    return doc
+
+
+if __name__ == "__main__":
+    main()
