@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -194,15 +195,36 @@ def _maybe_resume(run: TrainingRun) -> None:
 def train_one_step(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
     """One RIPT round: rollouts + CFG-Flow update (inside the RL optimizer), then the LR schedule."""
     run.policy.train()
+    if run.dist_info.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.dist_info.device)
+    started = time.perf_counter()
     data_iterator = run.batches.for_step(run.step)
     batch = next(data_iterator)
     metrics = run.rl_optimizer.optimize(run.policy, batch, run.optimizers, data_iterator, run.batches)
     for scheduler in run.schedulers:
         scheduler.step()
     metrics = dict(metrics)
+    metrics["train/step_time_s"] = time.perf_counter() - started
     metrics["train/lr_model"] = run.optimizers[0].param_groups[0]["lr"]
     metrics["train/lr_header"] = run.optimizers[1].param_groups[0]["lr"]
+    if run.dist_info.device.type == "cuda":
+        peak_gib = torch.cuda.max_memory_allocated(run.dist_info.device) / 2**30
+        for rank, rank_peak in enumerate(_gather_from_ranks(peak_gib)):
+            metrics[f"train/peak_gpu_memory_gib/rank{rank}"] = rank_peak
+    if cfg.training.get("log_param_checksum", False):
+        metrics.update(_param_checksums_across_ranks(run))
     return metrics
+
+
+def _param_checksums_across_ranks(run: TrainingRun) -> dict[str, float]:
+    """Replicas must stay identical: gradients averaged exactly once, same update on every rank."""
+    with torch.no_grad():
+        checksum = sum(float(p.double().sum()) for group in run.policy.trainable_params.values() for p in group)
+    per_rank = _gather_from_ranks(checksum)
+    return {
+        "train/param_checksum": checksum,
+        "train/param_checksum_max_rank_diff": max(per_rank) - min(per_rank),
+    }
 
 
 def evaluate(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:

@@ -97,7 +97,10 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         )
         self._check_dims_against_model()
         tokenizer = load_tokenizer(tokenizer_path or self.config.tokenizer_path)
-        policy = PI0Policy(self.config, tokenizer=tokenizer)
+        # Build directly on the target device: initialising 3.3B parameters on the CPU first
+        # costs minutes and 13 GB of host memory.
+        with torch.device(self.device):
+            policy = PI0Policy(self.config, tokenizer=tokenizer)
         if pretrained_path is not None:
             report = load_pi0_weights(policy, pretrained_path, strict=strict_load)
             logger.info("loaded PI0 weights from %s: %s", pretrained_path, report)
