@@ -22,8 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def run_config(num_gpus: int, args: argparse.Namespace, run_dir: Path) -> dict:
     overrides = [
-        "task=reach_rl", "algo.policy.preset=full", "algo.policy.dtype=bfloat16",
-        "algo.policy.gradient_checkpointing=true",
+        "task=reach_rl", f"algo.policy.preset={args.preset}",
+        f"algo.policy.gradient_checkpointing={str(args.preset == 'full').lower()}",
         f"algo.policy.tokenizer_path={REPO_ROOT / 'openpi_pytorch_ori/pi0/assets/tiny_tokenizer'}",
         f"training.n_steps={args.steps}", "training.save_every_n_steps=1000000", "training.keep_last_checkpoints=1",
         "training.log_param_checksum=true", "rollout.enabled=false", "logging.mode=disabled",
@@ -60,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--preset", default="full", help="full (GPU benchmark) or tiny (a CPU dry run)")
     parser.add_argument("--init-states-per-gpu", type=int, default=2)
     parser.add_argument("--rloo-batch-size", type=int, default=4)
     parser.add_argument("--mini-batch-size", type=int, default=8)
