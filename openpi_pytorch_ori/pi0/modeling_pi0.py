@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_pi0 import PI0Config
-from .paligemma_with_expert import PaliGemmaWithExpert, PrefixKVCache, make_att_2d_masks
+from .paligemma_with_expert import AttentionPlan, PaliGemmaWithExpert, PrefixKVCache, make_att_2d_masks
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,8 @@ class PI0FlowMatching(nn.Module):
         image_tokens = pwe.embed_image(images.flatten(0, 1))  # (B*n, P, D)
         tokens_per_image = image_tokens.shape[1]
         image_tokens = image_tokens.reshape(batch, num_cameras * tokens_per_image, -1)  # (B, n*P, D)
-        image_pad = img_masks.repeat_interleave(tokens_per_image, dim=1)  # (B, n*P)
+        # expand + reshape, not repeat_interleave(int): the latter can sync with the device.
+        image_pad = img_masks[:, :, None].expand(batch, num_cameras, tokens_per_image).reshape(batch, -1)  # (B, n*P)
         lang_embs = pwe.embed_language_tokens(lang_tokens).to(image_tokens.dtype)  # (B, L, D)
         embs = torch.cat([image_tokens, lang_embs], dim=1)  # (B, n*P + L, D)
         pad_masks = torch.cat([image_pad, lang_masks.to(torch.bool)], dim=1)  # (B, n*P + L)
@@ -204,24 +205,40 @@ class PI0FlowMatching(nn.Module):
 
     def denoise_step(
         self, cache: PrefixKVCache, state: torch.Tensor, x_t: torch.Tensor, time: torch.Tensor,
-        is_positive: BranchIds = 1,
+        is_positive: BranchIds = 1, plan: AttentionPlan | None = None,
     ) -> torch.Tensor:
         """Suffix-only pass against a prefix cache -> v_t (B, T, A) float32.
 
         time: (B,) or a 0-dim tensor (broadcast to the batch). The batch of `state`/`x_t` must
         equal the cache's batch (use `cache.repeat_batch` to serve several branches).
+        plan: `suffix_attention_plan(cache)`, to build masks/positions/RoPE once per sampler call
+        instead of once per step (they depend only on the cache's pad mask).
         """
         batch = x_t.shape[0]
         time = time.to(device=x_t.device, dtype=torch.float32).expand(batch) if time.dim() == 0 else time
-        suffix_embs, suffix_pad, suffix_att = self.embed_suffix(state, x_t, time, is_positive)
-        suffix_len = suffix_pad.shape[1]
+        suffix_embs, _, _ = self.embed_suffix(state, x_t, time, is_positive)
+        if plan is None:
+            plan = self.suffix_attention_plan(cache)
+        suffix_out = self.paligemma_with_expert.forward_suffix(suffix_embs, cache, None, None, plan=plan)
+        return self._velocity_head(suffix_out)
+
+    def suffix_attention_plan(self, cache: PrefixKVCache) -> AttentionPlan:
+        """Masks, positions and RoPE tables of the suffix against `cache` (batch = cache batch).
+
+        The suffix layout is fixed (state token, then chunk_size action tokens, all real), so the
+        plan depends only on the prefix pad mask: [prefix pads | blockwise-causal suffix mask].
+        """
+        batch, device = cache.batch_size, cache.pad_masks.device
+        suffix_len = self.config.suffix_length
+        suffix_pad = torch.ones(batch, suffix_len, dtype=torch.bool, device=device)  # (B, Ls)
+        suffix_att = torch.zeros_like(suffix_pad)
+        suffix_att[:, :2] = True  # as embed_suffix: state token and first action token open blocks
         prefix_visible = cache.pad_masks[:, None, :].expand(batch, suffix_len, -1)  # (B, Ls, Lp)
         suffix_visible = make_att_2d_masks(suffix_pad, suffix_att)  # (B, Ls, Ls)
         attention_mask = torch.cat([prefix_visible, suffix_visible], dim=2)  # (B, Ls, Lp + Ls)
         prefix_offsets = cache.pad_masks.sum(dim=1, keepdim=True)  # (B, 1)
         position_ids = prefix_offsets + torch.cumsum(suffix_pad.to(torch.int64), dim=1) - 1  # (B, Ls)
-        suffix_out = self.paligemma_with_expert.forward_suffix(suffix_embs, cache, attention_mask, position_ids)
-        return self._velocity_head(suffix_out)
+        return self.paligemma_with_expert.attention_plan(attention_mask, position_ids)
 
     def _velocity_head(self, suffix_out: torch.Tensor) -> torch.Tensor:
         action_out = suffix_out[:, -self.config.chunk_size :].to(self.action_out_proj.weight.dtype)  # (B, T, W)
@@ -291,6 +308,10 @@ class PI0FlowMatching(nn.Module):
         conditional branch (is_positive=1) runs. Otherwise both branches run as one 2B batch
         against the (repeated) cache and v = v_uncond + s * (v_cond - v_uncond).
         The given noise tensor is not modified.
+
+        With `noise` given the call is CUDA-graph capturable: fixed shapes, no host sync, no
+        data-dependent Python branches (the step count and times come from `euler_times` on the
+        host; attention masks/RoPE are built once per call, not per step).
         """
         batch = state.shape[0]
         chunk_shape = (batch, self.config.chunk_size, self.config.max_action_dim)
@@ -298,22 +319,115 @@ class PI0FlowMatching(nn.Module):
             noise = self.sample_noise(chunk_shape, state.device)
         if tuple(noise.shape) != chunk_shape:
             raise ValueError(f"noise must have shape {chunk_shape} (B, chunk_size, max_action_dim), got {tuple(noise.shape)}.")
-        cache = self.build_prefix_cache(images, img_masks, lang_tokens, lang_masks)
+        cache = self._sampler_prefix(images, img_masks, lang_tokens, lang_masks)
         guided = float(cfg_scale) != 1.0
+        branch_ids: BranchIds = 1
         if guided:
             cache, state = cache.repeat_batch(2), state.repeat(2, 1)
             branch_ids = _two_branch_ids(batch, state.device)
-        dt = torch.tensor(-1.0 / self.config.num_steps, dtype=torch.float32, device=state.device)
+        plan = self.suffix_attention_plan(cache)
+        # A Python float multiplies in float32 exactly like the reference's float32 dt tensor.
+        dt = float(torch.tensor(-1.0 / self.config.num_steps, dtype=torch.float32))
         x_t = noise.to(torch.float32)
         for time in euler_times(self.config.num_steps):
-            time = time.to(state.device)
-            if guided:
-                v_cond, v_uncond = self.denoise_step(cache, state, x_t.repeat(2, 1, 1), time, branch_ids).chunk(2)
-                v_t = v_uncond + cfg_scale * (v_cond - v_uncond)  # (B, T, A)
-            else:
-                v_t = self.denoise_step(cache, state, x_t, time, is_positive=1)  # (B, T, A)
-            x_t = x_t + dt * v_t
+            # torch.full is a device fill (capturable); time.to(device) would be a host copy.
+            time = torch.full((), float(time), dtype=torch.float32, device=state.device)
+            x_t = self._sampler_step(cache, state, x_t, time, branch_ids, plan, float(cfg_scale), dt)
         return x_t
+
+    def _sampler_prefix(self, images, img_masks, lang_tokens, lang_masks) -> PrefixKVCache:
+        """build_prefix_cache, or its compiled version after `compile_sampler`."""
+        compiled = self.__dict__.get("_compiled_prefix")
+        if compiled is None:
+            return self.build_prefix_cache(images, img_masks, lang_tokens, lang_masks)
+        keys, values, pad_masks = compiled(images, img_masks, lang_tokens, lang_masks)
+        return PrefixKVCache(key_states=list(keys), value_states=list(values), pad_masks=pad_masks)
+
+    def _sampler_step(self, cache, state, x_t, time, branch_ids, plan, cfg_scale, dt) -> torch.Tensor:
+        compiled = self.__dict__.get("_compiled_step")
+        step = self.euler_step if compiled is None else compiled
+        return step(cache, state, x_t, time, branch_ids, plan, cfg_scale, dt)
+
+    def euler_step(
+        self, cache: PrefixKVCache, state: torch.Tensor, x_t: torch.Tensor, time: torch.Tensor,
+        branch_ids: BranchIds, plan: AttentionPlan, cfg_scale: float, dt: float,
+    ) -> torch.Tensor:
+        """One guided Euler step: x_t (B, T, A) -> x_t + dt * v. With cfg_scale != 1 the cache,
+        state, branch_ids and plan hold 2B rows [conditional; unconditional]."""
+        if float(cfg_scale) != 1.0:
+            v_cond, v_uncond = self.denoise_step(cache, state, x_t.repeat(2, 1, 1), time, branch_ids, plan).chunk(2)
+            v_t = v_uncond + cfg_scale * (v_cond - v_uncond)  # (B, T, A)
+        else:
+            v_t = self.denoise_step(cache, state, x_t, time, is_positive=1, plan=plan)  # (B, T, A)
+        return x_t + dt * v_t
+
+    def _prefix_tensors(self, images, img_masks, lang_tokens, lang_masks):
+        """build_prefix_cache as plain tensors (tuples), the form torch.compile returns best."""
+        cache = self.build_prefix_cache(images, img_masks, lang_tokens, lang_masks)
+        return tuple(cache.key_states), tuple(cache.value_states), cache.pad_masks
+
+    def compile_sampler(self, enabled: bool = True, **compile_kwargs: Any) -> None:
+        """torch.compile the sampler's two pieces (prefix pass, Euler step) or undo it.
+
+        The pieces are compiled separately so that the 10 identical Euler steps share one
+        compiled graph (compiling the whole unrolled loop would take ~10x longer). Default
+        `dynamic=False`: each (batch, branches) shape gets its own specialised graph.
+        """
+        if not enabled:
+            self.__dict__.pop("_compiled_prefix", None)
+            self.__dict__.pop("_compiled_step", None)
+            return
+        compile_kwargs.setdefault("dynamic", False)
+        # Stored in __dict__ (not as submodules) so state_dict and .to() are unaffected.
+        self.__dict__["_compiled_prefix"] = torch.compile(self._prefix_tensors, **compile_kwargs)
+        self.__dict__["_compiled_step"] = torch.compile(self.euler_step, **compile_kwargs)
+
+
+class CUDAGraphSampler:
+    """Replays `PI0FlowMatching.sample_actions` from CUDA graphs, one per (input shapes, cfg_scale).
+
+    A denoise step at batch 1 is ~0.1 GFLOP per layer: in eager mode its time is kernel launch
+    and Python overhead. The first call for a key warms up on a side stream and captures the
+    whole sample (prefix pass + all Euler steps); later calls copy the inputs into the captured
+    static buffers and replay. Weights are read in place, so optimiser updates and
+    `load_state_dict` are seen; moving the model to another device or dtype needs `reset()`.
+    Works equally on top of `compile_sampler()` (its warm-up runs compile before the capture).
+    """
+
+    def __init__(self, model: PI0FlowMatching, warmup_runs: int = 2):
+        self.model = model
+        self.warmup_runs = warmup_runs
+        self._graphs: dict[tuple, tuple[Any, list[torch.Tensor], torch.Tensor]] = {}
+
+    def reset(self) -> None:
+        self._graphs.clear()
+
+    @torch.no_grad()
+    def __call__(self, images, img_masks, lang_tokens, lang_masks, state, noise, cfg_scale: float = 1.0):
+        inputs = (images, img_masks, lang_tokens, lang_masks, state, noise)
+        key = tuple((tuple(t.shape), t.dtype) for t in inputs) + (float(cfg_scale),)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(inputs, float(cfg_scale))
+        graph, static_inputs, output = self._graphs[key]
+        for buffer, value in zip(static_inputs, inputs):
+            buffer.copy_(value, non_blocking=True)
+        graph.replay()
+        return output.clone()  # the static output is overwritten by the next replay
+
+    def _capture(self, inputs, cfg_scale: float):
+        device = self.model.state_proj.weight.device
+        static_inputs = [t.to(device).clone() for t in inputs]  # (same shapes as the inputs)
+        run = lambda: self.model.sample_actions(*static_inputs[:5], noise=static_inputs[5], cfg_scale=cfg_scale)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up (and any compilation) off the capture
+            for _ in range(self.warmup_runs):
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = run()  # (B, T, A)
+        return graph, static_inputs, output
 
 
 def _interpolate(actions, noise, time) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,8 +449,10 @@ def _branch_ids(is_positive: BranchIds, batch: int, device: torch.device) -> tor
 
 
 def _two_branch_ids(batch: int, device: torch.device) -> torch.Tensor:
-    """[1]*B + [0]*B: conditional rows first, unconditional rows second. (2B,)"""
-    return torch.cat([torch.ones(batch, dtype=torch.int64), torch.zeros(batch, dtype=torch.int64)]).to(device)
+    """[1]*B + [0]*B: conditional rows first, unconditional rows second. (2B,)
+
+    Built on the device (no host-to-device copy, so CUDA-graph capturable)."""
+    return (torch.arange(2 * batch, device=device) < batch).to(torch.int64)
 
 
 # ============================================================================ policy wrapper
@@ -534,10 +650,37 @@ class PI0Policy(nn.Module):
         padded dims included; the caller slices to its action_dim)."""
         images, img_masks, lang_tokens, lang_masks, state = self._prepare_observation(batch)
         noise = self._optional_tensor(noise if noise is not None else batch.get("noise"), "noise", torch.float32)
-        actions = self.model.sample_actions(
-            images, img_masks, lang_tokens, lang_masks, state, noise=noise, cfg_scale=cfg_scale
-        )  # (B, T, A)
+        graphed = self.__dict__.get("_graph_sampler")
+        if graphed is not None and self.device.type == "cuda":
+            if noise is None:  # drawn outside the graph: a captured randn would replay one stream
+                chunk_shape = (state.shape[0], self.config.chunk_size, self.config.max_action_dim)
+                noise = self.model.sample_noise(chunk_shape, self.device)
+            actions = graphed(images, img_masks, lang_tokens, lang_masks, state, noise, cfg_scale)  # (B, T, A)
+        else:
+            actions = self.model.sample_actions(
+                images, img_masks, lang_tokens, lang_masks, state, noise=noise, cfg_scale=cfg_scale
+            )  # (B, T, A)
         return actions[:, : self.config.n_action_steps]
+
+    def compile_sampler(self, mode: str = "cuda_graph", **compile_kwargs: Any) -> None:
+        """Pick how `select_action` runs the sampler (same numbers, less overhead).
+
+        mode: "eager" (undo), "compile" (torch.compile of the prefix pass and the Euler step),
+        "cuda_graph" (capture/replay the whole sample per input shape and cfg_scale; CUDA only,
+        eager elsewhere), "compile+cuda_graph" (both). Graphs are captured lazily on the first
+        call of each shape; call again after moving the policy to another device or dtype.
+        """
+        if mode not in _SAMPLER_MODES:
+            raise ValueError(f"compile_sampler mode must be one of {_SAMPLER_MODES}, got {mode!r}.")
+        self.model.compile_sampler("compile" in mode, **compile_kwargs)
+        self.__dict__["_graph_sampler"] = CUDAGraphSampler(self.model) if "cuda_graph" in mode else None
+
+    @property
+    def sampler_mode(self) -> str:
+        compiled = "_compiled_step" in self.model.__dict__
+        graphed = self.__dict__.get("_graph_sampler") is not None
+        return {(False, False): "eager", (True, False): "compile", (False, True): "cuda_graph",
+                (True, True): "compile+cuda_graph"}[(compiled, graphed)]
 
     def _optional_tensor(self, value: Any, name: str, dtype: torch.dtype) -> torch.Tensor | None:
         return None if value is None else _to_tensor(value, name).to(self.device, dtype)
@@ -550,6 +693,9 @@ class PI0Policy(nn.Module):
         if is_pad.shape != actions.shape[:2]:
             raise ValueError(f"action_is_pad must have shape {tuple(actions.shape[:2])}, got {tuple(is_pad.shape)}.")
         return (~is_pad).to(torch.float32)[..., None]
+
+
+_SAMPLER_MODES = ("eager", "compile", "cuda_graph", "compile+cuda_graph")
 
 
 def _required(batch: Mapping[str, Any], key: str) -> Any:

@@ -83,19 +83,46 @@ def make_att_2d_masks(pad_masks: torch.Tensor, att_masks: torch.Tensor) -> torch
     return block_visible & both_real
 
 
+def rope_tables(position_ids: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of the half-split rotary embedding (base 10000), float32.
+
+    position_ids: (B, L) int -> (cos, sin), each (B, L, 1, D/2). Computed once per forward and
+    shared by every layer (the angles depend only on positions, not on the layer).
+    """
+    half = head_dim // 2
+    exponents = torch.arange(half, dtype=torch.float32, device=position_ids.device) * (2.0 / head_dim)  # (D/2,)
+    timescale = ROPE_BASE**exponents  # (D/2,)
+    radians = position_ids.to(torch.float32)[..., None] / timescale  # (B, L, D/2)
+    return torch.cos(radians)[..., None, :], torch.sin(radians)[..., None, :]  # (B, L, 1, D/2) each
+
+
+def apply_rope_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, L, H, D) with precomputed tables (B, L, 1, D/2); float32 maths, x's dtype out."""
+    half = x.shape[-1] // 2
+    first, second = x.to(torch.float32).split(half, dim=-1)  # (B, L, H, D/2) each
+    rotated = torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)  # (B, L, H, D)
+    return rotated.to(x.dtype)
+
+
 def apply_rope(x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """Half-split rotary embedding with base 10000, computed in float32.
 
     x: (B, L, H, D); position_ids: (B, L) int. Dimension i < D/2 pairs with i + D/2.
     """
-    half = x.shape[-1] // 2
-    exponents = torch.arange(half, dtype=torch.float32, device=x.device) * (2.0 / x.shape[-1])  # (D/2,)
-    timescale = ROPE_BASE**exponents  # (D/2,)
-    radians = position_ids.to(torch.float32)[..., None] / timescale  # (B, L, D/2)
-    sin, cos = torch.sin(radians)[..., None, :], torch.cos(radians)[..., None, :]  # (B, L, 1, D/2)
-    first, second = x.to(torch.float32).split(half, dim=-1)  # (B, L, H, D/2) each
-    rotated = torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)  # (B, L, H, D)
-    return rotated.to(x.dtype)
+    cos, sin = rope_tables(position_ids, x.shape[-1])
+    return apply_rope_tables(x, cos, sin)
+
+
+def _expand_kv_heads(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, L, KV, D) -> (B, L, KV * groups, D), head h reading KV head h // groups.
+
+    Same values as repeat_interleave(groups, dim=2), written as expand + reshape because a scalar
+    repeat_interleave may synchronise with the device (it breaks CUDA-graph capture)."""
+    if groups == 1:
+        return states
+    batch, length, kv_heads, head_dim = states.shape
+    return states[:, :, :, None, :].expand(batch, length, kv_heads, groups, head_dim).reshape(
+        batch, length, kv_heads * groups, head_dim)
 
 
 def joint_attention(
@@ -109,8 +136,8 @@ def joint_attention(
     """
     batch, q_len, num_heads, head_dim = query.shape
     groups = num_heads // key.shape[2]
-    key = key.repeat_interleave(groups, dim=2)  # (B, Lk, H, D)
-    value = value.repeat_interleave(groups, dim=2)  # (B, Lk, H, D)
+    key = _expand_kv_heads(key, groups)  # (B, Lk, H, D)
+    value = _expand_kv_heads(value, groups)  # (B, Lk, H, D)
     if implementation == "eager":
         logits = torch.einsum("bqhd,bkhd->bhqk", query.float(), key.float()) * head_dim**-0.5  # (B, H, Lq, Lk)
         logits = torch.where(mask[:, None], logits, MASKED_LOGIT)
@@ -125,6 +152,77 @@ def joint_attention(
             attn_mask=safe_mask[:, None], scale=head_dim**-0.5,
         ).transpose(1, 2)  # (B, Lq, H, D)
     return output.reshape(batch, q_len, num_heads * head_dim)
+
+
+@dataclass
+class AttentionPlan:
+    """What every layer of one forward shares, built once instead of once per layer.
+
+    rope_cos / rope_sin: (B, Lq, 1, D/2) float32 tables for this call's tokens.
+    mask: eager: the boolean mask (B, Lq, Lk) as given.
+          sdpa: additive bias (B, 1, Lq * G, Lk) in the compute dtype (0 visible, -inf hidden),
+          G = query heads per KV head, rows in the folded order of `_sdpa_grouped` (query-major).
+    """
+
+    implementation: str
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+    mask: torch.Tensor
+    groups: int
+
+
+def build_attention_plan(
+    attention_mask: torch.Tensor, position_ids: torch.Tensor, head_dim: int, groups: int,
+    implementation: str, dtype: torch.dtype,
+) -> AttentionPlan:
+    """attention_mask (B, Lq, Lk) bool, position_ids (B, Lq) -> AttentionPlan."""
+    cos, sin = rope_tables(position_ids, head_dim)
+    mask = attention_mask if implementation == "eager" else sdpa_grouped_bias(attention_mask, groups, dtype)
+    return AttentionPlan(implementation, cos, sin, mask, groups)
+
+
+def sdpa_grouped_bias(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask (B, Lq, Lk) -> additive SDPA bias (B, 1, Lq * groups, Lk).
+
+    Rows with no visible key (padding queries, never read) are opened to every key: SDPA returns
+    NaN for an all-masked row, which would poison the next layer's keys (the eager path gets a
+    finite uniform row from its finite MASKED_LOGIT instead). The bias is carved out of a buffer
+    whose rows are padded to a multiple of 16 elements: the memory-efficient kernel needs aligned
+    bias rows and would otherwise pad (copy) the bias again in every layer.
+    """
+    batch, q_len, k_len = mask.shape
+    safe = mask | ~mask.any(dim=-1, keepdim=True)  # (B, Lq, Lk)
+    rows = safe[:, :, None, :].expand(batch, q_len, groups, k_len).reshape(batch, 1, q_len * groups, k_len)
+    padded_len = -(-k_len // 16) * 16
+    bias = torch.full((batch, 1, q_len * groups, padded_len), float("-inf"), dtype=dtype, device=mask.device)
+    bias = bias[..., :k_len]  # (B, 1, Lq*G, Lk) view, row stride aligned
+    return bias.masked_fill_(rows, 0.0)
+
+
+def _sdpa_grouped(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """SDPA with the G query heads of each KV head folded into the query length.
+
+    query (B, Lq, H, D); key/value (B, Lk, KV, D); bias (B, 1, Lq*G, Lk) -> (B, Lq, H * D).
+    Each KV head's keys/values are read once for its G query heads (no repeated K/V tensors):
+    head h = kv * G + g uses KV head kv, as repeat_interleave would.
+    """
+    batch, q_len, num_heads, head_dim = query.shape
+    kv_heads = key.shape[2]
+    groups = num_heads // kv_heads
+    folded = query.view(batch, q_len, kv_heads, groups, head_dim).permute(0, 2, 1, 3, 4)  # (B, KV, Lq, G, D)
+    folded = folded.reshape(batch, kv_heads, q_len * groups, head_dim)  # (B, KV, Lq*G, D)
+    output = F.scaled_dot_product_attention(
+        folded, key.transpose(1, 2), value.transpose(1, 2), attn_mask=bias, scale=head_dim**-0.5,
+    )  # (B, KV, Lq*G, D)
+    output = output.view(batch, kv_heads, q_len, groups, head_dim).permute(0, 2, 1, 3, 4)  # (B, Lq, KV, G, D)
+    return output.reshape(batch, q_len, num_heads * head_dim)
+
+
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
+    """joint_attention with a prebuilt plan: query (B, Lq, H, D), key/value (B, Lk, KV, D) -> (B, Lq, H*D)."""
+    if plan.implementation == "eager":
+        return joint_attention(query, key, value, plan.mask, "eager")
+    return _sdpa_grouped(query, key, value, plan.mask)
 
 
 class _ExpertContainer(nn.Module):
@@ -241,6 +339,13 @@ class PaliGemmaWithExpert(nn.Module):
         return F.embedding(token_ids, weight) * math.sqrt(weight.shape[-1])  # (B, L, vlm_hidden)
 
     # ------------------------------------------------------------------ forwards
+    def attention_plan(self, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> AttentionPlan:
+        """Masks/RoPE tables for one forward (B, Lq, Lk) / (B, Lq): shared by all layers."""
+        return build_attention_plan(
+            attention_mask, position_ids, self.head_dim, self.num_heads // self.num_kv_heads,
+            self.config.attention_implementation, self.dtype,
+        )
+
     def forward_joint(
         self, prefix_embs: torch.Tensor, suffix_embs: torch.Tensor,
         attention_mask: torch.Tensor, position_ids: torch.Tensor,
@@ -248,9 +353,10 @@ class PaliGemmaWithExpert(nn.Module):
         """Joint pass. prefix_embs (B, Lp, vlm_hidden), suffix_embs (B, Ls, expert_hidden),
         attention_mask (B, Lp+Ls, Lp+Ls) bool, position_ids (B, Lp+Ls)
         -> (prefix_out (B, Lp, vlm_hidden), suffix_out (B, Ls, expert_hidden)) after final norms."""
+        plan = self.attention_plan(attention_mask, position_ids)
         hiddens = [prefix_embs.to(self.dtype), suffix_embs.to(self.dtype)]
         for layer_idx in range(len(self.language_model.layers)):
-            hiddens, _ = self._maybe_checkpointed_layer(layer_idx, hiddens, attention_mask, position_ids, None)
+            hiddens, _ = self._maybe_checkpointed_layer(layer_idx, hiddens, plan, None)
         return self.language_model.norm(hiddens[0]), self.expert_model.norm(hiddens[1])
 
     def forward_prefix(
@@ -261,14 +367,13 @@ class PaliGemmaWithExpert(nn.Module):
         attention_mask (B, Lp, Lp), position_ids (B, Lp) -> (prefix_out (B, Lp, vlm_hidden) or None,
         cache). Unless `return_output`, the last layer only projects keys/values: its attention
         output, MLP and the final norm would feed nothing the suffix reads."""
+        plan = self.attention_plan(attention_mask, position_ids)
         hiddens: list[torch.Tensor | None] = [prefix_embs.to(self.dtype), None]
         keys, values = [], []
         num_layers = len(self.language_model.layers)
         for layer_idx in range(num_layers):
             kv_only = layer_idx == num_layers - 1 and not return_output
-            hiddens, (key, value) = self._maybe_checkpointed_layer(
-                layer_idx, hiddens, attention_mask, position_ids, None, kv_only
-            )
+            hiddens, (key, value) = self._maybe_checkpointed_layer(layer_idx, hiddens, plan, None, kv_only)
             keys.append(key)  # (B, Lp, KV, D), after RoPE
             values.append(value)
         cache = PrefixKVCache(key_states=keys, value_states=values, pad_masks=pad_masks)
@@ -277,28 +382,29 @@ class PaliGemmaWithExpert(nn.Module):
 
     def forward_suffix(
         self, suffix_embs: torch.Tensor, cache: PrefixKVCache,
-        attention_mask: torch.Tensor, position_ids: torch.Tensor,
+        attention_mask: torch.Tensor, position_ids: torch.Tensor, plan: AttentionPlan | None = None,
     ) -> torch.Tensor:
         """Expert-only pass. suffix_embs (B, Ls, expert_hidden); attention_mask (B, Ls, Lp+Ls) over
-        [cached prefix | suffix]; position_ids (B, Ls) -> suffix_out (B, Ls, expert_hidden)."""
+        [cached prefix | suffix]; position_ids (B, Ls) -> suffix_out (B, Ls, expert_hidden).
+        `plan` (from `attention_plan(attention_mask, position_ids)`) lets a sampler build the
+        masks and RoPE tables once for all its Euler steps."""
+        if plan is None:
+            plan = self.attention_plan(attention_mask, position_ids)
         hiddens: list[torch.Tensor | None] = [None, suffix_embs.to(self.dtype)]
         for layer_idx in range(len(self.expert_model.layers)):
             past = (cache.key_states[layer_idx], cache.value_states[layer_idx])
-            hiddens, _ = self._maybe_checkpointed_layer(layer_idx, hiddens, attention_mask, position_ids, past)
+            hiddens, _ = self._maybe_checkpointed_layer(layer_idx, hiddens, plan, past)
         return self.expert_model.norm(hiddens[1])
 
     # ------------------------------------------------------------------ one joint layer
-    def _maybe_checkpointed_layer(self, layer_idx, hiddens, attention_mask, position_ids, past, kv_only=False):
+    def _maybe_checkpointed_layer(self, layer_idx, hiddens, plan, past, kv_only=False):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(
-                self._joint_layer, layer_idx, hiddens, attention_mask, position_ids, past, kv_only,
-                use_reentrant=False,
-            )
-        return self._joint_layer(layer_idx, hiddens, attention_mask, position_ids, past, kv_only)
+            return checkpoint(self._joint_layer, layer_idx, hiddens, plan, past, kv_only, use_reentrant=False)
+        return self._joint_layer(layer_idx, hiddens, plan, past, kv_only)
 
     def _joint_layer(
-        self, layer_idx: int, hiddens: list[torch.Tensor | None], attention_mask: torch.Tensor,
-        position_ids: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, kv_only: bool = False,
+        self, layer_idx: int, hiddens: list[torch.Tensor | None], plan: AttentionPlan,
+        past: tuple[torch.Tensor, torch.Tensor] | None, kv_only: bool = False,
     ) -> tuple[list[torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]:
         """One layer over the present streams; returns new hiddens and this call's (keys, values).
         kv_only: stop after the keys/values (hiddens returned unchanged).
@@ -320,16 +426,17 @@ class PaliGemmaWithExpert(nn.Module):
             keys.append(attn.k_proj(normed).view(batch, length, self.num_kv_heads, self.head_dim))
             values.append(attn.v_proj(normed).view(batch, length, self.num_kv_heads, self.head_dim))
             lengths.append(length)
-        key = apply_rope(torch.cat(keys, dim=1), position_ids)  # (B, Lq, KV, D)
-        value = torch.cat(values, dim=1)  # (B, Lq, KV, D)
+        # A single present stream needs no concatenation copy.
+        key = apply_rope_tables(_cat(keys), plan.rope_cos, plan.rope_sin)  # (B, Lq, KV, D)
+        value = _cat(values)  # (B, Lq, KV, D)
         if kv_only:
             return hiddens, (key, value)
-        query = apply_rope(torch.cat(queries, dim=1), position_ids)  # (B, Lq, H, D)
+        query = apply_rope_tables(_cat(queries), plan.rope_cos, plan.rope_sin)  # (B, Lq, H, D)
         all_keys, all_values = key, value
         if past is not None:
             all_keys = torch.cat([past[0].to(key.dtype), key], dim=1)  # (B, Lp + Lq, KV, D)
             all_values = torch.cat([past[1].to(value.dtype), value], dim=1)
-        attended = joint_attention(query, all_keys, all_values, attention_mask, self.config.attention_implementation)
+        attended = attend(query, all_keys, all_values, plan)  # (B, Lq, H*D)
         attended_per_stream = iter(attended.split(lengths, dim=1))  # (B, L_s, H*D) each
 
         new_hiddens: list[torch.Tensor | None] = []
@@ -342,3 +449,7 @@ class PaliGemmaWithExpert(nn.Module):
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
             new_hiddens.append(hidden)
         return new_hiddens, (key, value)
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=1)

@@ -1,0 +1,252 @@
+"""Correctness of the PI0 performance fast paths against the eager reference path (CPU, tiny).
+
+Fast paths and the tolerance each must meet:
+  * RoPE tables built once per forward == per-layer `apply_rope`: bitwise (same float32 ops).
+  * SDPA with the query heads folded per KV head and a prebuilt additive bias == eager
+    attention (float32 logits) on every row that has a visible key: atol 1e-5 in float32.
+    (Rows with no visible key are padding queries nobody reads; eager makes them uniform,
+    SDPA attends every key. They are compared only through the model outputs, which never read them.)
+  * Whole model with attention_implementation="sdpa" == "eager" in float32: losses, gradients and
+    sampled actions within 1e-4 (the fixture's parity tolerance); bf16: relative error < 3e-2.
+  * Sampler with masks/RoPE built once per call == Euler loop of public per-step `denoise_step`:
+    bitwise (atol 0).
+  * `compile_sampler` (torch.compile, aot_eager backend on CPU to keep the test fast) == eager:
+    atol 1e-5.
+  * CUDA-graph sampler == eager: atol 1e-5 float32 (runs only where CUDA exists; on CPU the
+    policy falls back to the eager sampler, which is checked to be exactly the eager result).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openpi_pytorch_ori.pi0 import PI0Config, PI0FlowMatching, PI0Policy
+from openpi_pytorch_ori.pi0.modeling_pi0 import CUDAGraphSampler, _two_branch_ids, euler_times
+from openpi_pytorch_ori.pi0.paligemma_with_expert import (
+    _sdpa_grouped,
+    apply_rope,
+    apply_rope_tables,
+    joint_attention,
+    rope_tables,
+    sdpa_grouped_bias,
+)
+
+BATCH = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    """Tiny models gain nothing from intra-op threads on the shared 2-core box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_pair(**overrides) -> tuple[PI0FlowMatching, PI0FlowMatching]:
+    """Two tiny models with identical weights, eager and sdpa attention."""
+    torch.manual_seed(0)
+    eager = PI0FlowMatching(PI0Config.preset("tiny", freeze_vision_encoder=False, **overrides))
+    with torch.no_grad():
+        eager.cond_embed.weight.normal_(std=0.5)  # both CFG branches differ
+    sdpa = PI0FlowMatching(PI0Config.preset("tiny", freeze_vision_encoder=False,
+                                            attention_implementation="sdpa", **overrides))
+    sdpa.load_state_dict(eager.state_dict())
+    return eager, sdpa
+
+
+def tiny_inputs(config: PI0Config, seed: int = 1) -> dict[str, torch.Tensor]:
+    """2 of 3 cameras present, prompts of different lengths (so prefix pads are exercised)."""
+    gen = torch.Generator().manual_seed(seed)
+    size, lang_len = config.vision.image_size, config.tokenizer_max_length
+    lang_masks = torch.arange(lang_len)[None, :] < torch.tensor([lang_len, 7, 3])[:, None]  # (B, L)
+    return dict(
+        images=torch.rand(BATCH, 3, 3, size, size, generator=gen) * 2 - 1,
+        img_masks=torch.tensor([[True, True, False]] * BATCH),
+        lang_tokens=torch.randint(3, config.vlm.vocab_size, (BATCH, lang_len), generator=gen) * lang_masks,
+        lang_masks=lang_masks,
+        state=torch.randn(BATCH, config.max_state_dim, generator=gen),
+    )
+
+
+def chunk_noise(config: PI0Config, seed: int = 2) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(BATCH, config.chunk_size, config.max_action_dim, generator=gen)
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
+
+
+# ---------------------------------------------------------------------------- building blocks
+
+
+def test_rope_tables_reproduce_apply_rope_bitwise():
+    x = torch.randn(2, 9, 4, 32)
+    positions = torch.randint(0, 500, (2, 9))
+    cos, sin = rope_tables(positions, 32)
+    assert torch.equal(apply_rope_tables(x, cos, sin), apply_rope(x, positions))
+
+
+@pytest.mark.parametrize("num_heads,kv_heads", [(2, 1), (4, 2), (4, 4)])
+def test_grouped_sdpa_equals_eager_attention_on_rows_with_a_visible_key(num_heads, kv_heads):
+    torch.manual_seed(3)
+    batch, q_len, k_len, head_dim = 2, 7, 11, 16
+    query = torch.randn(batch, q_len, num_heads, head_dim)
+    key, value = torch.randn(2, batch, k_len, kv_heads, head_dim)
+    mask = torch.rand(batch, q_len, k_len) > 0.4
+    mask[0, 2] = False  # a padding query: no visible key
+    bias = sdpa_grouped_bias(mask, num_heads // kv_heads, torch.float32)
+    assert bias.shape == (batch, 1, q_len * num_heads // kv_heads, k_len)
+    fast = _sdpa_grouped(query, key, value, bias)  # (B, Lq, H*D)
+    eager = joint_attention(query, key, value, mask, "eager")
+    sdpa_ref = joint_attention(query, key, value, mask, "sdpa")  # the original per-layer SDPA path
+    rows = mask.any(dim=-1)  # (B, Lq)
+    torch.testing.assert_close(fast[rows], eager[rows], rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast, sdpa_ref, rtol=0, atol=1e-5)  # padding rows too
+    assert torch.isfinite(fast).all()
+
+
+def test_two_branch_ids_built_on_device_are_conditional_rows_first():
+    assert _two_branch_ids(3, torch.device("cpu")).tolist() == [1, 1, 1, 0, 0, 0]
+
+
+# ---------------------------------------------------------------------------- whole model
+
+
+def test_sdpa_model_matches_eager_losses_gradients_and_actions_float32():
+    eager, sdpa = tiny_pair()
+    inputs = tiny_inputs(eager.config)
+    gen = torch.Generator().manual_seed(4)
+    shape = (BATCH, eager.config.chunk_size, eager.config.max_action_dim)
+    draw = dict(actions=torch.randn(shape, generator=gen), noise=torch.randn(shape, generator=gen),
+                time=torch.rand(BATCH, generator=gen) * 0.98 + 0.01)
+    results = {}
+    for name, model in (("eager", eager), ("sdpa", sdpa)):
+        single = model(**inputs, **draw, is_positive=1)
+        pos, uncond = model.forward_cfg(**inputs, **draw, shared_prefix=True)
+        (single.mean() + pos.mean() + 0.5 * uncond.mean()).backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        with torch.no_grad():
+            actions = model.sample_actions(**inputs, noise=draw["noise"], cfg_scale=2.0)
+        results[name] = (single, pos, uncond, grads, actions)
+    for fast, ref in zip(results["sdpa"][:3], results["eager"][:3]):
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-4)
+    assert len(results["sdpa"][3]) == len(results["eager"][3])
+    for fast, ref in zip(results["sdpa"][3], results["eager"][3]):
+        torch.testing.assert_close(fast, ref, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(results["sdpa"][4], results["eager"][4], rtol=0, atol=1e-4)
+
+
+def test_sdpa_model_matches_eager_in_bfloat16_to_bf16_rounding():
+    eager, sdpa = tiny_pair(dtype="bfloat16")
+    inputs, noise = tiny_inputs(eager.config), chunk_noise(eager.config)
+    with torch.no_grad():
+        expected = eager.sample_actions(**inputs, noise=noise, cfg_scale=2.0)
+        actual = sdpa.sample_actions(**inputs, noise=noise, cfg_scale=2.0)
+    assert torch.isfinite(actual).all()
+    assert rel_err(actual, expected) < 3e-2
+
+
+def test_sdpa_gradient_checkpointing_matches_plain_backward():
+    _, plain = tiny_pair()
+    torch.manual_seed(0)
+    ckpt = PI0FlowMatching(plain.config.replace(gradient_checkpointing=True))
+    ckpt.load_state_dict(plain.state_dict())
+    inputs = tiny_inputs(plain.config)
+    gen = torch.Generator().manual_seed(5)
+    shape = (BATCH, plain.config.chunk_size, plain.config.max_action_dim)
+    draw = dict(actions=torch.randn(shape, generator=gen), noise=torch.randn(shape, generator=gen),
+                time=torch.rand(BATCH, generator=gen))
+    for model in (plain, ckpt):
+        model.train()
+        pos, uncond = model.forward_cfg(**inputs, **draw, shared_prefix=True)
+        (pos.mean() + uncond.mean()).backward()
+    for a, b in zip(ckpt.parameters(), plain.parameters()):
+        if b.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_sampler_with_plan_built_once_equals_per_step_denoise_bitwise(implementation, cfg_scale):
+    eager, sdpa = tiny_pair()
+    model = eager if implementation == "eager" else sdpa
+    inputs, noise = tiny_inputs(model.config), chunk_noise(model.config)
+    state = inputs["state"]
+    with torch.no_grad():
+        actions = model.sample_actions(**inputs, noise=noise, cfg_scale=cfg_scale)
+        cache = model.build_prefix_cache(inputs["images"], inputs["img_masks"], inputs["lang_tokens"],
+                                         inputs["lang_masks"])
+        dt, x_t = torch.tensor(-1.0 / model.config.num_steps), noise.clone()
+        for time in euler_times(model.config.num_steps):
+            v_cond = model.denoise_step(cache, state, x_t, time, is_positive=1)  # masks rebuilt per step
+            if cfg_scale != 1.0:
+                v_uncond = model.denoise_step(cache, state, x_t, time, is_positive=0)
+                v_cond = v_uncond + cfg_scale * (v_cond - v_uncond)
+            x_t = x_t + dt * v_cond
+    # cfg 2.5 computes both branches as one 2B batch: equal up to float32 rounding of the batch split.
+    atol = 0.0 if cfg_scale == 1.0 else 1e-5
+    torch.testing.assert_close(actions, x_t, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_compiled_sampler_equals_eager(cfg_scale):
+    torch._dynamo.reset()
+    _, model = tiny_pair()
+    inputs, noise = tiny_inputs(model.config), chunk_noise(model.config)
+    with torch.no_grad():
+        expected = model.sample_actions(**inputs, noise=noise, cfg_scale=cfg_scale)
+        model.compile_sampler(backend="aot_eager")
+        actual = model.sample_actions(**inputs, noise=noise, cfg_scale=cfg_scale)
+        model.compile_sampler(enabled=False)
+        restored = model.sample_actions(**inputs, noise=noise, cfg_scale=cfg_scale)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+    assert torch.equal(restored, expected)
+    assert "_compiled_step" not in model.__dict__ and not any("compiled" in k for k in model.state_dict())
+
+
+def policy_batch(policy: PI0Policy, batch_size: int = 2) -> dict:
+    gen = torch.Generator().manual_seed(6)
+    size = policy.config.vision.image_size
+    lang = policy.config.tokenizer_max_length
+    masks = torch.arange(lang)[None, :] < torch.tensor([5, 9][:batch_size])[:, None]
+    return {
+        "image.base_0_rgb": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=gen),
+        "image.left_wrist_0_rgb": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=gen),
+        "state": torch.randn(batch_size, policy.config.state_dim, generator=gen),
+        "lang_tokens": torch.randint(3, 100, (batch_size, lang), generator=gen) * masks,
+        "lang_masks": masks,
+    }
+
+
+def test_policy_compile_sampler_modes_and_cpu_fallback_of_cuda_graphs():
+    torch.manual_seed(0)
+    policy = PI0Policy(PI0Config.preset("tiny", attention_implementation="sdpa")).eval()
+    batch = policy_batch(policy)
+    noise = torch.randn(2, policy.config.chunk_size, policy.config.max_action_dim)
+    expected = policy.select_action(batch, cfg_scale=2.0, noise=noise)
+    assert policy.sampler_mode == "eager"
+    policy.compile_sampler("cuda_graph")  # no CUDA here: select_action stays on the eager sampler
+    assert policy.sampler_mode == "cuda_graph"
+    assert torch.equal(policy.select_action(batch, cfg_scale=2.0, noise=noise), expected)
+    policy.compile_sampler("eager")
+    assert policy.sampler_mode == "eager"
+    with pytest.raises(ValueError, match="compile_sampler mode"):
+        policy.compile_sampler("graphs")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_cuda_graph_sampler_equals_eager_on_cuda(cfg_scale):
+    _, model = tiny_pair()
+    model = model.cuda()
+    inputs = {k: v.cuda() for k, v in tiny_inputs(model.config).items()}
+    sampler = CUDAGraphSampler(model)
+    for seed in (2, 3):  # the second call replays the captured graph with new inputs
+        noise = chunk_noise(model.config, seed).cuda()
+        with torch.no_grad():
+            expected = model.sample_actions(**inputs, noise=noise, cfg_scale=cfg_scale)
+        actual = sampler(*inputs.values(), noise, cfg_scale)
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
