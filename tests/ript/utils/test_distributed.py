@@ -79,6 +79,7 @@ def test_no_environment_changes_at_import():
 
 
 def _worker(rank: int, port: int, results) -> None:
+    torch.set_num_threads(1)  # forked child: keep ATen off the parent's OpenMP pool
     # What torchrun exports for each process.
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

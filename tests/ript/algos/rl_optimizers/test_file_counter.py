@@ -10,6 +10,7 @@ import os
 import socket
 
 import pytest
+import torch
 import torch.distributed as dist
 
 from ript.algos.rl_optimizers.file_counter import (
@@ -113,6 +114,7 @@ def test_make_global_counter_single_process_uses_file():
 
 
 def _store_worker(rank: int, world: int, port: int, n: int) -> None:
+    torch.set_num_threads(1)  # forked child: keep ATen off the parent's OpenMP pool
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:

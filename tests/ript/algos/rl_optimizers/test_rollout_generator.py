@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
@@ -252,6 +253,7 @@ def _free_port() -> int:
 
 
 def _two_rank_worker(rank: int, port: int, results) -> None:
+    torch.set_num_threads(1)  # forked child: keep ATen off the parent's OpenMP pool
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=2)
     try:
