@@ -22,7 +22,7 @@ from openpi_pytorch_ori.pi0.checkpoint import load_pi0_weights
 from openpi_pytorch_ori.pi0.configuration_pi0 import PI0Config
 from openpi_pytorch_ori.pi0.modeling_pi0 import PI0Policy
 from openpi_pytorch_ori.pi0.tokenizer import load_tokenizer
-from ript.env_runner.pi0_runner_utils import NormStats, check_norm_stats_against_chunk, load_norm_stats
+from ript.env_runner.pi0_runner_utils import NormStats, load_norm_stats
 from ript.utils.assets import resolve_norm_stats_path
 from ript.utils.distributed import unwrap
 
@@ -87,7 +87,6 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         attention_implementation: str = "eager",
         overrides: Mapping[str, Any] | None = None,
         use_ddp: bool | None = None,
-        sanity_check_norm_stats: bool = True,
     ) -> None:
         self.device = resolve_device(device_id)
         self.norm_stats: NormStats = self._load_norm_stats(norm_stats_path)
@@ -108,7 +107,6 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         policy.to(device=self.device)
         self.trainable_params = split_trainable_params(policy)
         self.model: nn.Module = self._maybe_wrap_ddp(policy, use_ddp)
-        self._norm_stats_checked = not sanity_check_norm_stats
         logger.info(
             "PI0_OFT_Policy: preset=%s dtype=%s device=%s trainable model=%d header=%d params",
             self.preset, self.config.dtype, self.device,
@@ -208,16 +206,7 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         finally:
             self.model.train(was_training)
         actions = actions[..., : self.norm_stats.action_dim].float()  # (B, 50, 7)
-        if not self._norm_stats_checked:
-            self._norm_stats_checked = True
-            self._sanity_check_first_chunk(actions)
         return actions
-
-    def _sanity_check_first_chunk(self, actions: torch.Tensor) -> None:
-        unnormalised = self.norm_stats.unnormalize_action(actions.cpu().numpy())
-        warning = check_norm_stats_against_chunk(self.norm_stats, unnormalised)
-        if warning:
-            logger.warning(warning)
 
     def cfg_flow_losses(
         self,
