@@ -17,6 +17,7 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from ript.training.config_checks import check_config
 from ript.training.loop import TrainingRun, build_training_run, evaluate, train_one_step
@@ -52,9 +53,12 @@ def train(cfg: DictConfig, run: TrainingRun, stop: StopRequest) -> dict[str, Any
     final_eval: dict[str, Any] = {}
     if cfg.rollout.enabled and cfg.rollout.eval_at_start and run.step == 0:
         run.metrics.log(0, evaluate(cfg, run))
+    progress = tqdm(total=cfg.training.n_steps, initial=run.step, desc="training steps",
+                    disable=run.dist_info.rank != 0, dynamic_ncols=True)
     while run.step < cfg.training.n_steps:
         metrics = train_one_step(cfg, run)
         run.step += 1
+        progress.update(1)
         if run.step % cfg.logging.log_every_n_steps == 0:
             run.metrics.log(run.step, metrics)
         last_step = run.step == cfg.training.n_steps
@@ -66,6 +70,7 @@ def train(cfg: DictConfig, run: TrainingRun, stop: StopRequest) -> dict[str, Any
         if _stop_requested_anywhere(stop):
             logger.warning("stopping at step %d on request (checkpoint saved)", run.step)
             break
+    progress.close()
     return final_eval
 
 
