@@ -4,15 +4,21 @@
 functions, after headless rendering is configured, because robosuite reads ``MUJOCO_GL`` when it
 is first imported (STYLE §3).
 
-Parallel envs run in LIBERO's ``SubprocVectorEnv`` workers. Each worker limits its render and
-BLAS thread pools to one thread before it builds its simulator: with two workers on two cores,
-Mesa's llvmpipe and BLAS pools otherwise oversubscribe the cores and a vectorised step is ~3x
-slower (SPEC §4).
+Parallel envs run in spawned worker processes (:class:`LiberoVectorEnv`; LIBERO's own
+``SubprocVectorEnv`` forks the trainer, see the class for why that is avoided). Each worker starts
+with its render and BLAS thread pools limited to one thread: with two workers on two cores, Mesa's
+llvmpipe and BLAS pools otherwise oversubscribe the cores and a vectorised step is ~3x slower
+(SPEC §4).
 """
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import subprocess
+import sys
+import traceback
+from multiprocessing.connection import Connection
 from typing import Any, Sequence
 
 import numpy as np
@@ -70,16 +76,11 @@ def import_libero() -> Any:
 class _LiberoEnvFn:
     """Picklable env constructor, run inside the worker process (or in-process for one env)."""
 
-    def __init__(self, bddl_file: str, camera_height: int, camera_width: int, seed: int,
-                 thread_env: dict[str, str] | None):
-        self.bddl_file, self.seed, self.thread_env = bddl_file, seed, thread_env
+    def __init__(self, bddl_file: str, camera_height: int, camera_width: int, seed: int):
+        self.bddl_file, self.seed = bddl_file, seed
         self.camera_height, self.camera_width = camera_height, camera_width
 
     def __call__(self) -> Any:
-        if self.thread_env:
-            # Runs in the freshly started worker, before its GL context and thread pools exist,
-            # so it changes only this worker's environment.
-            os.environ.update(self.thread_env)
         from libero.libero.envs import OffScreenRenderEnv
 
         env = OffScreenRenderEnv(bddl_file_name=self.bddl_file, camera_heights=self.camera_height,
@@ -88,66 +89,163 @@ class _LiberoEnvFn:
         return env
 
 
+def _worker_main(conn: Any, env_fn: _LiberoEnvFn) -> None:
+    """Worker process loop: build one LIBERO env, then serve reset/set_init_state/step/close."""
+    try:
+        env = env_fn()
+    except BaseException:  # noqa: BLE001 -- report any start-up failure to the parent, then exit
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready", os.getpid()))
+    try:
+        while True:
+            try:
+                cmd, data = conn.recv()
+            except (EOFError, OSError):  # parent gone
+                break
+            if cmd == "close":
+                break
+            try:
+                if cmd == "reset":
+                    result = env.reset()
+                elif cmd == "set_init_state":
+                    result = env.set_init_state(data)
+                elif cmd == "step":
+                    result = env.step(data)
+                else:
+                    raise ValueError(f"unknown worker command {cmd!r}")
+            except Exception:  # noqa: BLE001 -- the parent decides (rebuild and retry)
+                conn.send(("error", traceback.format_exc()))
+                continue
+            conn.send(("ok", result))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        try:
+            env.close()
+        except Exception:  # noqa: BLE001 -- exiting anyway
+            pass
+
+
+def _worker_entry(fd: int) -> None:
+    """Entry point of a worker process started by :class:`LiberoVectorEnv` (``python -c``)."""
+    conn = Connection(fd)
+    import_libero()  # no-op when the parent already chose the GL backend (inherited MUJOCO_GL)
+    _worker_main(conn, conn.recv())
+
+
+# The worker's command line; it imports only this module, never the trainer's __main__.
+_WORKER_CODE = "import sys; from ript.env_runner.pi0_libero_runner import _worker_entry; _worker_entry(int(sys.argv[1]))"
+
+
 class LiberoVectorEnv:
-    """LIBERO's Subproc/DummyVectorEnv with a step timeout and a hard ``kill`` for dead workers."""
+    """N LIBERO envs, each in its own fresh worker process (or one in-process env).
+
+    Why not LIBERO's ``SubprocVectorEnv``: it forks the trainer. Forking a process that already
+    holds a GL context (an in-process env) or runs torch/NCCL threads can deadlock the child (we
+    saw a forked worker hang building its EGL context), and every fork flushes a copy of the
+    parent's unwritten stdout. ``multiprocessing``'s spawn avoids that but re-imports the caller's
+    ``__main__`` (unguarded scripts recurse). So each worker is a plain ``python -c`` process with
+    its own environment -- thread limits set there, the trainer's environment untouched -- that
+    talks over a socket pair. Every request must be answered within ``timeout_s``, so a hung
+    worker becomes a fault instead of stalling training.
+    """
 
     def __init__(self, env_fns: Sequence[_LiberoEnvFn], use_subprocess: bool,
-                 step_timeout_s: float | None = 120.0):
-        from libero.libero.envs import DummyVectorEnv, SubprocVectorEnv
-
+                 thread_env: dict[str, str] | None = None, timeout_s: float | None = 120.0,
+                 start_timeout_s: float = 600.0):
         self.use_subprocess = use_subprocess
-        self.step_timeout_s = step_timeout_s
-        self.venv = SubprocVectorEnv(list(env_fns)) if use_subprocess else DummyVectorEnv(list(env_fns))
+        self.timeout_s = timeout_s
+        self._envs: list[Any] = []
+        self._conns: list[Connection] = []
+        self._procs: list[subprocess.Popen] = []
+        if not use_subprocess:
+            self._envs = [fn() for fn in env_fns]
+            return
+        child_env = dict(os.environ, **(thread_env or {}))
+        # The worker must import the same `ript` and `libero` as this process.
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        try:
+            for fn in env_fns:
+                parent, child = multiprocessing.Pipe(duplex=True)
+                proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE, str(child.fileno())],
+                                        env=child_env, pass_fds=(child.fileno(),), close_fds=True)
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+                parent.send(fn)
+            for j in range(len(self._procs)):  # workers build their envs in parallel
+                self._recv(j, "start", start_timeout_s)
+        except BaseException:
+            self.kill()
+            raise
 
     def __len__(self) -> int:
-        return len(self.venv.workers)
+        return len(self._procs) if self.use_subprocess else len(self._envs)
 
     def worker_pids(self) -> list[int]:
-        return [w.process.pid for w in self.venv.workers] if self.use_subprocess else [os.getpid()]
+        return [p.pid for p in self._procs] if self.use_subprocess else [os.getpid()]
 
-    def reset(self, id: Sequence[int] | None = None) -> Any:  # noqa: A002 -- LIBERO's name
-        return self.venv.reset(id=id)
+    def _recv(self, j: int, cmd: str, timeout_s: float | None) -> Any:
+        conn, pid = self._conns[j], self._procs[j].pid
+        if timeout_s and not conn.poll(timeout_s):
+            raise TimeoutError(f"LIBERO worker {j} (pid {pid}) did not answer {cmd!r} within {timeout_s} s")
+        status, payload = conn.recv()  # EOFError here = the worker died
+        if status == "error":
+            raise RuntimeError(f"LIBERO worker {j} (pid {pid}) failed in {cmd!r}:\n{payload}")
+        return payload
 
-    def set_init_state(self, init_states: Any, id: Sequence[int] | None = None) -> Any:  # noqa: A002
-        ids = list(range(len(self))) if id is None else list(id)
+    def _request(self, cmd: str, ids: Sequence[int] | None, payloads: Sequence[Any]) -> list:
+        ids = list(range(len(self))) if ids is None else list(ids)
         if not self.use_subprocess:
-            return self.venv.set_init_state(init_states, id=ids)
-        # LIBERO's version waits for each worker in turn; send to all first so they work in parallel.
-        workers = self.venv.workers
-        for state, j in zip(init_states, ids):
-            workers[j].parent_remote.send(["set_init_state", state])
-        return [self._recv(j) for j in ids]
+            call = {"reset": lambda e, _: e.reset(), "set_init_state": lambda e, d: e.set_init_state(d),
+                    "step": lambda e, d: e.step(d)}[cmd]
+            return [call(self._envs[j], d) for j, d in zip(ids, payloads)]
+        for j, data in zip(ids, payloads):  # send to all first: the workers run in parallel
+            self._conns[j].send((cmd, data))
+        return [self._recv(j, cmd, self.timeout_s) for j in ids]
 
-    def _recv(self, j: int) -> Any:
-        worker = self.venv.workers[j]
-        if self.step_timeout_s and not worker.parent_remote.poll(self.step_timeout_s):
-            raise TimeoutError(f"LIBERO worker {j} (pid {worker.process.pid}) did not answer "
-                               f"within {self.step_timeout_s} s")
-        return worker.recv()
+    def reset(self, id: Sequence[int] | None = None) -> list:  # noqa: A002 -- LIBERO's name
+        n = len(self) if id is None else len(id)
+        return self._request("reset", id, [None] * n)
+
+    def set_init_state(self, init_states: Any, id: Sequence[int] | None = None) -> list:  # noqa: A002
+        return self._request("set_init_state", id, list(init_states))
 
     def step(self, actions: np.ndarray, id: Sequence[int] | None = None) -> tuple:  # noqa: A002
-        ids = list(range(len(self))) if id is None else list(id)
-        if not self.use_subprocess:
-            return self.venv.step(actions, id=ids)
-        # LIBERO's own step blocks forever on a hung worker; poll with a timeout instead.
-        workers = self.venv.workers
-        for action, j in zip(actions, ids):
-            workers[j].send(action)
-        results = [self._recv(j) for j in ids]
+        results = self._request("step", id, [np.asarray(a, dtype=np.float64) for a in actions])
         obs, rewards, dones, infos = zip(*results)
-        return list(obs), np.asarray(rewards), np.asarray(dones), list(infos)
+        return list(obs), np.asarray(rewards, dtype=np.float64), np.asarray(dones, dtype=bool), list(infos)
 
     def close(self) -> None:
-        self.venv.close()
+        for env in self._envs:
+            env.close()
+        self._envs = []
+        for conn in self._conns:
+            try:
+                conn.send(("close", None))
+            except (OSError, ValueError):  # worker already gone
+                pass
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
 
     def kill(self) -> None:
-        """Terminate worker processes that ``close`` could not reach (our own children only)."""
-        if not self.use_subprocess:
-            return
-        for w in self.venv.workers:
-            if w.process.is_alive():
-                w.process.terminate()
-            w.process.join(timeout=5)
+        """Terminate worker processes that did not exit (only this object's own children)."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
 
 
 class Pi0LiberoRunner(ChunkedRunner):
@@ -246,9 +344,9 @@ class Pi0LiberoRunner(ChunkedRunner):
         bddl = self.benchmark.get_task_bddl_file_path(self._task_id(task_name))
         # Thread limits only go to subprocess workers: in-process they would change the caller's env.
         thread_env = worker_thread_env() if (self.limit_worker_threads and self.use_subprocess) else None
-        fns = [_LiberoEnvFn(bddl, self.camera_height, self.camera_width, self.seed + i, thread_env)
-               for i in range(n)]
-        return LiberoVectorEnv(fns, use_subprocess=self.use_subprocess, step_timeout_s=self.step_timeout_s)
+        fns = [_LiberoEnvFn(bddl, self.camera_height, self.camera_width, self.seed + i) for i in range(n)]
+        return LiberoVectorEnv(fns, use_subprocess=self.use_subprocess, thread_env=thread_env,
+                               timeout_s=self.step_timeout_s)
 
 
 __all__ = ["LiberoVectorEnv", "Pi0LiberoRunner", "SUITE_MAX_STEPS", "import_libero"]
