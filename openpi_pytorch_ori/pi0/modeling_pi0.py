@@ -672,7 +672,10 @@ class PI0Policy(nn.Module):
         """
         if mode not in _SAMPLER_MODES:
             raise ValueError(f"compile_sampler mode must be one of {_SAMPLER_MODES}, got {mode!r}.")
-        self.model.compile_sampler("compile" in mode, **compile_kwargs)
+        already_compiled = "_compiled_step" in self.model.__dict__
+        if "compile" not in mode or not already_compiled or compile_kwargs:
+            # Keep existing compiled pieces (and their compiled graphs) when only graphs change.
+            self.model.compile_sampler("compile" in mode, **compile_kwargs)
         self.__dict__["_graph_sampler"] = CUDAGraphSampler(self.model) if "cuda_graph" in mode else None
 
     @property

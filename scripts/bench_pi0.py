@@ -1,0 +1,488 @@
+#!/usr/bin/env python
+"""PI0 performance benchmark: training-step time/memory/MFU and select_action latency.
+
+Not a test: it times whatever device it runs on. On CUDA it builds the `full` preset directly on
+the GPU (random weights, bf16 backbone); on CPU the `tiny` preset. Every case runs in its own
+try/except, so an OOM or a failing fast path is recorded in the output instead of ending the run.
+
+  python scripts/bench_pi0.py --out-json $OUT/bench_pi0.json --out-md $OUT/bench_pi0.md --compile
+
+Sections:
+  train   fwd + bwd + AdamW step over the trainable parameters for: plain flow matching (one
+          branch), CFG-Flow naive (two joint passes), CFG-Flow shared prefix (one VLM pass, 2B-row
+          suffix); each with and without gradient checkpointing; ratios to plain; MFU from
+          FLOPs counted by torch.utils.flop_counter.FlopCounterMode on one step (matmuls and
+          attention, fwd + bwd; elementwise ops not counted; checkpointing recompute excluded, i.e.
+          model FLOPs of the run without checkpointing).
+  sample  PI0Policy.select_action latency (batch 1 and 8, cfg_scale 1 and 2) per sampler mode:
+          eager, cuda_graph, and with --compile: compile, compile+cuda_graph; plus the eager
+          breakdown (prefix pass, one Euler step) at batch 1, and each fast mode's max |diff|
+          against the eager actions for the same noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from openpi_pytorch_ori.pi0 import PI0Config, PI0Policy  # noqa: E402
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name substring, most specific first.
+PEAK_BF16_TFLOPS = [
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("H800", 989.4),
+    ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0), ("A10G", 125.0), ("L40S", 362.0),
+    ("RTX 4090", 165.2), ("A6000", 154.8),
+]
+# The public PyTorch port on one H100 (docs/REFERENCE_BENCHMARK.md): the numbers to beat.
+REFERENCE_MS = {"select_action_b1": 343.0, "select_action_b8": 410.0, "train_plain": 298.0,
+                "train_cfg_naive": 554.0, "euler_step_b1": 28.0, "prefix_b1": 25.0}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--preset", default=None, help="full | tiny (default: full on CUDA, tiny on CPU)")
+    parser.add_argument("--dtype", default=None, help="bfloat16 | float32 (default: bfloat16 on CUDA)")
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="joint attention implementation")
+    parser.add_argument("--batch", type=int, default=8, help="training windows per step")
+    parser.add_argument("--sample-batches", default="1,8")
+    parser.add_argument("--cfg-scales", default="1,2")
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--sections", default="train,sample")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile sampler modes")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="skip the CUDA-graph sampler modes")
+    parser.add_argument("--no-eager-attn-case", action="store_true",
+                        help="skip the extra plain training case with eager attention")
+    parser.add_argument("--cpu-threads", type=int, default=1,
+                        help="torch threads on CPU (1: tiny models only lose to OpenMP spin-waiting)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="override the bf16 dense peak")
+    parser.add_argument("--time-budget-s", type=float, default=420.0,
+                        help="cases starting after this many seconds are skipped (recorded as such)")
+    parser.add_argument("--profile-dir", default=None, help="write torch.profiler tables here")
+    parser.add_argument("--out-json", default=None)
+    parser.add_argument("--out-md", default=None)
+    return parser.parse_args(argv)
+
+
+# ============================================================================ setup
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_policy(args: argparse.Namespace, device: torch.device) -> PI0Policy:
+    """Random-weight PI0 built directly on `device` (no slow CPU init of 3.5B parameters)."""
+    config = PI0Config.preset(args.preset, dtype=args.dtype, attention_implementation=args.attn,
+                              tokenizer_path=None)
+    torch.manual_seed(0)
+    with torch.device(device):
+        policy = PI0Policy(config)
+    return policy.to(device)
+
+
+def make_batch(config: PI0Config, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Raw observation batch as a rollout hands it over (CPU tensors): 2 cameras + 1 missing,
+    language padded to tokenizer_max_length with ~40% valid tokens (20 of 48 at full size)."""
+    gen = torch.Generator().manual_seed(seed)
+    size = config.vision.image_size
+    lang_len = config.tokenizer_max_length
+    valid = max(2, round(lang_len * 20 / 48))
+    lang_masks = (torch.arange(lang_len) < valid)[None, :].expand(batch_size, -1).clone()  # (B, L)
+    return {
+        "image.base_0_rgb": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=gen),
+        "image.left_wrist_0_rgb": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=gen),
+        "state": torch.randn(batch_size, config.state_dim, generator=gen),
+        "lang_tokens": torch.randint(3, min(config.vlm.vocab_size, 250_000), (batch_size, lang_len),
+                                     generator=gen) * lang_masks,
+        "lang_masks": lang_masks,
+        "action": torch.randn(batch_size, config.chunk_size, config.action_dim, generator=gen),
+    }
+
+
+# ============================================================================ timing
+
+
+class Timer:
+    """Median wall time of `fn` in ms (CUDA events on GPU, perf_counter on CPU) + peak memory."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run(self, fn: Callable[[], Any], iters: int, warmup: int) -> dict[str, Any]:
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        times = []
+        for _ in range(iters):
+            if self.device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+                "iters": iters, "warmup": warmup}
+
+    def reset_peak(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_gib(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.device) / 2**30
+
+
+class Runner:
+    """Runs named cases with error capture and the overall time budget."""
+
+    def __init__(self, budget_s: float):
+        self.t0, self.budget_s = time.perf_counter(), budget_s
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def case(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        record: dict[str, Any] = {"case": name}
+        if self.elapsed() > self.budget_s:
+            record["skipped"] = f"time budget {self.budget_s:.0f}s used up"
+        else:
+            t0 = time.perf_counter()
+            try:
+                record.update(fn())
+            except Exception as error:  # noqa: BLE001 -- recorded, the run goes on (e.g. OOM)
+                record["error"] = f"{type(error).__name__}: {str(error)[:400]}"
+                record["traceback_tail"] = traceback.format_exc()[-1500:]
+            record["case_wall_s"] = round(time.perf_counter() - t0, 2)
+        print(json.dumps({k: v for k, v in record.items() if k != "traceback_tail"}), flush=True)
+        return record
+
+
+# ============================================================================ training
+
+
+def training_step_fn(policy: PI0Policy, inputs: tuple, actions: torch.Tensor, variant: str,
+                     optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    model = policy.model
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if variant == "plain":
+            loss = model(*inputs, actions).mean()
+        else:
+            pos, uncond = model.forward_cfg(*inputs, actions, shared_prefix=(variant == "cfg_shared"))
+            loss = pos.mean() + uncond.mean()  # stand-in for the advantage-weighted sum: same compute
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def count_step_flops(step: Callable[[], None]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def train_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner, peak_flops) -> list[dict]:
+    policy.train()
+    batch = make_batch(policy.config, args.batch)
+    images, img_masks, lang_tokens, lang_masks, state = policy._prepare_observation(batch)
+    actions, _ = policy.prepare_action(batch)
+    inputs = (images, img_masks, lang_tokens, lang_masks, state)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    pwe = policy.model.paligemma_with_expert
+    model_flops: dict[str, int] = {}
+    cases = [(v, ckpt, args.attn) for ckpt in (False, True) for v in ("plain", "cfg_naive", "cfg_shared")]
+    if not args.no_eager_attn_case and args.attn != "eager":
+        cases.append(("plain", False, "eager"))
+    records = []
+    for variant, ckpt, attn in cases:
+        name = f"train/{variant}/{'ckpt' if ckpt else 'no_ckpt'}/{attn}"
+
+        def run_case(variant=variant, ckpt=ckpt, attn=attn) -> dict[str, Any]:
+            pwe.gradient_checkpointing = ckpt
+            policy.config.attention_implementation = attn  # read per forward by attention_plan
+            optimizer = torch.optim.AdamW(trainable, lr=1e-6, fused=device.type == "cuda")
+            try:
+                timer.reset_peak()
+                step = training_step_fn(policy, inputs, actions, variant, optimizer)
+                result = timer.run(step, args.iters, args.warmup)
+                result["peak_gib"] = timer.peak_gib()
+                if variant not in model_flops and not ckpt:
+                    model_flops[variant] = count_step_flops(step)
+                flops = model_flops.get(variant)
+                if flops is not None:
+                    result["model_tflop_per_step"] = flops / 1e12
+                    result["achieved_tflops"] = flops / (result["median_ms"] / 1e3) / 1e12
+                    if peak_flops:
+                        result["mfu"] = flops / (result["median_ms"] / 1e3) / peak_flops
+                return result
+            finally:
+                optimizer.zero_grad(set_to_none=True)
+                del optimizer
+                pwe.gradient_checkpointing = False
+                policy.config.attention_implementation = args.attn
+
+        record = runner.case(name, run_case)
+        record.update(variant=variant, gradient_checkpointing=ckpt, attention=attn, batch=args.batch)
+        records.append(record)
+    _add_ratios(records)
+    policy.eval()
+    return records
+
+
+def _add_ratios(records: list[dict]) -> None:
+    plain = {(r["gradient_checkpointing"], r["attention"]): r.get("median_ms") for r in records
+             if r["variant"] == "plain"}
+    for record in records:
+        base = plain.get((record["gradient_checkpointing"], record["attention"]))
+        if base and record.get("median_ms"):
+            record["ratio_to_plain"] = record["median_ms"] / base
+
+
+# ============================================================================ sampling
+
+
+def sample_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner) -> tuple[list[dict], list[dict]]:
+    policy.eval()
+    batches = [int(b) for b in args.sample_batches.split(",")]
+    scales = [float(s) for s in args.cfg_scales.split(",")]
+    modes = ["eager"]
+    if device.type == "cuda" and not args.no_cuda_graph:
+        modes.append("cuda_graph")
+    if args.compile:
+        modes.append("compile")
+        if device.type == "cuda" and not args.no_cuda_graph:
+            modes.append("compile+cuda_graph")
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    config = policy.config
+    observations = {b: make_batch(config, b, seed=b) for b in batches}
+    noises = {b: torch.randn(b, config.chunk_size, config.max_action_dim, generator=torch.Generator().manual_seed(b))
+              .to(device) for b in batches}
+    reference: dict[tuple, torch.Tensor] = {}
+    records = [runner.case("sample/breakdown/eager/b1", lambda: eager_breakdown(policy, observations, timer, args))]
+    for mode in modes:
+        for batch in batches:
+            for scale in scales:
+                def run_case(mode=mode, batch=batch, scale=scale) -> dict[str, Any]:
+                    policy.compile_sampler(mode)
+                    timer.reset_peak()
+                    obs, noise = observations[batch], noises[batch]
+                    t0 = time.perf_counter()
+                    actions = policy.select_action(obs, cfg_scale=scale, noise=noise)  # compiles / captures
+                    timer.sync()
+                    result: dict[str, Any] = {"first_call_s": time.perf_counter() - t0}
+                    key = (batch, scale)
+                    if mode == "eager":
+                        reference[key] = actions.float()
+                    elif key in reference:
+                        result["max_abs_diff_vs_eager"] = (actions.float() - reference[key]).abs().max().item()
+                    result.update(timer.run(lambda: policy.select_action(obs, cfg_scale=scale), args.iters, args.warmup))
+                    result["peak_gib"] = timer.peak_gib()
+                    return result
+
+                record = runner.case(f"sample/{mode}/b{batch}/cfg{scale:g}", run_case)
+                record.update(mode=mode, batch=batch, cfg_scale=scale)
+                records.append(record)
+    policy.compile_sampler("eager")
+    by_key = {(r.get("mode"), r.get("batch"), r.get("cfg_scale")): r.get("median_ms") for r in records}
+    for record in records[1:]:
+        base = by_key.get((record["mode"], record["batch"], 1.0))
+        if base and record.get("median_ms"):
+            record["ratio_to_cfg1"] = record["median_ms"] / base
+    return records
+
+
+def eager_breakdown(policy: PI0Policy, observations: dict, timer: Timer, args) -> dict[str, Any]:
+    """Batch-1 eager pieces comparable to the reference's breakdown: prefix pass, one Euler step."""
+    model = policy.model
+    obs = observations[min(observations)]
+    with torch.no_grad():
+        images, img_masks, lang_tokens, lang_masks, state = policy._prepare_observation(obs)
+        prefix = lambda: model.build_prefix_cache(images, img_masks, lang_tokens, lang_masks)
+        cache = prefix()
+        plan = model.suffix_attention_plan(cache)
+        x_t = torch.randn(state.shape[0], model.config.chunk_size, model.config.max_action_dim, device=state.device)
+        t = torch.full((), 0.5, device=state.device)
+        step = lambda: model.euler_step(cache, state, x_t, t, 1, plan, 1.0, -0.1)
+        prefix_t = timer.run(prefix, args.iters, args.warmup)
+        step_t = timer.run(step, args.iters, args.warmup)
+    return {"batch": state.shape[0], "prefix_pass_ms": prefix_t["median_ms"], "euler_step_ms": step_t["median_ms"]}
+
+
+# ============================================================================ profiling
+
+
+def profile(policy: PI0Policy, args, device, out_dir: Path) -> None:
+    """Top ops of one shared-prefix training step and one batch-1 select_action (eager)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    policy.train()
+    batch = make_batch(policy.config, args.batch)
+    inputs = policy._prepare_observation(batch)
+    actions, _ = policy.prepare_action(batch)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6,
+                                  fused=device.type == "cuda")
+    step = training_step_fn(policy, inputs, actions, "cfg_shared", optimizer)
+    step()
+    with torch_profile(activities=activities) as prof:
+        step()
+        Timer(device).sync()
+    (out_dir / "profile_train_cfg_shared.txt").write_text(prof.key_averages().table(sort_by=sort_key, row_limit=30))
+    optimizer.zero_grad(set_to_none=True)
+    del optimizer
+    policy.eval()
+    obs = make_batch(policy.config, 1)
+    policy.select_action(obs)
+    with torch_profile(activities=activities) as prof:
+        policy.select_action(obs)
+        Timer(device).sync()
+    (out_dir / "profile_select_action_b1_eager.txt").write_text(
+        prof.key_averages().table(sort_by=sort_key, row_limit=30))
+
+
+# ============================================================================ report
+
+
+def environment(policy: PI0Policy, args, device, peak_flops) -> dict[str, Any]:
+    import transformers
+
+    n_params = sum(p.numel() for p in policy.parameters())
+    n_trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_type": device.type, "torch": torch.__version__, "transformers": transformers.__version__,
+        "cuda": torch.version.cuda, "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
+        "preset": args.preset, "dtype": args.dtype, "attention": args.attn, "train_batch": args.batch,
+        "iters": args.iters, "warmup": args.warmup, "peak_bf16_tflops": peak_flops / 1e12 if peak_flops else None,
+        "parameters": n_params, "trainable_parameters": n_trainable,
+        "prefix_tokens": policy.config.prefix_length, "suffix_tokens": policy.config.suffix_length,
+        "flop_count_method": "torch.utils.flop_counter.FlopCounterMode, one step, matmul+attention fwd+bwd, "
+                             "no recompute (the no-checkpointing run's count is used for both)",
+    }
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [f"### PI0 benchmark on {env['device']}", "",
+             f"torch {env['torch']}, transformers {env['transformers']}, CUDA {env['cuda']}, python {env['python']}; "
+             f"preset `{env['preset']}`, dtype {env['dtype']}, attention {env['attention']}, "
+             f"{env['parameters']:,} parameters ({env['trainable_parameters']:,} trainable), prefix "
+             f"{env['prefix_tokens']} + suffix {env['suffix_tokens']} tokens; medians of {env['iters']} after "
+             f"{env['warmup']} warm-ups; wall {report['wall_s']:.0f} s.", ""]
+    if report.get("train"):
+        lines += ["Training step (fwd + bwd + AdamW), batch of "
+                  f"{env['train_batch']} windows, 2 cameras + 1 missing:", "",
+                  "| Variant | Checkpointing | Attention | Median ms | × plain | Peak GiB | Model TFLOP | MFU | Note |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in report["train"]:
+            note = r.get("error") or r.get("skipped") or ""
+            lines.append(f"| {r['variant']} | {'yes' if r['gradient_checkpointing'] else 'no'} | {r['attention']} | "
+                         f"{_fmt(r.get('median_ms'))} | {_fmt(r.get('ratio_to_plain'), '.2f')} | "
+                         f"{_fmt(r.get('peak_gib'))} | {_fmt(r.get('model_tflop_per_step'), '.2f')} | "
+                         f"{_fmt(r.get('mfu') and 100 * r['mfu'], '.1f')}{'%' if r.get('mfu') else ''} | {note[:80]} |")
+        lines.append("")
+    if report.get("sample"):
+        breakdown = report["sample"][0]
+        lines += [f"Eager batch-1 breakdown: prefix pass {_fmt(breakdown.get('prefix_pass_ms'), '.2f')} ms, "
+                  f"one Euler step {_fmt(breakdown.get('euler_step_ms'), '.2f')} ms "
+                  f"{breakdown.get('error', '')}", "",
+                  "`select_action` latency (images as CPU uint8, 10 Euler steps):", "",
+                  "| Mode | Batch | cfg_scale | Median ms | × cfg 1 | Peak GiB | First call s | max abs diff vs eager | Note |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in report["sample"][1:]:
+            note = r.get("error") or r.get("skipped") or ""
+            lines.append(f"| {r['mode']} | {r['batch']} | {r['cfg_scale']:g} | {_fmt(r.get('median_ms'))} | "
+                         f"{_fmt(r.get('ratio_to_cfg1'), '.2f')} | {_fmt(r.get('peak_gib'))} | "
+                         f"{_fmt(r.get('first_call_s'), '.1f')} | {_fmt(r.get('max_abs_diff_vs_eager'), '.2g')} | "
+                         f"{note[:80]} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    on_cuda = device.type == "cuda"
+    args.preset = args.preset or ("full" if on_cuda else "tiny")
+    args.dtype = args.dtype or ("bfloat16" if on_cuda else "float32")
+    if not on_cuda:
+        torch.set_num_threads(args.cpu_threads)
+    if on_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True  # only float32 matmuls (heads) are affected
+        torch.cuda.set_device(device)
+    peak_flops = None
+    if args.peak_tflops:
+        peak_flops = args.peak_tflops * 1e12
+    elif on_cuda:
+        name = torch.cuda.get_device_name(device)
+        peak_flops = next((tf * 1e12 for key, tf in PEAK_BF16_TFLOPS if key in name), None)
+    runner, timer = Runner(args.time_budget_s), Timer(device)
+    t_build = time.perf_counter()
+    policy = build_policy(args, device)
+    timer.sync()
+    report: dict[str, Any] = {"environment": environment(policy, args, device, peak_flops),
+                              "build_s": time.perf_counter() - t_build, "reference_ms": REFERENCE_MS}
+    report["environment"]["weights_gib"] = (torch.cuda.memory_allocated(device) / 2**30) if on_cuda else None
+    print(json.dumps(report["environment"]), flush=True)
+    sections = set(args.sections.split(","))
+    if "sample" in sections:  # first: it needs the least memory and the compile cases take longest
+        report["sample"] = sample_section(policy, args, device, timer, runner)
+    if "train" in sections:
+        report["train"] = train_section(policy, args, device, timer, runner, peak_flops)
+    if args.profile_dir:
+        with contextlib.suppress(Exception):
+            profile(policy, args, device, Path(args.profile_dir))
+    report["wall_s"] = runner.elapsed()
+    text = markdown(report)
+    if args.out_json:
+        Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out_json).write_text(json.dumps(report, indent=1, default=str))
+    if args.out_md:
+        Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out_md).write_text(text)
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()
