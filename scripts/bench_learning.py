@@ -57,18 +57,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stages", nargs="+", default=["sft", "rl", "bc"], choices=["sft", "rl", "bc"],
                    help="run only these stages (later stages read the earlier ones' files)")
     g = p.add_argument_group("demos + SFT")
-    g.add_argument("--demos-per-task", type=int, default=4)
+    g.add_argument("--scenes-per-task", type=int, default=10,
+                   help="init states (scenes) per task: demos, RL rollouts and the main evaluation use these")
+    g.add_argument("--demos-per-scene", type=int, default=3)
     g.add_argument("--demo-noise", type=float, default=0.3)
-    g.add_argument("--demo-wrong-target-prob", type=float, default=0.3)
-    g.add_argument("--sft-steps", type=int, default=400)
-    g.add_argument("--sft-batch-size", type=int, default=16)
+    g.add_argument("--demo-wrong-target-prob", type=float, default=0.5)
+    g.add_argument("--sft-steps", type=int, default=1500)
+    g.add_argument("--sft-batch-size", type=int, default=32)
     g.add_argument("--sft-lr", type=float, default=1e-3)
     g.add_argument("--sft-stride", type=int, default=10)
     g.add_argument("--train-vision", action="store_true", default=True,
                    help="train the (random-init, tiny) vision tower in SFT and RL (default on)")
     g.add_argument("--freeze-vision", dest="train_vision", action="store_false")
     g = p.add_argument_group("RL (CFG-Flow, through run_training)")
-    g.add_argument("--rl-steps", type=int, default=20, help="training.n_steps (RIPT rounds)")
+    g.add_argument("--rl-steps", type=int, default=25, help="training.n_steps (RIPT rounds)")
     g.add_argument("--init-states-per-round", type=int, default=8, help="train_dataloader.batch_size")
     g.add_argument("--rloo", type=int, default=8, help="algo.rloo_batch_size (K)")
     g.add_argument("--rl-lr", type=float, default=3e-4)
@@ -81,44 +83,102 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--rl-override", action="append", default=[], help="extra Hydra override (repeatable)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
-    g.add_argument("--eval-trials", type=int, default=25, help="init states per task (4 tasks)")
-    g.add_argument("--eval-init-seed", type=int, default=1000, help="held-out init states for evaluation")
-    g.add_argument("--eval-envs", type=int, default=25)
+    g.add_argument("--eval-repeats", type=int, default=3,
+                   help="evaluation passes over the scenes (sampling is stochastic; more episodes)")
+    g.add_argument("--heldout-trials", type=int, default=25,
+                   help="also evaluate (cfg 1) on this many unseen scenes per task; 0 = skip")
+    g.add_argument("--heldout-init-seed", type=int, default=1000, help="init-state seed of the unseen scenes")
     return p.parse_args(argv)
 
 
 # ------------------------------------------------------------------------------ one seed
-def reach_env_config(args: argparse.Namespace, init_state_seed: int | None = None):
-    """reach_rl's env settings (max_speed 0.015, 200 steps); optionally other init states."""
+def reach_env_config(args: argparse.Namespace, heldout: bool = False):
+    """reach_rl's env settings (max_speed 0.015, 200 steps) restricted to ``--scenes-per-task``
+    scenes per task; ``heldout``: as many other scenes (another init-state seed) instead."""
     import dataclasses
 
     from ript.algos.sft_warm_start import reach_env_config_from_task_yaml
 
-    cfg = reach_env_config_from_task_yaml()
-    return dataclasses.replace(cfg, init_state_seed=init_state_seed) if init_state_seed is not None else cfg
+    cfg = reach_env_config_from_task_yaml([f"++task.env_config.num_init_states_per_task={args.scenes_per_task}"])
+    if heldout:
+        cfg = dataclasses.replace(cfg, init_state_seed=args.heldout_init_seed,
+                                  num_init_states_per_task=max(args.heldout_trials, 1))
+    return cfg
 
 
-def eval_runner(args: argparse.Namespace, seed: int):
+def eval_runner(args: argparse.Namespace, seed: int, heldout: bool = False):
     from ript.env_runner.reach_runner import ReachRunner
 
-    env_cfg = reach_env_config(args, args.eval_init_seed)
-    return ReachRunner(num_parallel_envs=args.eval_envs, max_episode_length=env_cfg.max_episode_length,
-                       action_mode="absolute", env_config=env_cfg, seed=seed)
+    env_cfg = reach_env_config(args, heldout)
+    return ReachRunner(num_parallel_envs=env_cfg.num_init_states_per_task, action_mode="absolute",
+                       max_episode_length=env_cfg.max_episode_length, env_config=env_cfg, seed=seed)
+
+
+def evaluate_policy(args: argparse.Namespace, policy: Any, seed: int, scales: Sequence[float]) -> dict[str, Any]:
+    """Success on the training scenes (``--eval-repeats`` passes per cfg_scale, pooled) and, at
+    cfg 1, on unseen scenes."""
+    from eval_cfg_sweep import sweep
+
+    runner = eval_runner(args, seed)
+    passes = [sweep(policy, runner, scales, None) for _ in range(args.eval_repeats)]
+    pooled = {}
+    for s in passes[0]:
+        n = sum(p[s]["num_episodes"] for p in passes)
+        pooled[s] = {"overall": sum(p[s]["overall"] * p[s]["num_episodes"] for p in passes) / n,
+                     "per_task": {t: float(np.mean([p[s]["per_task"][t] for p in passes]))
+                                  for t in passes[0][s]["per_task"]},
+                     "num_episodes": n}
+    out = {"scenes": pooled}
+    if args.heldout_trials > 0:
+        out["heldout"] = sweep(policy, eval_runner(args, seed, heldout=True), [1.0], None)
+    return out
+
+
+def collect_scene_demos(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    """``--demos-per-scene`` scripted demos from every training scene (noisy expert that heads for
+    the wrong colour with ``--demo-wrong-target-prob``): mediocre, multi-modal data."""
+    from ript.envs.reach_env import ReachBenchmark, ReachEnv, ReachExpert
+
+    env_cfg = reach_env_config(args)
+    bench = ReachBenchmark(env_cfg)
+    demos = []
+    for task_id, name in enumerate(bench.get_task_names()):
+        env = ReachEnv(name, env_cfg, seed=seed)
+        expert = ReachExpert(env, args.demo_noise, args.demo_wrong_target_prob, seed=1000 * seed + task_id)
+        for state in bench.get_task_init_states(name):
+            for _ in range(args.demos_per_scene):
+                demos.append(_expert_episode(env, expert, state))
+    return demos
+
+
+def _expert_episode(env: Any, expert: Any, init_state: np.ndarray) -> dict[str, Any]:
+    """One expert rollout in ``collect_demonstrations``' per-step layout."""
+    obs = env.set_init_state(init_state)
+    expert.reset()
+    frames, actions, success = [], [], False
+    for _ in range(env.config.max_episode_length):
+        action = expert.act(obs)
+        frames.append(obs)
+        actions.append(action)
+        obs, _, success, _ = env.step(action)
+        if success:
+            break
+    demo = {k: np.stack([f[k] for f in frames]) for k in frames[0]}
+    demo.update(actions=np.stack(actions).astype(np.float32), task_name=env.task_name, task_id=env.task_id,
+                task_description=env.language, init_state=np.asarray(init_state), success=bool(success))
+    return demo
 
 
 def sft_stage(args: argparse.Namespace, seed: int, seed_dir: Path) -> tuple[Path, dict[str, Any]]:
     """Demos -> SFT -> saved weights + SFT evaluation."""
     import torch
 
-    from eval_cfg_sweep import sweep
     from openpi_pytorch_ori.pi0.checkpoint import save_pi0_weights
     from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
     from ript.algos.sft_warm_start import demonstration_windows, sft_warm_start
-    from ript.envs.reach_env import collect_demonstrations
 
     t0 = time.time()
-    demos = collect_demonstrations(None, args.demos_per_task, seed=10_000 + seed, noise=args.demo_noise,
-                                   wrong_target_prob=args.demo_wrong_target_prob, config=reach_env_config(args))
+    demos = collect_scene_demos(args, seed)
     torch.manual_seed(seed)
     policy = PI0_OFT_Policy(device_id=args.device, norm_stats_path="builtin:reach", preset="tiny",
                             dtype="float32", freeze_vision_encoder=not args.train_vision)
@@ -128,11 +188,11 @@ def sft_stage(args: argparse.Namespace, seed: int, seed_dir: Path) -> tuple[Path
     path = seed_dir / "sft" / "model.safetensors"
     save_pi0_weights(policy.pi0, path)
     sft_time = time.time() - t0
-    evals = sweep(policy.eval(), eval_runner(args, seed), [1.0], args.eval_trials)
+    evals = evaluate_policy(args, policy.eval(), seed, [1.0])
     info = {"demo_success_rate": float(np.mean([d["success"] for d in demos])), "num_demos": len(demos),
             "num_windows": len(windows), "loss_curve": losses, "time_s": sft_time, "eval": evals}
     logger.info("seed %d SFT: demos %.2f success, %d windows, eval SR %.3f (%.0f s)", seed,
-                info["demo_success_rate"], len(windows), evals["1"]["overall"], sft_time)
+                info["demo_success_rate"], len(windows), evals["scenes"]["1"]["overall"], sft_time)
     return path, info
 
 
@@ -150,13 +210,14 @@ def rl_overrides(args: argparse.Namespace, seed: int, sft_path: Path, run_dir: P
         f"+algo.rl_optimizer_factory.num_epochs={args.num_epochs}",
         f"algo.enable_dynamic_sampling={str(args.dynamic_sampling).lower()}",
         f"algo.bc_ablation={str(bc).lower()}", "rollout.enabled=false", "logging.mode=disabled",
-        "algo.rollout_generator_factory.use_tqdm=false", *args.rl_override,
+        "algo.rollout_generator_factory.use_tqdm=false",
+        f"++task.env_config.num_init_states_per_task={args.scenes_per_task}", *args.rl_override,
     ]
 
 
 def rl_stage(args: argparse.Namespace, seed: int, sft_path: Path, run_dir: Path, bc: bool) -> dict[str, Any]:
     """One RL run through run_training, then the cfg_scale evaluation of its final checkpoint."""
-    from eval_cfg_sweep import compose_config, load_policy_and_config, sweep
+    from eval_cfg_sweep import compose_config, load_policy_and_config
     from train_ript_openvla_oft import run_training
 
     t0 = time.time()
@@ -165,11 +226,9 @@ def rl_stage(args: argparse.Namespace, seed: int, sft_path: Path, run_dir: Path,
     train_time = time.time() - t0
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     policy, _, _ = load_policy_and_config(run_dir, device=args.device)
-    scales = args.cfg_scales
-    evals = sweep(policy, eval_runner(args, seed), scales, args.eval_trials)
-    name = "BC" if bc else "RL"
-    logger.info("seed %d %s: %s (train %.0f s)", seed, name,
-                " ".join(f"cfg{s}={r['overall']:.3f}" for s, r in evals.items()), train_time)
+    evals = evaluate_policy(args, policy, seed, args.cfg_scales)
+    logger.info("seed %d %s: %s (train %.0f s)", seed, "BC" if bc else "RL",
+                " ".join(f"cfg{s}={r['overall']:.3f}" for s, r in evals["scenes"].items()), train_time)
     return {"curve": [{k: r.get(k) for k in ("step", *CURVE_KEYS, "rollout/valid_episodes",
                                               "train/windows_used", "train/positive_window_ratio")}
                       for r in curve], "time_s": train_time, "eval": evals}
@@ -207,13 +266,16 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
 
 def aggregate(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Mean +- std over seeds of every success rate; per-iteration curves."""
-    summary: dict[str, Any] = {"sft": _mean_std([r["sft"]["eval"]["1"]["overall"] for r in results])}
+    summary: dict[str, Any] = {"sft": _mean_std([r["sft"]["eval"]["scenes"]["1"]["overall"] for r in results])}
     for arm in ("rl", "bc"):
         if all(arm in r for r in results):
-            scales = list(results[0][arm]["eval"])
-            summary[arm] = {s: _mean_std([r[arm]["eval"][s]["overall"] for r in results]) for s in scales}
+            scales = list(results[0][arm]["eval"]["scenes"])
+            summary[arm] = {s: _mean_std([r[arm]["eval"]["scenes"][s]["overall"] for r in results]) for s in scales}
             summary[f"{arm}_curve"] = {
                 key: _mean_std_per_step([[row[key] for row in r[arm]["curve"]] for r in results]) for key in CURVE_KEYS}
+    summary["heldout_cfg1"] = {arm: _mean_std([r[arm]["eval"]["heldout"]["1"]["overall"] for r in results])
+                               for arm in ("sft", "rl", "bc")
+                               if all(arm in r and "heldout" in r[arm]["eval"] for r in results)}
     summary["time_s"] = {st: float(np.mean([r[st]["time_s"] for r in results]))
                          for st in ("sft", "rl", "bc") if all(st in r for r in results)}
     for arm in ("rl", "bc"):
@@ -315,12 +377,16 @@ def markdown_table(doc: dict[str, Any]) -> str:
     scales = list(summary.get("rl", {"1": None}))
     lines = ["| policy | " + " | ".join(f"cfg {s}" for s in scales) + " | per seed (cfg 1) |",
              "|---|" + "---:|" * len(scales) + "---|"]
-    sft_seeds = ", ".join(f"{100 * r['sft']['eval']['1']['overall']:.0f}" for r in seeds)
+    sft_seeds = ", ".join(f"{100 * r['sft']['eval']['scenes']['1']['overall']:.0f}" for r in seeds)
     lines.append("| SFT start | " + _cell(summary["sft"]) + " |" + " — |" * (len(scales) - 1) + f" {sft_seeds} |")
     for arm, label in (("rl", "CFG-Flow RL"), ("bc", "BC ablation (w = 1)")):
         if arm in summary:
-            per = ", ".join(f"{100 * r[arm]['eval']['1']['overall']:.0f}" for r in seeds)
+            per = ", ".join(f"{100 * r[arm]['eval']['scenes']['1']['overall']:.0f}" for r in seeds)
             lines.append(f"| {label} | " + " | ".join(_cell(summary[arm][s]) for s in scales) + f" | {per} |")
+    held = summary.get("heldout_cfg1", {})
+    if held:
+        lines += ["", "Unseen scenes (generalisation check, cfg 1): " + ", ".join(
+            f"{name} {_cell(held[arm])}" for arm, name in (("sft", "SFT"), ("rl", "RL"), ("bc", "BC")) if arm in held)]
     return "\n".join(lines)
 
 
