@@ -23,7 +23,6 @@ Sections:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import platform
@@ -64,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--sections", default="train,sample")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile sampler modes")
+    parser.add_argument("--compile-batches", default="1",
+                        help="batches for the compile modes (each new shape is a fresh compile)")
+    parser.add_argument("--compile-start-by-s", type=float, default=270.0,
+                        help="compile cases starting after this many seconds are skipped (a compile can't be cut short)")
     parser.add_argument("--no-cuda-graph", action="store_true", help="skip the CUDA-graph sampler modes")
     parser.add_argument("--no-eager-attn-case", action="store_true",
                         help="skip the extra plain training case with eager attention")
@@ -164,16 +167,17 @@ class Timer:
 class Runner:
     """Runs named cases with error capture and the overall time budget."""
 
-    def __init__(self, budget_s: float):
-        self.t0, self.budget_s = time.perf_counter(), budget_s
+    def __init__(self, budget_s: float, on_record: Callable[[], None] = lambda: None):
+        self.t0, self.budget_s, self.on_record = time.perf_counter(), budget_s, on_record
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def case(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def case(self, name: str, fn: Callable[[], dict[str, Any]], budget_s: float | None = None) -> dict[str, Any]:
         record: dict[str, Any] = {"case": name}
-        if self.elapsed() > self.budget_s:
-            record["skipped"] = f"time budget {self.budget_s:.0f}s used up"
+        budget_s = self.budget_s if budget_s is None else min(budget_s, self.budget_s)
+        if self.elapsed() > budget_s:
+            record["skipped"] = f"time budget {budget_s:.0f}s used up"
         else:
             t0 = time.perf_counter()
             try:
@@ -184,6 +188,11 @@ class Runner:
             record["case_wall_s"] = round(time.perf_counter() - t0, 2)
         print(json.dumps({k: v for k, v in record.items() if k != "traceback_tail"}), flush=True)
         return record
+
+    def recorded(self, records: list[dict], record: dict) -> None:
+        """Append and write the report so far (a run killed by an outer timeout keeps its numbers)."""
+        records.append(record)
+        self.on_record()
 
 
 # ============================================================================ training
@@ -215,7 +224,8 @@ def count_step_flops(step: Callable[[], None]) -> int:
     return int(counter.get_total_flops())
 
 
-def train_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner, peak_flops) -> list[dict]:
+def train_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner, peak_flops,
+                  records: list[dict]) -> list[dict]:
     policy.train()
     batch = make_batch(policy.config, args.batch)
     images, img_masks, lang_tokens, lang_masks, state = policy._prepare_observation(batch)
@@ -227,7 +237,6 @@ def train_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner,
     cases = [(v, ckpt, args.attn) for ckpt in (False, True) for v in ("plain", "cfg_naive", "cfg_shared")]
     if not args.no_eager_attn_case and args.attn != "eager":
         cases.append(("plain", False, "eager"))
-    records = []
     for variant, ckpt, attn in cases:
         name = f"train/{variant}/{'ckpt' if ckpt else 'no_ckpt'}/{attn}"
 
@@ -257,7 +266,7 @@ def train_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner,
 
         record = runner.case(name, run_case)
         record.update(variant=variant, gradient_checkpointing=ckpt, attention=attn, batch=args.batch)
-        records.append(record)
+        runner.recorded(records, record)
     _add_ratios(records)
     policy.eval()
     return records
@@ -275,7 +284,7 @@ def _add_ratios(records: list[dict]) -> None:
 # ============================================================================ sampling
 
 
-def sample_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner) -> tuple[list[dict], list[dict]]:
+def sample_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner, records: list[dict]) -> list[dict]:
     policy.eval()
     batches = [int(b) for b in args.sample_batches.split(",")]
     scales = [float(s) for s in args.cfg_scales.split(",")]
@@ -292,9 +301,11 @@ def sample_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner
     noises = {b: torch.randn(b, config.chunk_size, config.max_action_dim, generator=torch.Generator().manual_seed(b))
               .to(device) for b in batches}
     reference: dict[tuple, torch.Tensor] = {}
-    records = [runner.case("sample/breakdown/eager/b1", lambda: eager_breakdown(policy, observations, timer, args))]
+    runner.recorded(records, runner.case("sample/breakdown/eager/b1",
+                                         lambda: eager_breakdown(policy, observations, timer, args)))
+    compile_batches = [int(b) for b in args.compile_batches.split(",") if int(b) in batches]
     for mode in modes:
-        for batch in batches:
+        for batch in (compile_batches if "compile" in mode else batches):
             for scale in scales:
                 def run_case(mode=mode, batch=batch, scale=scale) -> dict[str, Any]:
                     policy.compile_sampler(mode)
@@ -313,9 +324,10 @@ def sample_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner
                     result["peak_gib"] = timer.peak_gib()
                     return result
 
-                record = runner.case(f"sample/{mode}/b{batch}/cfg{scale:g}", run_case)
+                budget = args.compile_start_by_s if mode == "compile" else None
+                record = runner.case(f"sample/{mode}/b{batch}/cfg{scale:g}", run_case, budget)
                 record.update(mode=mode, batch=batch, cfg_scale=scale)
-                records.append(record)
+                runner.recorded(records, record)
     policy.compile_sampler("eager")
     by_key = {(r.get("mode"), r.get("batch"), r.get("cfg_scale")): r.get("median_ms") for r in records}
     for record in records[1:]:
@@ -412,17 +424,17 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("train"):
         lines += ["Training step (fwd + bwd + AdamW), batch of "
                   f"{env['train_batch']} windows, 2 cameras + 1 missing:", "",
-                  "| Variant | Checkpointing | Attention | Median ms | × plain | Peak GiB | Model TFLOP | MFU | Note |",
+                  "| Variant | Checkpointing | Attention | Median ms | × plain | Peak GiB | Model TFLOP/step | MFU | Note |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in report["train"]:
             note = r.get("error") or r.get("skipped") or ""
             lines.append(f"| {r['variant']} | {'yes' if r['gradient_checkpointing'] else 'no'} | {r['attention']} | "
                          f"{_fmt(r.get('median_ms'))} | {_fmt(r.get('ratio_to_plain'), '.2f')} | "
-                         f"{_fmt(r.get('peak_gib'))} | {_fmt(r.get('model_tflop_per_step'), '.2f')} | "
+                         f"{_fmt(r.get('peak_gib'))} | {_fmt(r.get('model_tflop_per_step'), '.3g')} | "
                          f"{_fmt(r.get('mfu') and 100 * r['mfu'], '.1f')}{'%' if r.get('mfu') else ''} | {note[:80]} |")
         lines.append("")
     if report.get("sample"):
-        breakdown = report["sample"][0]
+        breakdown = report["sample"][0]  # the eager breakdown case
         lines += [f"Eager batch-1 breakdown: prefix pass {_fmt(breakdown.get('prefix_pass_ms'), '.2f')} ms, "
                   f"one Euler step {_fmt(breakdown.get('euler_step_ms'), '.2f')} ms "
                   f"{breakdown.get('error', '')}", "",
@@ -456,32 +468,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif on_cuda:
         name = torch.cuda.get_device_name(device)
         peak_flops = next((tf * 1e12 for key, tf in PEAK_BF16_TFLOPS if key in name), None)
-    runner, timer = Runner(args.time_budget_s), Timer(device)
+    report: dict[str, Any] = {"reference_ms": REFERENCE_MS, "train": [], "sample": []}
+    runner, timer = Runner(args.time_budget_s, lambda: write_report(report, runner, args)), Timer(device)
     t_build = time.perf_counter()
     policy = build_policy(args, device)
     timer.sync()
-    report: dict[str, Any] = {"environment": environment(policy, args, device, peak_flops),
-                              "build_s": time.perf_counter() - t_build, "reference_ms": REFERENCE_MS}
+    report["environment"] = environment(policy, args, device, peak_flops)
+    report["build_s"] = time.perf_counter() - t_build
     report["environment"]["weights_gib"] = (torch.cuda.memory_allocated(device) / 2**30) if on_cuda else None
     print(json.dumps(report["environment"]), flush=True)
     sections = set(args.sections.split(","))
-    if "sample" in sections:  # first: it needs the least memory and the compile cases take longest
-        report["sample"] = sample_section(policy, args, device, timer, runner)
+    # Training first: its numbers matter most, and the compile cases (last) take the longest.
     if "train" in sections:
-        report["train"] = train_section(policy, args, device, timer, runner, peak_flops)
-    if args.profile_dir:
-        with contextlib.suppress(Exception):
+        train_section(policy, args, device, timer, runner, peak_flops, report["train"])
+    if "sample" in sections:
+        sample_section(policy, args, device, timer, runner, report["sample"])
+    if args.profile_dir and runner.elapsed() < args.time_budget_s:
+        try:
             profile(policy, args, device, Path(args.profile_dir))
+        except Exception as error:  # noqa: BLE001 -- profiling is optional
+            report["profile_error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    text = write_report(report, runner, args)
+    print(text)
+    return report
+
+
+def write_report(report: dict[str, Any], runner: Runner, args: argparse.Namespace) -> str:
     report["wall_s"] = runner.elapsed()
-    text = markdown(report)
+    text = markdown(report) if "environment" in report else ""
     if args.out_json:
         Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out_json).write_text(json.dumps(report, indent=1, default=str))
     if args.out_md:
         Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out_md).write_text(text)
-    print(text)
-    return report
+    return text
 
 
 if __name__ == "__main__":
