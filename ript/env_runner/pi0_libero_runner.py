@@ -76,15 +76,16 @@ def import_libero() -> Any:
 class _LiberoEnvFn:
     """Picklable env constructor, run inside the worker process (or in-process for one env)."""
 
-    def __init__(self, bddl_file: str, camera_height: int, camera_width: int, seed: int):
-        self.bddl_file, self.seed = bddl_file, seed
+    def __init__(self, bddl_file: str, camera_height: int, camera_width: int, seed: int,
+                 hard_reset: bool = True):
+        self.bddl_file, self.seed, self.hard_reset = bddl_file, seed, hard_reset
         self.camera_height, self.camera_width = camera_height, camera_width
 
     def __call__(self) -> Any:
         from libero.libero.envs import OffScreenRenderEnv
 
         env = OffScreenRenderEnv(bddl_file_name=self.bddl_file, camera_heights=self.camera_height,
-                                 camera_widths=self.camera_width)
+                                 camera_widths=self.camera_width, hard_reset=self.hard_reset)
         env.seed(self.seed)
         return env
 
@@ -249,7 +250,21 @@ class LiberoVectorEnv:
 
 
 class Pi0LiberoRunner(ChunkedRunner):
-    """PI0 rollouts on a LIBERO suite (SPEC §4); see :class:`ChunkedRunner` for the loop."""
+    """PI0 rollouts on a LIBERO suite (SPEC §4); see :class:`ChunkedRunner` for the loop.
+
+    Args (beyond :class:`ChunkedRunner`'s):
+        benchmark_name: a LIBERO suite (``libero_goal``, ``libero_spatial``, ...).
+        task_names_to_use: subset of the suite's task names; None = all.
+        max_episode_length: policy steps per episode; None = the suite's default
+            (:data:`SUITE_MAX_STEPS`). Wait steps come on top.
+        camera_height, camera_width: render size of both cameras (PI0 resizes itself).
+        seed: worker ``i`` is seeded ``seed + i``.
+        use_subprocess: None = worker processes iff ``num_parallel_envs > 1``.
+        limit_worker_threads: start workers with one render/BLAS thread each (SPEC §4: 3x).
+        step_timeout_s: a worker that does not answer a request in time counts as crashed.
+        hard_reset: robosuite's hard reset (model rebuilt on every reset), LIBERO's default.
+        **unused: extra config keys (RIPT runner configs carry a few); logged and ignored.
+    """
 
     def __init__(self, benchmark_name: str = "libero_goal", task_names_to_use: Sequence[str] | None = None,
                  num_parallel_envs: int = 1, max_episode_length: int | None = None,
@@ -258,7 +273,8 @@ class Pi0LiberoRunner(ChunkedRunner):
                  replan_steps: int | None = None, max_env_retries: int = 2, seed: int = 0,
                  n_action_steps: int | None = 50, allow_open_loop_mismatch: bool = False,
                  use_subprocess: bool | None = None, limit_worker_threads: bool = True,
-                 step_timeout_s: float | None = 120.0, video_dir: str | None = None, **unused: Any):
+                 step_timeout_s: float | None = 120.0, hard_reset: bool = True,
+                 video_dir: str | None = None, **unused: Any):
         if unused:
             # RIPT's runner configs carry extra keys (e.g. rank, world_size); accept, but say so.
             logger.info("Pi0LiberoRunner: ignoring config keys %s", sorted(unused))
@@ -285,6 +301,10 @@ class Pi0LiberoRunner(ChunkedRunner):
         self.use_subprocess = num_parallel_envs > 1 if use_subprocess is None else use_subprocess
         self.limit_worker_threads = limit_worker_threads
         self.step_timeout_s = step_timeout_s
+        # robosuite's hard reset rebuilds the MuJoCo model on every reset (LIBERO's default, what
+        # RIPT/openpi ran); measured here at 3-10 s per reset on 2 loaded cores. False only
+        # resets the sim state, which the shipped init state then overwrites anyway.
+        self.hard_reset = hard_reset
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
@@ -344,7 +364,8 @@ class Pi0LiberoRunner(ChunkedRunner):
         bddl = self.benchmark.get_task_bddl_file_path(self._task_id(task_name))
         # Thread limits only go to subprocess workers: in-process they would change the caller's env.
         thread_env = worker_thread_env() if (self.limit_worker_threads and self.use_subprocess) else None
-        fns = [_LiberoEnvFn(bddl, self.camera_height, self.camera_width, self.seed + i) for i in range(n)]
+        fns = [_LiberoEnvFn(bddl, self.camera_height, self.camera_width, self.seed + i, self.hard_reset)
+               for i in range(n)]
         return LiberoVectorEnv(fns, use_subprocess=self.use_subprocess, thread_env=thread_env,
                                timeout_s=self.step_timeout_s)
 
