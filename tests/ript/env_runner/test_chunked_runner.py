@@ -203,8 +203,11 @@ def test_run_saves_videos_through_callback():
 def test_raising_worker_is_recreated_and_the_batch_retried():
     # first env dies at its 5th step() call (a killed worker surfaces as EOFError); the rebuilt one works
     runner = FakeRunner(env_kwargs_per_creation=[{"fail_at_step_call": 5}, {}], max_len=60)
-    env, _, _ = runner.create_env("task_a")
-    out = list(runner.run_policy_in_env("task_a", FakePolicy(), runner._init_states("task_a")[:2], created_env=env))
+    created = runner.create_env("task_a")
+    env = created[0]
+    # RIPT's rollout generator passes create_env's whole tuple back as created_env
+    out = list(runner.run_policy_in_env("task_a", FakePolicy(), runner._init_states("task_a")[:2],
+                                        created_env=created))
     assert [ep.valid for _, _, ep in out] == [True, True]
     assert all(ep.num_steps == 60 for _, _, ep in out)
     assert len(runner.created) == 2 and runner.created[0].closed

@@ -89,6 +89,9 @@ def test_real_env_reset_to_shipped_state_step_and_render(norm_stats):
 @pytest.mark.slow
 def test_real_parallel_rollout_records_chunks(parallel_runner, norm_stats):
     runner, env = parallel_runner
+    for pid in env.inner.worker_pids():  # thread limits reach the workers, not this process
+        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        assert b"LP_NUM_THREADS=1" in environ and b"OMP_NUM_THREADS=1" in environ
     policy = ZeroPolicy(norm_stats)
     states = runner._init_states(TASK)[:2]
     out = list(runner.run_policy_in_env(TASK, policy, states, created_env=env))
