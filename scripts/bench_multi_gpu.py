@@ -31,7 +31,7 @@ def run_config(num_gpus: int, args: argparse.Namespace, run_dir: Path) -> dict:
         f"algo.rloo_batch_size={args.rloo_batch_size}", f"algo.num_parallel_envs={args.rloo_batch_size}",
         f"algo.mini_batch_size={args.mini_batch_size}", f"hydra.run.dir={run_dir}",
     ]
-    command = ["torchrun", "--standalone", f"--nproc_per_node={num_gpus}",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_gpus}",
                str(REPO_ROOT / "train_ript_openvla_oft.py"), *overrides]
     env = dict(os.environ, PYTHONUNBUFFERED="1", NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1")
     log_path = run_dir.with_suffix(".log")
