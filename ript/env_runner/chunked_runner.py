@@ -178,6 +178,7 @@ class ChunkedRunner:
         self.norm_stats_check_threshold = norm_stats_check_threshold
         self.norm_stats_warning: str | None = None
         self._norm_stats_checked = False
+        self._range_checked = False
         # env_errors: faults seen; env_recreated: envs rebuilt; episodes_dropped: samples given up.
         self.fault_counts: collections.Counter = collections.Counter()
         self.timing: collections.Counter = collections.Counter()  # env_steps / env_step_time_s
@@ -379,7 +380,24 @@ class ChunkedRunner:
                 norm_stats, norm_stats.unnormalize_action(norm_chunk),
                 max_outside_fraction=self.norm_stats_check_threshold)
         env_chunk = model_chunk_to_env_actions(norm_chunk, raw, norm_stats, self.action_mode)
+        if self.norm_stats_warning is None and not self._range_checked:
+            self._range_checked = True
+            self.norm_stats_warning = self._check_env_action_range(env_chunk)
         return pi0_obs, raw, norm_chunk, env_chunk
+
+    def _check_env_action_range(self, env_chunk: np.ndarray) -> str | None:
+        """LIBERO's OSC controller takes commands in [-1, 1]; most of a chunk outside it means the
+        stats and ``action_mode`` disagree (e.g. stats of delta actions with ``relative``, which
+        adds the eef pose, ~0.8 m / ~3 rad, to every command)."""
+        outside = float(np.mean(np.abs(env_chunk[..., :6]) > 1.0 + 1e-3)) if env_chunk.size else 0.0
+        if outside <= self.norm_stats_check_threshold:
+            return None
+        message = (f"ACTION MODE / NORM STATS MISMATCH? {outside:.0%} of the first chunk's executed "
+                   f"arm commands lie outside the env's [-1, 1] action range with "
+                   f"action_mode={self.action_mode!r}; the controller will saturate. Check that the "
+                   f"norm stats were computed in the same action convention as action_mode.")
+        logger.warning(message)
+        return message
 
     def _rollout_batch(self, env: RecoverableVectorEnv, task_name: str, batch: list, policy: Any,
                        cfg_scale: float, replan: int, render: bool, random_init: bool) -> list[Episode]:

@@ -277,3 +277,15 @@ def test_random_init_and_recoverable_env_len():
     assert all(ep.init_state is None and ep.valid for _, _, ep in out)
     env = RecoverableVectorEnv(lambda: FakeVectorEnv(3), env_num=3)
     assert len(env) == 3
+
+
+def test_relative_mode_with_commands_outside_the_action_range_warns():
+    # relative mode adds the chunk-start state; the fake env's eef x grows with the step count
+    # (WAIT = 3 -> x = 3 at the first chunk), so every x command is ~3: far outside [-1, 1]
+    # (1 of the 6 arm dims = 17% of the values, above a 10% threshold).
+    runner = FakeRunner(max_len=5, norm_stats_check_threshold=0.1)
+    _run(runner, FakePolicy())
+    assert runner.norm_stats_warning and "ACTION MODE" in runner.norm_stats_warning
+    absolute = FakeRunner(max_len=5, action_mode="absolute", norm_stats_check_threshold=0.1)
+    _run(absolute, FakePolicy())
+    assert absolute.norm_stats_warning is None
