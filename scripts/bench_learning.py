@@ -17,8 +17,8 @@ benchmark's init-state seed; training uses the task's own seed-0 states), so gai
 memorised starts. Writes ``<out>/learning_results.json``, ``learning_curves.png``,
 ``learning_cfg_scale.png``, ``learning_bars.png`` and ``learning_table.md``; prints the table.
 
-    python scripts/bench_learning.py --seeds 0 1 2 --out-dir docs        # defaults: ~15 min/seed CPU
-    python scripts/bench_learning.py --seeds 0 1 2 --jobs 3 --device cuda # one process per seed
+    python scripts/bench_learning.py --seeds 0 1 2 --out-dir docs                 # sequential, CPU
+    python scripts/bench_learning.py --seeds 0 1 2 --jobs 6 --device cuda --out-dir docs  # docs/learning.md
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,7 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stages", nargs="+", default=["sft", "rl", "bc"], choices=["sft", "rl", "bc"],
                    help="run only these stages (later stages read the earlier ones' files)")
     g = p.add_argument_group("demos + SFT")
-    g.add_argument("--scenes-per-task", type=int, default=10,
+    g.add_argument("--scenes-per-task", type=int, default=3,
                    help="init states (scenes) per task: demos, RL rollouts and the main evaluation use these")
     g.add_argument("--demos-per-scene", type=int, default=3)
     g.add_argument("--demo-noise", type=float, default=0.3)
@@ -70,10 +71,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="train the (random-init, tiny) vision tower in SFT and RL (default on)")
     g.add_argument("--freeze-vision", dest="train_vision", action="store_false")
     g = p.add_argument_group("RL (CFG-Flow, through run_training)")
-    g.add_argument("--rl-steps", type=int, default=25, help="training.n_steps (RIPT rounds)")
+    g.add_argument("--rl-steps", type=int, default=30, help="training.n_steps (RIPT rounds)")
     g.add_argument("--init-states-per-round", type=int, default=8, help="train_dataloader.batch_size")
     g.add_argument("--rloo", type=int, default=8, help="algo.rloo_batch_size (K)")
-    g.add_argument("--rl-lr", type=float, default=3e-4)
+    g.add_argument("--rl-lr", type=float, default=1e-4)
     g.add_argument("--mini-batch-size", type=int, default=32)
     g.add_argument("--a-max", type=float, default=5.0)
     g.add_argument("--weight-mode", default="clip")
@@ -83,7 +84,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--rl-override", action="append", default=[], help="extra Hydra override (repeatable)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
-    g.add_argument("--eval-repeats", type=int, default=3,
+    g.add_argument("--eval-repeats", type=int, default=8,
                    help="evaluation passes over the scenes (sampling is stochastic; more episodes)")
     g.add_argument("--heldout-trials", type=int, default=25,
                    help="also evaluate (cfg 1) on this many unseen scenes per task; 0 = skip")
@@ -221,6 +222,8 @@ def rl_stage(args: argparse.Namespace, seed: int, sft_path: Path, run_dir: Path,
     from train_ript_openvla_oft import run_training
 
     t0 = time.time()
+    # A fresh run: metrics.jsonl appends and checkpoints of an older run would mix into this one.
+    shutil.rmtree(run_dir, ignore_errors=True)
     cfg = compose_config(None, rl_overrides(args, seed, sft_path, run_dir, bc))
     run_training(cfg)
     train_time = time.time() - t0
