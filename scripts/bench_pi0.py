@@ -86,8 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", 0)  # torch.cuda.set_device needs an index
+    return device
 
 
 def build_policy(args: argparse.Namespace, device: torch.device) -> PI0Policy:
