@@ -75,6 +75,13 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """One line for logs: counts, plus the missing/unexpected names (the ones that matter)."""
+        return (
+            f"{len(self.files)} file(s), {len(self.remapped)} keys remapped, {len(self.ignored)} ignored, "
+            f"missing={self.missing}, unexpected={self.unexpected}"
+        )
+
 
 class CheckpointKeyMismatchError(RuntimeError):
     """Raised by strict loading; carries the key lists."""

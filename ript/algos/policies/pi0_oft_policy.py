@@ -102,7 +102,7 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
             policy = PI0Policy(self.config, tokenizer=tokenizer)
         if pretrained_path is not None:
             report = load_pi0_weights(policy, pretrained_path, strict=strict_load)
-            logger.info("loaded PI0 weights from %s: %s", pretrained_path, report)
+            logger.info("loaded PI0 weights from %s: %s", pretrained_path, report.summary())
         # PI0Policy applies config.dtype itself (bf16 backbone, float32 heads); only move it.
         policy.to(device=self.device)
         self.trainable_params = split_trainable_params(policy)
