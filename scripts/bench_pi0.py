@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openpi_pytorch_ori.pi0 import PI0Config, PI0Policy  # noqa: E402
+from openpi_pytorch_ori.pi0.modeling_pi0 import CUDAGraphSampler  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name substring, most specific first.
 PEAK_BF16_TFLOPS = [
@@ -354,7 +355,21 @@ def eager_breakdown(policy: PI0Policy, observations: dict, timer: Timer, args) -
         step = lambda: model.euler_step(cache, state, x_t, t, 1, plan, 1.0, -0.1)
         prefix_t = timer.run(prefix, args.iters, args.warmup)
         step_t = timer.run(step, args.iters, args.warmup)
-    return {"batch": state.shape[0], "prefix_pass_ms": prefix_t["median_ms"], "euler_step_ms": step_t["median_ms"]}
+        prepare_t = timer.run(lambda: policy._prepare_observation(obs), args.iters, args.warmup)
+        result = {"batch": state.shape[0], "prefix_pass_ms": prefix_t["median_ms"],
+                  "euler_step_ms": step_t["median_ms"], "prepare_observation_ms": prepare_t["median_ms"]}
+        if timer.device.type == "cuda" and not args.no_cuda_graph:
+            # The captured sample alone (inputs already on the device): splits select_action's
+            # cuda_graph latency into graph replay vs eager input preparation / host work.
+            graphed = CUDAGraphSampler(model)
+            noise = model.sample_noise(x_t.shape, state.device)
+            inputs = (images, img_masks, lang_tokens, lang_masks, state, noise)
+            for scale in (1.0, 2.0):
+                graphed(*inputs, scale)
+                result[f"graph_replay_cfg{scale:g}_ms"] = timer.run(
+                    lambda scale=scale: graphed(*inputs, scale), args.iters, args.warmup)["median_ms"]
+            del graphed
+    return result
 
 
 # ============================================================================ profiling
@@ -389,6 +404,15 @@ def profile(policy: PI0Policy, args, device, out_dir: Path) -> None:
         Timer(device).sync()
     (out_dir / "profile_select_action_b1_eager.txt").write_text(
         prof.key_averages().table(sort_by=sort_key, row_limit=30))
+    if device.type == "cuda":  # kernels inside the replayed graph (CUPTI traces them) + host work around it
+        policy.compile_sampler("cuda_graph")
+        policy.select_action(obs)
+        with torch_profile(activities=activities) as prof:
+            policy.select_action(obs)
+            Timer(device).sync()
+        policy.compile_sampler("eager")
+        (out_dir / "profile_select_action_b1_cuda_graph.txt").write_text(
+            prof.key_averages().table(sort_by=sort_key, row_limit=30))
 
 
 # ============================================================================ report
@@ -439,8 +463,10 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("sample"):
         breakdown = report["sample"][0]  # the eager breakdown case
         lines += [f"Eager batch-1 breakdown: prefix pass {_fmt(breakdown.get('prefix_pass_ms'), '.2f')} ms, "
-                  f"one Euler step {_fmt(breakdown.get('euler_step_ms'), '.2f')} ms "
-                  f"{breakdown.get('error', '')}", "",
+                  f"one Euler step {_fmt(breakdown.get('euler_step_ms'), '.2f')} ms, input preparation "
+                  f"{_fmt(breakdown.get('prepare_observation_ms'), '.2f')} ms; captured sample alone (graph "
+                  f"replay, device inputs) cfg 1 {_fmt(breakdown.get('graph_replay_cfg1_ms'), '.2f')} ms, cfg 2 "
+                  f"{_fmt(breakdown.get('graph_replay_cfg2_ms'), '.2f')} ms {breakdown.get('error', '')}", "",
                   "`select_action` latency (images as CPU uint8, 10 Euler steps):", "",
                   "| Mode | Batch | cfg_scale | Median ms | × cfg 1 | Peak GiB | First call s | max abs diff vs eager | Note |",
                   "|---|---|---|---|---|---|---|---|---|"]
