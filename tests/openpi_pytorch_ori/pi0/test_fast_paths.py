@@ -14,6 +14,12 @@ Fast paths and the tolerance each must meet:
     atol 1e-5.
   * CUDA-graph sampler == eager: atol 1e-5 float32 (runs only where CUDA exists; on CPU the
     policy falls back to the eager sampler, which is checked to be exactly the eager result).
+  * Interleaved shared-prefix CFG step (`forward_cfg(shared_prefix="interleaved")`: both branches'
+    suffixes folded into the query length, expert layers run between the VLM layers) == the
+    sequential shared-prefix path and the naive two-pass path, eager and sdpa, float32: losses
+    atol 1e-5, gradients rtol 1e-4 / atol 1e-6 (the shared-vs-naive tolerance of test_pi0_cfg);
+    with gradient checkpointing == without (rtol 1e-4 / atol 1e-6); bf16 rel. err < 3e-2.
+    Its folded mask is block-diagonal over branches, each block equal to the one-branch mask.
 """
 
 from __future__ import annotations
@@ -250,3 +256,106 @@ def test_cuda_graph_sampler_equals_eager_on_cuda(cfg_scale):
             expected = model.sample_actions(**inputs, noise=noise, cfg_scale=cfg_scale)
         actual = sampler(*inputs.values(), noise, cfg_scale)
         torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- interleaved shared-prefix CFG
+
+
+def cfg_draw(config: PI0Config, seed: int = 7) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    shape = (BATCH, config.chunk_size, config.max_action_dim)
+    return dict(actions=torch.randn(shape, generator=gen), noise=torch.randn(shape, generator=gen),
+                time=torch.rand(BATCH, generator=gen) * 0.98 + 0.01)
+
+
+def cfg_losses_and_grads(model: PI0FlowMatching, inputs: dict, draw: dict, shared_prefix):
+    params = [p for p in model.parameters() if p.requires_grad]
+    pos, uncond = model.forward_cfg(**inputs, **draw, shared_prefix=shared_prefix)
+    objective = (torch.tensor([2.0, 0.5, 0.0])[:, None, None] * pos).mean() + 0.1 * uncond.mean()
+    return pos, uncond, torch.autograd.grad(objective, params, allow_unused=True)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_interleaved_folded_cfg_step_equals_sequential_shared_and_naive(implementation):
+    eager, sdpa = tiny_pair()
+    model = eager if implementation == "eager" else sdpa
+    inputs, draw = tiny_inputs(model.config), cfg_draw(model.config)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    fast_pos, fast_uncond, fast_grads = cfg_losses_and_grads(model, inputs, draw, "interleaved")
+    assert not torch.allclose(fast_pos, fast_uncond)  # the branches really differ
+    for reference in (True, False):
+        ref_pos, ref_uncond, ref_grads = cfg_losses_and_grads(model, inputs, draw, reference)
+        torch.testing.assert_close(fast_pos, ref_pos, rtol=0, atol=1e-5)
+        torch.testing.assert_close(fast_uncond, ref_uncond, rtol=0, atol=1e-5)
+        for name, fast, ref in zip(names, fast_grads, ref_grads):
+            assert fast is not None and ref is not None, name  # same parameters take part (DDP-safe)
+            torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_interleaved_cfg_step_with_gradient_checkpointing_matches_plain_backward():
+    _, plain = tiny_pair()
+    ckpt = PI0FlowMatching(plain.config.replace(gradient_checkpointing=True))
+    ckpt.load_state_dict(plain.state_dict())
+    inputs, draw = tiny_inputs(plain.config), cfg_draw(plain.config)
+    results = []
+    for model in (plain, ckpt):
+        model.train()
+        results.append(cfg_losses_and_grads(model, inputs, draw, "interleaved"))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    for a, b in zip(results[1][2], results[0][2]):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_interleaved_cfg_step_in_bfloat16_matches_sequential_to_bf16_rounding():
+    _, model = tiny_pair(dtype="bfloat16")
+    inputs, draw = tiny_inputs(model.config), cfg_draw(model.config)
+    with torch.no_grad():
+        fast = torch.cat(model.forward_cfg(**inputs, **draw, shared_prefix="interleaved"))
+        ref = torch.cat(model.forward_cfg(**inputs, **draw, shared_prefix=True))
+    assert torch.isfinite(fast).all()
+    assert rel_err(fast, ref) < 3e-2
+
+
+def test_folded_suffix_mask_is_block_diagonal_over_branches_with_repeated_positions():
+    _, model = tiny_pair()
+    pad = torch.tensor([[True, True, False, True], [True, False, False, False]])  # (B, Lp)
+    one_mask, one_pos = model.suffix_mask_and_positions(pad)  # (B, Ls, Lp + Ls), (B, Ls)
+    mask, pos = model.suffix_mask_and_positions(pad, branches=3)
+    lp, ls = pad.shape[1], model.config.suffix_length
+    assert mask.shape == (2, 3 * ls, lp + 3 * ls) and pos.shape == (2, 3 * ls)
+    for i in range(3):
+        rows = slice(i * ls, (i + 1) * ls)
+        assert torch.equal(mask[:, rows, :lp], one_mask[:, :, :lp])
+        for j in range(3):
+            block = mask[:, rows, lp + j * ls: lp + (j + 1) * ls]
+            assert torch.equal(block, one_mask[:, :, lp:] if i == j else torch.zeros_like(block))
+        assert torch.equal(pos[:, rows], one_pos)
+    assert one_pos[:, 0].tolist() == [3, 1]  # positions continue after the real prefix tokens
+
+
+def test_interleaved_cfg_step_alternates_vlm_and_expert_layers_with_one_folded_expert_pass(monkeypatch):
+    _, model = tiny_pair()
+    pwe = model.paligemma_with_expert
+    calls = []
+    joint_layer = pwe._joint_layer
+
+    def recording_layer(layer_idx, hiddens, plan, past, kv_only=False):
+        stream = "vlm" if hiddens[0] is not None else "expert"
+        calls.append((layer_idx, stream, hiddens[0 if stream == "vlm" else 1].shape[:2], kv_only))
+        return joint_layer(layer_idx, hiddens, plan, past, kv_only)
+
+    monkeypatch.setattr(pwe, "_joint_layer", recording_layer)
+    for name in ("forward_prefix", "forward_suffix", "forward_joint"):
+        monkeypatch.setattr(pwe, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} called"))
+    inputs = tiny_inputs(model.config)
+    model.forward_cfg(**inputs, **cfg_draw(model.config), shared_prefix="interleaved")
+    layers = model.config.vlm.num_hidden_layers
+    prefix_len = calls[0][2][1]
+    expected = []
+    for layer in range(layers):
+        expected.append((layer, "vlm", (BATCH, prefix_len), layer == layers - 1))
+        expected.append((layer, "expert", (BATCH, 2 * model.config.suffix_length), False))
+    assert calls == expected
+    with pytest.raises(ValueError, match="shared_prefix"):
+        model.forward_cfg(**inputs, **cfg_draw(model.config), shared_prefix="folded")

@@ -15,16 +15,6 @@ from openpi_pytorch_ori.pi0.modeling_pi0 import euler_times
 BATCH = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core box OpenMP spin-waiting
-    made them 50x slower. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_model(seed: int = 0, conditioned: bool = True) -> PI0FlowMatching:
     """Tiny PI0 with every parameter trainable; `conditioned` gives cond_embed non-zero rows."""
     torch.manual_seed(seed)

@@ -19,16 +19,6 @@ REFERENCE_EXPERT_HEAD = "model.paligemma_with_expert.gemma_expert.lm_head.weight
 COND_EMBED = "model.cond_embed.weight"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core box OpenMP spin-waiting
-    made them 50x slower. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_policy(seed: int, **overrides) -> PI0Policy:
     torch.manual_seed(seed)
     policy = PI0Policy(PI0Config.preset("tiny", **overrides))

@@ -13,16 +13,6 @@ from openpi_pytorch_ori.pi0.tokenizer import LIBERO_WORDS, tokenize_prompts
 BATCH = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core box OpenMP spin-waiting
-    made them 50x slower. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def policy():
     torch.manual_seed(0)

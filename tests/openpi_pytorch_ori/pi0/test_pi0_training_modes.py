@@ -16,16 +16,6 @@ VLM = "model.paligemma_with_expert.paligemma.model.language_model."
 EXPERT = "model.paligemma_with_expert.gemma_expert."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core box OpenMP spin-waiting
-    made them 50x slower. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_policy(seed: int = 0, **overrides) -> PI0Policy:
     torch.manual_seed(seed)
     policy = PI0Policy(PI0Config.preset("tiny", **overrides))
