@@ -23,16 +23,6 @@ from openpi_pytorch_ori.pi0.paligemma_with_expert import make_att_2d_masks
 INPUT_PREFIX, OUTPUT_PREFIX = "fixture.inputs.", "fixture.outputs."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box OpenMP
-    spin-waiting made them 50x slower; restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def reference(shared_fixtures_dir):
     doc = json.loads((shared_fixtures_dir / "pi0_tiny_reference.json").read_text())
