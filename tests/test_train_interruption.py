@@ -97,7 +97,7 @@ def test_a_rank_that_raises_tears_the_torchrun_job_down(tmp_path):
          # A test-only runner that raises on rank 1 while rank 0 goes on to the DDP set-up collective.
          "task.env_runner._target_=fault_injection.RunnerFailingOnRank1"],
         timeout_s=600,
-        launcher=["torchrun", "--standalone", "--nproc_per_node=2"],
+        launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
         extra_env={"PYTHONPATH": f"{REPO_ROOT / 'tests'}{os.pathsep}{REPO_ROOT}"},
     )
     assert result.returncode != 0

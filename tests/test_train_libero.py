@@ -3,7 +3,7 @@ launched exactly as a user does (plain python, and torchrun with two gloo proces
 from __future__ import annotations
 
 import math
-import shutil
+import sys
 
 import pytest
 import torch
@@ -67,7 +67,6 @@ def test_plain_python_run_trains_saves_and_evaluates(tmp_path):
     assert all(torch.equal(reloaded[k], weights_2[k]) for k in weights_2)
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is installed with torch")
 def test_torchrun_two_gloo_processes_split_tasks_and_merge_evaluation(tmp_path):
     run_dir = tmp_path / "ddp"
     tasks = "[put_the_bowl_on_the_stove,open_the_middle_drawer_of_the_cabinet]"
@@ -75,7 +74,7 @@ def test_torchrun_two_gloo_processes_split_tasks_and_merge_evaluation(tmp_path):
         [*FAST_LIBERO, f"task.task_names_to_use={tasks}", "training.n_steps=2", "algo.num_parallel_envs=1",
          "train_dataloader.batch_size=2", f"hydra.run.dir={run_dir}"],
         timeout_s=1200,
-        launcher=["torchrun", "--standalone", "--nproc_per_node=2"],
+        launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
     )
     assert result.returncode == 0, result.stderr[-4000:]
     output = result.stdout + result.stderr

@@ -22,7 +22,6 @@ from ript.training.config_checks import ConfigError, check_config
 REPO = Path(__file__).resolve().parents[3]
 CONFIG_DIR = REPO / "config"
 CONFIG_NAME = "train_base_rl_openvla_oft"
-FIXTURE_NORM_STATS = REPO.parent / "shared" / "fixtures" / "libero_norm_stats_flat.json"
 
 
 def _hydra_compose(*overrides: str) -> DictConfig:
@@ -72,13 +71,12 @@ def test_default_config_passes(compose_cfg):
     check_config(compose_cfg())
 
 
-def test_real_paths_and_world_size_pass(compose_cfg, tmp_path):
-    if not FIXTURE_NORM_STATS.is_file():
-        pytest.skip(f"shared fixture {FIXTURE_NORM_STATS} not present")
+def test_real_paths_and_world_size_pass(compose_cfg, tmp_path, shared_fixtures_dir):
+    norm_stats = shared_fixtures_dir / "libero_norm_stats_flat.json"
     ckpt, tok = tmp_path / "model.safetensors", tmp_path / "tokenizer"
     ckpt.write_bytes(b"")
     tok.mkdir()
-    cfg = compose_cfg(f"algo.policy.norm_stats_path={FIXTURE_NORM_STATS}", f"algo.policy.pretrained_path={ckpt}",
+    cfg = compose_cfg(f"algo.policy.norm_stats_path={norm_stats}", f"algo.policy.pretrained_path={ckpt}",
                       f"algo.policy.tokenizer_path={tok}", "train_dataloader.batch_size=4")
     check_config(cfg, world_size=2)
 
