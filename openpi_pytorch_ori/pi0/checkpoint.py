@@ -135,16 +135,12 @@ def resolve_checkpoint_files(path: str | os.PathLike) -> list[Path]:
     raise FileNotFoundError(f"No {SINGLE_FILE_NAME} or {INDEX_FILE_NAME} in directory {str(path)!r}; {hint}.")
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if hasattr(module, "module") and isinstance(module.module, nn.Module) else module
-
-
 def _policy_state_dict(policy: nn.Module) -> tuple[dict[str, torch.Tensor], nn.Module, str]:
     """Local state dict keyed ``model.*`` for a PI0Policy or a bare PI0FlowMatching.
 
-    Returns (state dict, module to load into, prefix to strip before loading into it).
+    Returns (state dict, module to load into, prefix to strip before loading into it). Pass the
+    bare module: a DDP wrapper is unwrapped by the caller (``ript.utils.distributed.unwrap``).
     """
-    policy = _unwrap(policy)
     if hasattr(policy, "paligemma_with_expert"):  # bare PI0FlowMatching
         return {f"model.{k}": v for k, v in policy.state_dict().items()}, policy, "model."
     return dict(policy.state_dict()), policy, ""
