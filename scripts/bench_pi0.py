@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the bf16 dense peak")
     parser.add_argument("--time-budget-s", type=float, default=420.0,
                         help="cases starting after this many seconds are skipped (recorded as such)")
+    parser.add_argument("--keep-missing-cameras", action="store_true",
+                        help="run SigLIP + the VLM on the missing camera slot as masked padding (run 1's workload)")
     parser.add_argument("--profile-dir", default=None, help="write torch.profiler tables here")
     parser.add_argument("--out-json", default=None)
     parser.add_argument("--out-md", default=None)
@@ -211,7 +213,8 @@ def training_step_fn(policy: PI0Policy, inputs: tuple, actions: torch.Tensor, va
         if variant == "plain":
             loss = model(*inputs, actions).mean()
         else:
-            pos, uncond = model.forward_cfg(*inputs, actions, shared_prefix=(variant == "cfg_shared"))
+            shared = {"cfg_naive": False, "cfg_shared": True, "cfg_shared_il": "interleaved"}[variant]
+            pos, uncond = model.forward_cfg(*inputs, actions, shared_prefix=shared)
             loss = pos.mean() + uncond.mean()  # stand-in for the advantage-weighted sum: same compute
         loss.backward()
         optimizer.step()
@@ -238,7 +241,10 @@ def train_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner,
     trainable = [p for p in policy.parameters() if p.requires_grad]
     pwe = policy.model.paligemma_with_expert
     model_flops: dict[str, int] = {}
-    cases = [(v, ckpt, args.attn) for ckpt in (False, True) for v in ("plain", "cfg_naive", "cfg_shared")]
+    # cfg_shared: prefix pass, then a 2B-row expert pass against the repeated prefix K/V (run 1);
+    # cfg_shared_il: branches folded into the query length, expert layers between the VLM layers.
+    cases = [(v, ckpt, args.attn) for ckpt in (False, True)
+             for v in ("plain", "cfg_naive", "cfg_shared", "cfg_shared_il")]
     if not args.no_eager_attn_case and args.attn != "eager":
         cases.append(("plain", False, "eager"))
     for variant, ckpt, attn in cases:
@@ -388,12 +394,18 @@ def profile(policy: PI0Policy, args, device, out_dir: Path) -> None:
     actions, _ = policy.prepare_action(batch)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6,
                                   fused=device.type == "cuda")
-    step = training_step_fn(policy, inputs, actions, "cfg_shared", optimizer)
-    step()
-    with torch_profile(activities=activities) as prof:
+    for variant in ("plain", "cfg_shared", "cfg_shared_il"):
+        step = training_step_fn(policy, inputs, actions, variant, optimizer)
         step()
-        Timer(device).sync()
-    (out_dir / "profile_train_cfg_shared.txt").write_text(prof.key_averages().table(sort_by=sort_key, row_limit=30))
+        with torch_profile(activities=activities, record_shapes=True) as prof:
+            step()
+            Timer(device).sync()
+        averages = prof.key_averages()
+        by_shape = prof.key_averages(group_by_input_shape=True)
+        (out_dir / f"profile_train_{variant}.txt").write_text(
+            averages.table(sort_by=sort_key, row_limit=60) + "\n\nBy input shape:\n"
+            + by_shape.table(sort_by=sort_key, row_limit=40, max_name_column_width=40,
+                             max_shapes_column_width=120))
     optimizer.zero_grad(set_to_none=True)
     del optimizer
     policy.eval()
@@ -423,6 +435,11 @@ def environment(policy: PI0Policy, args, device, peak_flops) -> dict[str, Any]:
 
     n_params = sum(p.numel() for p in policy.parameters())
     n_trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    config = policy.config
+    slots = len(config.image_slots)
+    tokens_per_image = (config.prefix_length - config.tokenizer_max_length) // slots
+    cameras = 2 if policy.drop_missing_cameras else slots  # make_batch: 2 cameras present
+    prefix_tokens = cameras * tokens_per_image + config.tokenizer_max_length
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "device_type": device.type, "torch": torch.__version__, "transformers": transformers.__version__,
@@ -430,7 +447,8 @@ def environment(policy: PI0Policy, args, device, peak_flops) -> dict[str, Any]:
         "preset": args.preset, "dtype": args.dtype, "attention": args.attn, "train_batch": args.batch,
         "iters": args.iters, "warmup": args.warmup, "peak_bf16_tflops": peak_flops / 1e12 if peak_flops else None,
         "parameters": n_params, "trainable_parameters": n_trainable,
-        "prefix_tokens": policy.config.prefix_length, "suffix_tokens": policy.config.suffix_length,
+        "prefix_tokens": prefix_tokens, "suffix_tokens": policy.config.suffix_length,
+        "drop_missing_cameras": policy.drop_missing_cameras,
         "flop_count_method": "torch.utils.flop_counter.FlopCounterMode, one step, matmul+attention fwd+bwd, "
                              "no recompute (the no-checkpointing run's count is used for both)",
     }
@@ -450,7 +468,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"{env['warmup']} warm-ups; wall {report['wall_s']:.0f} s.", ""]
     if report.get("train"):
         lines += ["Training step (fwd + bwd + AdamW), batch of "
-                  f"{env['train_batch']} windows, 2 cameras + 1 missing:", "",
+                  f"{env['train_batch']} windows, 2 cameras + 1 missing "
+                  f"({'missing slot dropped' if env.get('drop_missing_cameras') else 'missing slot run as padding'}):", "",
                   "| Variant | Checkpointing | Attention | Median ms | × plain | Peak GiB | Model TFLOP/step | MFU | Note |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in report["train"]:
@@ -501,6 +520,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runner, timer = Runner(args.time_budget_s, lambda: write_report(report, runner, args)), Timer(device)
     t_build = time.perf_counter()
     policy = build_policy(args, device)
+    policy.drop_missing_cameras = not args.keep_missing_cameras
     timer.sync()
     report["environment"] = environment(policy, args, device, peak_flops)
     report["build_s"] = time.perf_counter() - t_build

@@ -135,7 +135,8 @@ class PI0FlowMatching(nn.Module):
         """-> (prefix_embs (B, n*P + L, vlm_hidden), pad_masks (B, n*P + L), att_masks (B, n*P + L)).
 
         Token order: [camera 0 patches | camera 1 | ... | language]; att_masks are all False
-        (the prefix is bidirectional). Masked cameras still run through SigLIP, only masked out.
+        (the prefix is bidirectional). Masked cameras still run through SigLIP, only masked out
+        (PI0Policy drops the slots missing from a whole batch before calling: drop_missing_cameras).
         """
         batch, num_cameras = images.shape[:2]
         pwe = self.paligemma_with_expert
@@ -228,17 +229,36 @@ class PI0FlowMatching(nn.Module):
         The suffix layout is fixed (state token, then chunk_size action tokens, all real), so the
         plan depends only on the prefix pad mask: [prefix pads | blockwise-causal suffix mask].
         """
-        batch, device = cache.batch_size, cache.pad_masks.device
+        attention_mask, position_ids = self.suffix_mask_and_positions(cache.pad_masks)
+        return self.paligemma_with_expert.attention_plan(attention_mask, position_ids)
+
+    def suffix_mask_and_positions(self, prefix_pad_masks: torch.Tensor, branches: int = 1
+                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Suffix attention mask and positions against a prefix with pad mask (B, Lp).
+
+        branches = n > 1: n suffixes folded into the query length, rows [i*Ls, (i+1)*Ls) being
+        branch i; keys are [prefix | branch 0 suffix | ... | branch n-1 suffix]. Each branch sees
+        the prefix and its own suffix only (block-diagonal suffix part) at the same positions as
+        alone, so every branch computes what it would as its own batch row.
+        -> (attention_mask (B, n*Ls, Lp + n*Ls) bool, position_ids (B, n*Ls)).
+        """
+        batch, device = prefix_pad_masks.shape[0], prefix_pad_masks.device
         suffix_len = self.config.suffix_length
         suffix_pad = torch.ones(batch, suffix_len, dtype=torch.bool, device=device)  # (B, Ls)
         suffix_att = torch.zeros_like(suffix_pad)
         suffix_att[:, :2] = True  # as embed_suffix: state token and first action token open blocks
-        prefix_visible = cache.pad_masks[:, None, :].expand(batch, suffix_len, -1)  # (B, Ls, Lp)
         suffix_visible = make_att_2d_masks(suffix_pad, suffix_att)  # (B, Ls, Ls)
-        attention_mask = torch.cat([prefix_visible, suffix_visible], dim=2)  # (B, Ls, Lp + Ls)
-        prefix_offsets = cache.pad_masks.sum(dim=1, keepdim=True)  # (B, 1)
+        if branches > 1:
+            same_branch = torch.eye(branches, dtype=torch.bool, device=device)  # (n, n)
+            suffix_visible = (same_branch[None, :, None, :, None] & suffix_visible[:, None, :, None, :]).reshape(
+                batch, branches * suffix_len, branches * suffix_len)  # (B, n*Ls, n*Ls) block diagonal
+        prefix_visible = prefix_pad_masks[:, None, :].expand(batch, branches * suffix_len, -1)  # (B, n*Ls, Lp)
+        attention_mask = torch.cat([prefix_visible, suffix_visible], dim=2)  # (B, n*Ls, Lp + n*Ls)
+        prefix_offsets = prefix_pad_masks.sum(dim=1, keepdim=True)  # (B, 1)
         position_ids = prefix_offsets + torch.cumsum(suffix_pad.to(torch.int64), dim=1) - 1  # (B, Ls)
-        return self.paligemma_with_expert.attention_plan(attention_mask, position_ids)
+        if branches > 1:
+            position_ids = position_ids.repeat(1, branches)  # (B, n*Ls): every branch at the same positions
+        return attention_mask, position_ids
 
     def _velocity_head(self, suffix_out: torch.Tensor) -> torch.Tensor:
         action_out = suffix_out[:, -self.config.chunk_size :].to(self.action_out_proj.weight.dtype)  # (B, T, W)
@@ -258,7 +278,7 @@ class PI0FlowMatching(nn.Module):
 
     def forward_cfg(
         self, images, img_masks, lang_tokens, lang_masks, state, actions,
-        noise: torch.Tensor | None = None, time: torch.Tensor | None = None, shared_prefix: bool = True,
+        noise: torch.Tensor | None = None, time: torch.Tensor | None = None, shared_prefix: bool | str = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Losses of BOTH CFG branches with the SAME noise and time -> (losses_pos, losses_uncond),
         each (B, T, A) float32, unreduced.
@@ -266,11 +286,20 @@ class PI0FlowMatching(nn.Module):
         shared_prefix=True: the VLM prefix runs once; its keys/values (with grad) are repeated
         for a 2B-row suffix batch [is_positive=1 rows; is_positive=0 rows], so gradients reach the
         prefix through one graph. shared_prefix=False: two full joint passes (the reference way),
-        kept as the correctness baseline.
+        kept as the correctness baseline. shared_prefix="interleaved": one prefix pass too, but the
+        two branches' suffixes are folded into the query length of a B-row expert pass (no
+        repeated prefix keys/values) that runs layer by layer between the VLM layers (the expert's
+        small kernels then overlap the VLM's large ones as in the joint pass); same maths.
         """
         noise, time = self._noise_and_time(actions, noise, time)
         x_t, u_t = _interpolate(actions, noise, time)
         batch = actions.shape[0]
+        if shared_prefix == "interleaved":
+            v_both = self._cfg_velocities_interleaved(images, img_masks, lang_tokens, lang_masks, state, x_t, time)
+            losses = F.mse_loss(u_t.repeat(2, 1, 1), v_both, reduction="none")  # (2B, T, A)
+            return losses[:batch], losses[batch:]
+        if shared_prefix not in (True, False):
+            raise ValueError(f"shared_prefix must be True, False or 'interleaved', got {shared_prefix!r}.")
         if not shared_prefix:
             inputs = (images, img_masks, lang_tokens, lang_masks, state, x_t, time)
             v_pos = self.predict_velocity(*inputs, is_positive=1)
@@ -282,6 +311,28 @@ class PI0FlowMatching(nn.Module):
         )  # (2B, T, A)
         losses = F.mse_loss(u_t.repeat(2, 1, 1), v_both, reduction="none")  # (2B, T, A)
         return losses[:batch], losses[batch:]
+
+    def _cfg_velocities_interleaved(self, images, img_masks, lang_tokens, lang_masks, state, x_t, time
+                                    ) -> torch.Tensor:
+        """Both CFG branches' velocities -> (2B, T, A) float32, rows [is_positive=1; is_positive=0].
+
+        One VLM prefix pass; the two branches' suffixes folded into the query length of ONE
+        B-row expert pass (prefix keys/values read once per row, not repeated for 2B rows),
+        interleaved layer by layer with the prefix (`forward_prefix_suffix_interleaved`)."""
+        batch = x_t.shape[0]
+        pwe = self.paligemma_with_expert
+        prefix_embs, prefix_pad, prefix_att = self.embed_prefix(images, img_masks, lang_tokens, lang_masks)
+        prefix_mask = make_att_2d_masks(prefix_pad, prefix_att)  # (B, Lp, Lp)
+        prefix_positions = torch.cumsum(prefix_pad.to(torch.int64), dim=1) - 1  # (B, Lp)
+        suffix_embs, _, _ = self.embed_suffix(
+            state.repeat(2, 1), x_t.repeat(2, 1, 1), time.repeat(2), _two_branch_ids(batch, x_t.device))  # (2B, Ls, W)
+        suffix_len, width = suffix_embs.shape[1:]
+        folded = suffix_embs.view(2, batch, suffix_len, width).transpose(0, 1).reshape(batch, 2 * suffix_len, width)
+        suffix_mask, suffix_positions = self.suffix_mask_and_positions(prefix_pad, branches=2)
+        suffix_out = pwe.forward_prefix_suffix_interleaved(
+            prefix_embs, prefix_mask, prefix_positions, folded, suffix_mask, suffix_positions)  # (B, 2Ls, W)
+        suffix_out = suffix_out.view(batch, 2, suffix_len, width).transpose(0, 1).reshape(2 * batch, suffix_len, width)
+        return self._velocity_head(suffix_out)  # (2B, T, A)
 
     def _noise_and_time(self, actions, noise, time) -> tuple[torch.Tensor, torch.Tensor]:
         """Given or drawn flow noise (B, T, A) and time (B,); shapes checked (no silent broadcast)."""
@@ -493,6 +544,14 @@ class PI0Policy(nn.Module):
 
             tokenizer = load_tokenizer(config.tokenizer_path)
         self.tokenizer = tokenizer
+        # Camera slots absent from a batch's keys are masked out for every row: drop them before
+        # the model instead of running SigLIP on a -1 image and carrying its tokens as padding
+        # through all VLM layers (2 of 3 cameras: prefix 816 -> 560 tokens). Same outputs: masked
+        # keys get exactly zero attention weight and pads do not advance positions (tested).
+        self.drop_missing_cameras = True
+        # forward(branches="cfg") layout: True = prefix pass then a 2B-row expert pass;
+        # "interleaved" = branches folded into one B-row expert pass run between the VLM layers.
+        self.cfg_shared_prefix: bool | str = True
         if tokenizer is not None and len(tokenizer) > config.vlm.vocab_size:
             raise ValueError(
                 f"Tokenizer has {len(tokenizer)} tokens but vlm.vocab_size={config.vlm.vocab_size}; "
@@ -596,6 +655,9 @@ class PI0Policy(nn.Module):
 
     def _prepare_observation(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
         images, img_masks = self.prepare_images(batch)
+        if self.drop_missing_cameras:  # present slots come first (prepare_images); decided on the host
+            present = sum(f"image.{slot}" in batch for slot in self.config.image_slots)
+            images, img_masks = images[:, :present], img_masks[:, :present]  # (B, n_present, ...)
         state = self.prepare_state(batch)
         lang_tokens, lang_masks = self.prepare_language(batch)
         batch_size = state.shape[0]
@@ -632,7 +694,8 @@ class PI0Policy(nn.Module):
         keep = self._kept_steps(batch, actions)  # (B, T, 1)
         inputs = (images, img_masks, lang_tokens, lang_masks, state, actions)
         if branches == "cfg":
-            losses_pos, losses_uncond = self.model.forward_cfg(*inputs, noise=noise, time=time, shared_prefix=True)
+            losses_pos, losses_uncond = self.model.forward_cfg(*inputs, noise=noise, time=time,
+                                                              shared_prefix=self.cfg_shared_prefix)
             return {
                 "losses_pos": (losses_pos * keep)[..., :action_dim],  # (B, T, A_raw)
                 "losses_uncond": (losses_uncond * keep)[..., :action_dim],

@@ -396,6 +396,36 @@ class PaliGemmaWithExpert(nn.Module):
             hiddens, _ = self._maybe_checkpointed_layer(layer_idx, hiddens, plan, past)
         return self.expert_model.norm(hiddens[1])
 
+    def forward_prefix_suffix_interleaved(
+        self, prefix_embs: torch.Tensor, prefix_attention_mask: torch.Tensor, prefix_position_ids: torch.Tensor,
+        suffix_embs: torch.Tensor, suffix_attention_mask: torch.Tensor, suffix_position_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """`forward_prefix` + `forward_suffix` with their layers interleaved: VLM layer l over the
+        prefix, then expert layer l over the suffix against [prefix keys/values of layer l | its own].
+
+        prefix_embs (B, Lp, vlm_hidden), prefix_attention_mask (B, Lp, Lp), prefix_position_ids
+        (B, Lp); suffix_embs (B, Ls, expert_hidden), suffix_attention_mask (B, Ls, Lp + Ls),
+        suffix_position_ids (B, Ls) -> suffix_out (B, Ls, expert_hidden) after the expert's norm.
+
+        Same maths as the two sequential passes (the prefix never reads the suffix). Why: the
+        expert's small kernels (forward, and backward, which autograd runs in the reverse creation
+        order, i.e. interleaved too) are queued between the VLM's large ones, as in the joint pass,
+        instead of forming a separate launch-bound expert pass of 18 layers forward + backward.
+        Suffix rows may hold several branches folded into the length (see
+        `PI0FlowMatching.suffix_mask_and_positions`): the prefix keys/values are then read once
+        for all branches, never repeated.
+        """
+        prefix_plan = self.attention_plan(prefix_attention_mask, prefix_position_ids)
+        suffix_plan = self.attention_plan(suffix_attention_mask, suffix_position_ids)
+        prefix_hiddens: list[torch.Tensor | None] = [prefix_embs.to(self.dtype), None]
+        suffix_hiddens: list[torch.Tensor | None] = [None, suffix_embs.to(self.dtype)]
+        num_layers = len(self.language_model.layers)
+        for layer_idx in range(num_layers):
+            kv_only = layer_idx == num_layers - 1  # the last VLM layer feeds the suffix only its K/V
+            prefix_hiddens, past = self._maybe_checkpointed_layer(layer_idx, prefix_hiddens, prefix_plan, None, kv_only)
+            suffix_hiddens, _ = self._maybe_checkpointed_layer(layer_idx, suffix_hiddens, suffix_plan, past)
+        return self.expert_model.norm(suffix_hiddens[1])
+
     # ------------------------------------------------------------------ one joint layer
     def _maybe_checkpointed_layer(self, layer_idx, hiddens, plan, past, kv_only=False):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

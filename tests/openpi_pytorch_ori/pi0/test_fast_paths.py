@@ -359,3 +359,64 @@ def test_interleaved_cfg_step_alternates_vlm_and_expert_layers_with_one_folded_e
     assert calls == expected
     with pytest.raises(ValueError, match="shared_prefix"):
         model.forward_cfg(**inputs, **cfg_draw(model.config), shared_prefix="folded")
+
+
+# ---------------------------------------------------------------------------- dropping missing cameras
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_dropping_missing_camera_slots_keeps_losses_gradients_and_actions(implementation):
+    # Masked keys get exactly zero attention weight and pads do not advance positions, so running the
+    # missing slot as padding or not at all differs only by float32 summation order.
+    torch.manual_seed(0)
+    config = PI0Config.preset("tiny", freeze_vision_encoder=False, attention_implementation=implementation)
+    policy = PI0Policy(config)
+    with torch.no_grad():
+        policy.model.cond_embed.weight.normal_(std=0.5)
+    batch = policy_batch(policy)  # base + left wrist present, right wrist missing
+    gen = torch.Generator().manual_seed(8)
+    shape = (2, config.chunk_size, config.max_action_dim)
+    batch.update(action=torch.randn(2, config.chunk_size, config.action_dim, generator=gen),
+                 noise=torch.randn(shape, generator=gen), time=torch.rand(2, generator=gen) * 0.98 + 0.01)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    results = {}
+    for drop in (False, True):
+        policy.drop_missing_cameras = drop
+        images, img_masks = policy._prepare_observation(batch)[:2]
+        assert images.shape[1] == img_masks.shape[1] == (2 if drop else 3)
+        out = policy(batch, branches="cfg")
+        objective = out["losses_pos"].mean() + 0.3 * out["losses_uncond"].mean()
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        actions = [policy.select_action(batch, cfg_scale=scale) for scale in (1.0, 2.0)]
+        results[drop] = (out["losses_pos"], out["losses_uncond"], grads, actions)
+    kept, dropped = results[False], results[True]
+    torch.testing.assert_close(dropped[0], kept[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(dropped[1], kept[1], rtol=0, atol=1e-5)
+    for a, b in zip(dropped[2], kept[2]):
+        assert (a is None) == (b is None)
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(dropped[3], kept[3]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    policy.drop_missing_cameras = True  # the default
+    assert PI0Policy(config).drop_missing_cameras
+
+
+def test_policy_cfg_forward_layouts_agree():
+    torch.manual_seed(0)
+    config = PI0Config.preset("tiny", attention_implementation="sdpa")
+    policy = PI0Policy(config)
+    with torch.no_grad():
+        policy.model.cond_embed.weight.normal_(std=0.5)
+    batch = policy_batch(policy)
+    gen = torch.Generator().manual_seed(9)
+    batch.update(action=torch.randn(2, config.chunk_size, config.action_dim, generator=gen),
+                 noise=torch.randn(2, config.chunk_size, config.max_action_dim, generator=gen),
+                 time=torch.rand(2, generator=gen))
+    outs = {}
+    for layout in (True, "interleaved"):
+        policy.cfg_shared_prefix = layout
+        with torch.no_grad():
+            outs[layout] = policy(batch, branches="cfg")
+    for key in ("losses_pos", "losses_uncond"):
+        torch.testing.assert_close(outs["interleaved"][key], outs[True][key], rtol=0, atol=1e-5)
