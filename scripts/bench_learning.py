@@ -53,6 +53,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", default="runs/bench_learning", help="per-seed runs, checkpoints")
     p.add_argument("--device", default=None, help="cpu / cuda (default: auto)")
     p.add_argument("--jobs", type=int, default=1, help=">1: one subprocess per seed, this many at a time")
+    p.add_argument("--threads-per-job", type=int, default=None,
+                   help="OMP/MKL threads of each --jobs subprocess (default: cpu_count / jobs)")
+    p.add_argument("--sft-dir", default=None,
+                   help="read the SFT stage (seed*/sft.json + weights) from this work dir instead of --work-dir "
+                        "(several RL variants from one SFT start)")
     p.add_argument("--aggregate-only", action="store_true", help="only combine existing per-seed results")
     p.add_argument("--skip-bc", action="store_true", help="no BC ablation run")
     p.add_argument("--stages", nargs="+", default=["sft", "rl", "bc"], choices=["sft", "rl", "bc"],
@@ -233,7 +238,9 @@ def rl_stage(args: argparse.Namespace, seed: int, sft_path: Path, run_dir: Path,
     logger.info("seed %d %s: %s (train %.0f s)", seed, "BC" if bc else "RL",
                 " ".join(f"cfg{s}={r['overall']:.3f}" for s, r in evals["scenes"].items()), train_time)
     return {"curve": [{k: r.get(k) for k in ("step", *CURVE_KEYS, "rollout/valid_episodes",
-                                              "train/windows_used", "train/positive_window_ratio")}
+                                              "rollout/non_zero_adv_ratio", "rollout/rollout_checked",
+                                              "train/windows_used", "train/windows_skipped",
+                                              "train/positive_window_ratio", "train/optimizer_steps")}
                       for r in curve], "time_s": train_time, "eval": evals}
 
 
@@ -246,16 +253,17 @@ def run_stage(args: argparse.Namespace, seed: int, stage: str) -> dict[str, Any]
         sft_path, info = sft_stage(args, seed, seed_dir)
         info["weights"] = str(sft_path)
     else:
-        sft_path = Path(json.loads((seed_dir / "sft.json").read_text())["weights"])
+        sft_seed_dir = Path(args.sft_dir or args.work_dir) / f"seed{seed}"
+        sft_path = Path(json.loads((sft_seed_dir / "sft.json").read_text())["weights"])
         info = rl_stage(args, seed, sft_path, seed_dir / stage, bc=stage == "bc")
     (seed_dir / f"{stage}.json").write_text(json.dumps(info) + "\n")
     return info
 
 
-def load_seed_result(work_dir: str | Path, seed: int) -> dict[str, Any]:
-    seed_dir = Path(work_dir) / f"seed{seed}"
+def load_seed_result(work_dir: str | Path, seed: int, sft_dir: str | Path | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"seed": seed}
     for stage in ("sft", "rl", "bc"):
+        seed_dir = Path(sft_dir if stage == "sft" and sft_dir else work_dir) / f"seed{seed}"
         if (seed_dir / f"{stage}.json").is_file():
             result[stage] = json.loads((seed_dir / f"{stage}.json").read_text())
     return result
@@ -410,7 +418,7 @@ def _run_parallel(args: argparse.Namespace, argv: Sequence[str], jobs: list[tupl
     pending, running = list(jobs), []
     log_dir = Path(args.work_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, min(args.jobs, len(jobs)))))
+    threads = str(args.threads_per_job or max(1, (os.cpu_count() or 1) // max(1, min(args.jobs, len(jobs)))))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     base = _strip_args(argv, ("--seeds", "--jobs", "--stages"))
     while pending or running:
@@ -464,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
                     run_stage(args, seed, stage)
     if no_aggregate:
         return None
-    doc = aggregate([load_seed_result(args.work_dir, s) for s in args.seeds], args)
+    doc = aggregate([load_seed_result(args.work_dir, s, args.sft_dir) for s in args.seeds], args)
     table = write_outputs(doc, Path(args.out_dir))
     print(table)  # the script's final table
     return doc
