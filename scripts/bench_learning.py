@@ -143,7 +143,7 @@ def evaluate_policy(args: argparse.Namespace, policy: Any, seed: int, scales: Se
 def collect_scene_demos(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     """``--demos-per-scene`` scripted demos from every training scene (noisy expert that heads for
     the wrong colour with ``--demo-wrong-target-prob``): mediocre, multi-modal data."""
-    from ript.envs.reach_env import ReachBenchmark, ReachEnv, ReachExpert
+    from ript.envs.reach_env import ReachBenchmark, ReachEnv, ReachExpert, expert_episode
 
     env_cfg = reach_env_config(args)
     bench = ReachBenchmark(env_cfg)
@@ -153,26 +153,8 @@ def collect_scene_demos(args: argparse.Namespace, seed: int) -> list[dict[str, A
         expert = ReachExpert(env, args.demo_noise, args.demo_wrong_target_prob, seed=1000 * seed + task_id)
         for state in bench.get_task_init_states(name):
             for _ in range(args.demos_per_scene):
-                demos.append(_expert_episode(env, expert, state))
+                demos.append(expert_episode(env, expert, state))
     return demos
-
-
-def _expert_episode(env: Any, expert: Any, init_state: np.ndarray) -> dict[str, Any]:
-    """One expert rollout in ``collect_demonstrations``' per-step layout."""
-    obs = env.set_init_state(init_state)
-    expert.reset()
-    frames, actions, success = [], [], False
-    for _ in range(env.config.max_episode_length):
-        action = expert.act(obs)
-        frames.append(obs)
-        actions.append(action)
-        obs, _, success, _ = env.step(action)
-        if success:
-            break
-    demo = {k: np.stack([f[k] for f in frames]) for k in frames[0]}
-    demo.update(actions=np.stack(actions).astype(np.float32), task_name=env.task_name, task_id=env.task_id,
-                task_description=env.language, init_state=np.asarray(init_state), success=bool(success))
-    return demo
 
 
 def sft_stage(args: argparse.Namespace, seed: int, seed_dir: Path) -> tuple[Path, dict[str, Any]]:

@@ -577,14 +577,15 @@ def collect_demonstrations(task_names: Sequence[str] | None = None, n_per_task: 
         starts = sample_init_states(n_per_task, int(np.random.SeedSequence(
             [seed, task_id]).generate_state(1)[0]), config, stream=_DEMO_STREAM)
         for init_state in starts:
-            demos.append(_rollout_expert(env, expert, init_state))
+            demos.append(expert_episode(env, expert, init_state))
     n_ok = sum(d["success"] for d in demos)
     logger.info("collected %d reach demos (noise=%.2f, wrong_target_prob=%.2f): %d successful",
                 len(demos), noise, wrong_target_prob, n_ok)
     return demos
 
 
-def _rollout_expert(env: ReachEnv, expert: ReachExpert, init_state: np.ndarray) -> dict[str, Any]:
+def expert_episode(env: ReachEnv, expert: ReachExpert, init_state: np.ndarray) -> dict[str, Any]:
+    """One expert rollout from ``init_state`` in ``collect_demonstrations``' per-step layout."""
     obs = env.set_init_state(init_state)
     expert.reset()
     frames: list[dict[str, np.ndarray]] = []
