@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, read_metrics, run_training_cli
+from train_cli import REPO_ROOT, read_metrics, run_training_cli
 from ript.training.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import read_metrics, run_training_cli
+from train_cli import read_metrics, run_training_cli
 from ript.training.checkpointing import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow

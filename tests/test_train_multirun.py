@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from conftest import read_metrics, run_training_cli
+from train_cli import read_metrics, run_training_cli
 
 pytestmark = pytest.mark.slow
 
