@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import signal
-from pathlib import Path
 from typing import Any
 
 import hydra

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
 import numpy as np

@@ -6,7 +6,6 @@ the test needs the two branches to differ (at zero init they are identical by de
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from openpi_pytorch_ori.pi0 import PI0Config, PI0FlowMatching

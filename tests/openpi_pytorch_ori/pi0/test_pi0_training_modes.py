@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from openpi_pytorch_ori.pi0 import PI0Config, PI0Policy

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from multiprocess_helpers import free_port, run_forked
 from ript.utils import distributed as du
 
 _DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -102,20 +101,8 @@ def _worker(rank: int, port: int, results) -> None:
 
 
 def test_two_rank_gloo_group_from_torchrun_env():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("fork")  # children inherit imports; the parent has no group
-    results = ctx.Manager().dict()
-    procs = [ctx.Process(target=_worker, args=(r, port, results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.terminate()
-    assert not hung and [p.exitcode for p in procs] == [0, 0]
+    port = free_port()
+    results = run_forked(_worker, [(rank, port) for rank in range(2)], with_results=True)
     for rank in (0, 1):
         r = results[rank]
         assert r["info"] == (True, rank, 2, "cpu") and r["backend"] == "gloo"

@@ -5,14 +5,13 @@ one machine) and the process-group store (a 3-process gloo group, as under torch
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 
+from multiprocess_helpers import free_port, run_forked
 from ript.algos.rl_optimizers.file_counter import (
     FileCounter,
     StoreCounter,
@@ -21,32 +20,6 @@ from ript.algos.rl_optimizers.file_counter import (
 
 N_PROCS = 4
 ADDS_PER_PROC = 400
-TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_procs(target, args_per_proc) -> None:
-    """Start worker processes, wait with a deadline, fail (and stop them) on timeout/error.
-
-    fork, not spawn: a spawned child re-imports torch (seconds each on 2 cores); the parent
-    has started no process group or threads the children could inherit half-locked.
-    """
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=target, args=a) for a in args_per_proc]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT_S)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.terminate()
-    assert not hung, f"{len(hung)} worker(s) hung (deadlock?)"
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
 
 
 def _file_worker(path: str, n: int) -> None:
@@ -57,7 +30,7 @@ def _file_worker(path: str, n: int) -> None:
 
 def test_file_counter_concurrent_processes_lose_nothing():
     counter = FileCounter()
-    _run_procs(_file_worker, [(counter.path, ADDS_PER_PROC)] * N_PROCS)
+    run_forked(_file_worker, [(counter.path, ADDS_PER_PROC)] * N_PROCS)
     assert counter.value() == N_PROCS * ADDS_PER_PROC
     counter.close()
 
@@ -137,5 +110,5 @@ def _store_worker(rank: int, world: int, port: int, n: int) -> None:
 
 
 def test_store_counter_concurrent_gloo_ranks_lose_nothing():
-    world, port = 3, _free_port()
-    _run_procs(_store_worker, [(r, world, port, ADDS_PER_PROC) for r in range(world)])
+    world, port = 3, free_port()
+    run_forked(_store_worker, [(r, world, port, ADDS_PER_PROC) for r in range(world)])

@@ -7,8 +7,6 @@ success/failure (a "mixed" group, the only kind dynamic sampling keeps).
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import socket
 import time
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from multiprocess_helpers import free_port, run_forked
 from ript.algos.rl_optimizers.file_counter import FileCounter
 from ript.algos.rl_optimizers.rollout_generator import RolloutGenerator, init_state_hash
 from ript.datasets.init_state_dataset import InitStateDataset, collate_init_states
@@ -246,12 +245,6 @@ def test_config_errors_name_the_value():
 # --------------------------------------------------------------------------- 2 ranks (gloo)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_rank_worker(rank: int, port: int, results) -> None:
     torch.set_num_threads(1)  # forked child: keep ATen off the parent's OpenMP pool
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -287,19 +280,9 @@ def _two_rank_worker(rank: int, port: int, results) -> None:
 
 
 def test_two_rank_global_early_stop_and_zero_accept_rank_does_not_deadlock():
-    ctx = mp.get_context("fork")  # no torch re-import per child; the parent has no group
-    results = ctx.Manager().dict()
-    port = _free_port()
-    procs = [ctx.Process(target=_two_rank_worker, args=(r, port, results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.terminate()
-    assert not hung, "a rank hung: the early stop was not seen or a collective deadlocked"
-    assert [p.exitcode for p in procs] == [0, 0]
+    # A hang here means the early stop was not seen or a collective deadlocked.
+    port = free_port()
+    results = run_forked(_two_rank_worker, [(rank, port) for rank in range(2)], with_results=True)
     r0, r1 = results[0], results[1]
     assert r0["r1"][:2] == (2 * K, 2)  # rank 0 filled its quota: global reached 2
     assert r1["r1"][:3] == (0, 0, True)  # rank 1: nothing accepted, stopped by the global count
