@@ -37,8 +37,8 @@ from openpi_pytorch_ori.pi0.paligemma_with_expert import (
     rope_tables,
     sdpa_grouped_bias,
 )
+from pi0_test_inputs import BATCH, tiny_inputs
 
-BATCH = 3
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -60,20 +60,6 @@ def tiny_pair(**overrides) -> tuple[PI0FlowMatching, PI0FlowMatching]:
                                             attention_implementation="sdpa", **overrides))
     sdpa.load_state_dict(eager.state_dict())
     return eager, sdpa
-
-
-def tiny_inputs(config: PI0Config, seed: int = 1) -> dict[str, torch.Tensor]:
-    """2 of 3 cameras present, prompts of different lengths (so prefix pads are exercised)."""
-    gen = torch.Generator().manual_seed(seed)
-    size, lang_len = config.vision.image_size, config.tokenizer_max_length
-    lang_masks = torch.arange(lang_len)[None, :] < torch.tensor([lang_len, 7, 3])[:, None]  # (B, L)
-    return dict(
-        images=torch.rand(BATCH, 3, 3, size, size, generator=gen) * 2 - 1,
-        img_masks=torch.tensor([[True, True, False]] * BATCH),
-        lang_tokens=torch.randint(3, config.vlm.vocab_size, (BATCH, lang_len), generator=gen) * lang_masks,
-        lang_masks=lang_masks,
-        state=torch.randn(BATCH, config.max_state_dim, generator=gen),
-    )
 
 
 def chunk_noise(config: PI0Config, seed: int = 2) -> torch.Tensor:

@@ -10,8 +10,8 @@ import torch
 
 from openpi_pytorch_ori.pi0 import PI0Config, PI0FlowMatching
 from openpi_pytorch_ori.pi0.modeling_pi0 import euler_times
+from pi0_test_inputs import BATCH, tiny_inputs
 
-BATCH = 3
 
 
 def tiny_model(seed: int = 0, conditioned: bool = True) -> PI0FlowMatching:
@@ -22,21 +22,6 @@ def tiny_model(seed: int = 0, conditioned: bool = True) -> PI0FlowMatching:
         with torch.no_grad():
             model.cond_embed.weight.normal_(std=0.5)
     return model
-
-
-def tiny_inputs(model: PI0FlowMatching, seed: int = 1) -> dict[str, torch.Tensor]:
-    """Random model-level inputs: 2 of 3 cameras present, prompts of different lengths."""
-    cfg, gen = model.config, torch.Generator().manual_seed(seed)
-    size = cfg.vision.image_size
-    lang_len = cfg.tokenizer_max_length
-    lang_masks = torch.arange(lang_len)[None, :] < torch.tensor([lang_len, 7, 3])[:, None]  # (B, L)
-    return dict(
-        images=torch.rand(BATCH, 3, 3, size, size, generator=gen) * 2 - 1,
-        img_masks=torch.tensor([[True, True, False]] * BATCH),
-        lang_tokens=torch.randint(3, cfg.vlm.vocab_size, (BATCH, lang_len), generator=gen) * lang_masks,
-        lang_masks=lang_masks,
-        state=torch.randn(BATCH, cfg.max_state_dim, generator=gen),
-    )
 
 
 def training_draw(model: PI0FlowMatching, seed: int = 2) -> dict[str, torch.Tensor]:
@@ -71,7 +56,7 @@ def test_fresh_cond_embed_is_zero_so_both_branches_equal_the_unconditioned_model
     model = tiny_model(conditioned=False)
     assert model.cond_embed.weight.shape == (2, model.config.proj_width)
     assert torch.count_nonzero(model.cond_embed.weight) == 0
-    inputs, draw = tiny_inputs(model), training_draw(model)
+    inputs, draw = tiny_inputs(model.config), training_draw(model)
     with torch.no_grad():
         losses_pos = model(**inputs, **draw, is_positive=1)
         losses_uncond = model(**inputs, **draw, is_positive=0)
@@ -80,7 +65,7 @@ def test_fresh_cond_embed_is_zero_so_both_branches_equal_the_unconditioned_model
 
 def test_per_row_is_positive_selects_each_rows_branch():
     model = tiny_model()
-    inputs, draw = tiny_inputs(model), training_draw(model)
+    inputs, draw = tiny_inputs(model.config), training_draw(model)
     mixed = torch.tensor([1, 0, 1])
     with torch.no_grad():
         losses_mixed = model(**inputs, **draw, is_positive=mixed)
@@ -99,7 +84,7 @@ def test_shared_prefix_two_branch_losses_and_gradients_equal_the_naive_two_pass_
     # repeated for a 2B suffix batch vs two full joint passes), so they agree to float32 rounding:
     # losses within 1e-5 absolute, gradients within rtol 1e-4 / atol 1e-6.
     model = tiny_model()
-    inputs, draw = tiny_inputs(model), training_draw(model)
+    inputs, draw = tiny_inputs(model.config), training_draw(model)
     weights = torch.tensor([2.0, 0.5, 0.0])  # advantage-style weights on the conditional branch
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -133,7 +118,7 @@ def test_shared_prefix_runs_the_vlm_prefix_once_and_the_suffix_at_double_batch(m
     for name, counter in [("embed_image", images), ("forward_prefix", prefix),
                           ("forward_joint", joint), ("forward_suffix", suffix)]:
         monkeypatch.setattr(pwe, name, counter)
-    model.forward_cfg(**tiny_inputs(model), **training_draw(model), shared_prefix=True)
+    model.forward_cfg(**tiny_inputs(model.config), **training_draw(model), shared_prefix=True)
     assert len(images.batch_sizes) == 1 and prefix.batch_sizes == [BATCH] and joint.batch_sizes == []
     assert suffix.batch_sizes == [2 * BATCH]  # both branches in one expert pass
 
@@ -143,7 +128,7 @@ def test_forward_cfg_uses_the_same_noise_and_time_for_both_branches_when_drawn_i
     # branches are then the same computation and their losses identical.
     model = tiny_model(conditioned=False)
     draw = training_draw(model)
-    losses_pos, losses_uncond = model.forward_cfg(**tiny_inputs(model), actions=draw["actions"])
+    losses_pos, losses_uncond = model.forward_cfg(**tiny_inputs(model.config), actions=draw["actions"])
     torch.testing.assert_close(losses_pos, losses_uncond, rtol=0, atol=0)
 
 
@@ -162,7 +147,7 @@ def manual_sampler(model, inputs, noise, velocity_fn):
 
 def test_cfg_scale_1_equals_the_conditional_only_sampler_and_runs_one_branch(monkeypatch):
     model = tiny_model()
-    inputs = tiny_inputs(model)
+    inputs = tiny_inputs(model.config)
     noise = torch.randn(BATCH, model.config.chunk_size, model.config.max_action_dim)
     with torch.no_grad():
         expected = manual_sampler(
@@ -178,7 +163,7 @@ def test_cfg_scale_2_equals_the_guidance_formula_from_two_separate_passes(monkey
     # v = v_uncond + s * (v_cond - v_uncond), each branch computed in its own batch-B pass here;
     # the sampler computes both in one 2B pass against one prefix cache. Rounding-level agreement.
     model, scale = tiny_model(), 2.0
-    inputs = tiny_inputs(model)
+    inputs = tiny_inputs(model.config)
     noise = torch.randn(BATCH, model.config.chunk_size, model.config.max_action_dim)
 
     def guided_velocity(cache, x_t, time):
@@ -200,7 +185,7 @@ def test_cfg_scale_2_equals_the_guidance_formula_from_two_separate_passes(monkey
 def test_sampler_draws_noise_when_none_given_and_returns_the_chunk_shape():
     model = tiny_model()
     with torch.no_grad():
-        actions = model.sample_actions(**tiny_inputs(model))
+        actions = model.sample_actions(**tiny_inputs(model.config))
     assert actions.shape == (BATCH, model.config.chunk_size, model.config.max_action_dim)
     assert torch.isfinite(actions).all()
 
