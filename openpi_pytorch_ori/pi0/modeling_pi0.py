@@ -278,7 +278,7 @@ class PI0FlowMatching(nn.Module):
 
     def forward_cfg(
         self, images, img_masks, lang_tokens, lang_masks, state, actions,
-        noise: torch.Tensor | None = None, time: torch.Tensor | None = None, shared_prefix: bool | str = True,
+        noise: torch.Tensor | None = None, time: torch.Tensor | None = None, shared_prefix: bool | str = "interleaved",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Losses of BOTH CFG branches with the SAME noise and time -> (losses_pos, losses_uncond),
         each (B, T, A) float32, unreduced.
@@ -551,7 +551,7 @@ class PI0Policy(nn.Module):
         self.drop_missing_cameras = True
         # forward(branches="cfg") layout: True = prefix pass then a 2B-row expert pass;
         # "interleaved" = branches folded into one B-row expert pass run between the VLM layers.
-        self.cfg_shared_prefix: bool | str = True
+        self.cfg_shared_prefix: bool | str = "interleaved"
         if tokenizer is not None and len(tokenizer) > config.vlm.vocab_size:
             raise ValueError(
                 f"Tokenizer has {len(tokenizer)} tokens but vlm.vocab_size={config.vlm.vocab_size}; "
