@@ -125,11 +125,13 @@ def test_shared_prefix_runs_the_vlm_prefix_once_and_the_suffix_at_double_batch(m
 
 def test_forward_cfg_uses_the_same_noise_and_time_for_both_branches_when_drawn_internally():
     # With no explicit noise/time, one draw must serve both branches: at zero cond_embed the two
-    # branches are then the same computation and their losses identical.
+    # branches are then the same computation and their losses equal (to float rounding: the
+    # default interleaved layout folds both branches into one attention call; a second noise
+    # draw would differ by O(1)).
     model = tiny_model(conditioned=False)
     draw = training_draw(model)
     losses_pos, losses_uncond = model.forward_cfg(**tiny_inputs(model.config), actions=draw["actions"])
-    torch.testing.assert_close(losses_pos, losses_uncond, rtol=0, atol=0)
+    torch.testing.assert_close(losses_pos, losses_uncond, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- sampling
