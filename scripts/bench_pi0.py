@@ -68,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="batches for the compile modes (each new shape is a fresh compile)")
     parser.add_argument("--compile-start-by-s", type=float, default=270.0,
                         help="compile cases starting after this many seconds are skipped (a compile can't be cut short)")
+    parser.add_argument("--train-variants", default="plain,cfg_naive,cfg_shared,cfg_shared_il",
+                        help="training-step variants to time (eager layers)")
+    parser.add_argument("--compile-train", action="store_true",
+                        help="also time plain and cfg_shared_il with torch.compile'd layers (compile_layers)")
     parser.add_argument("--no-cuda-graph", action="store_true", help="skip the CUDA-graph sampler modes")
     parser.add_argument("--no-eager-attn-case", action="store_true",
                         help="skip the extra plain training case with eager attention")
@@ -205,7 +209,7 @@ class Runner:
 
 
 def training_step_fn(policy: PI0Policy, inputs: tuple, actions: torch.Tensor, variant: str,
-                     optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+                     optimizer: torch.optim.Optimizer, optimizer_step: bool = True) -> Callable[[], None]:
     model = policy.model
 
     def step() -> None:
@@ -217,7 +221,8 @@ def training_step_fn(policy: PI0Policy, inputs: tuple, actions: torch.Tensor, va
             pos, uncond = model.forward_cfg(*inputs, actions, shared_prefix=shared)
             loss = pos.mean() + uncond.mean()  # stand-in for the advantage-weighted sum: same compute
         loss.backward()
-        optimizer.step()
+        if optimizer_step:
+            optimizer.step()
 
     return step
 
@@ -243,21 +248,33 @@ def train_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner,
     model_flops: dict[str, int] = {}
     # cfg_shared: prefix pass, then a 2B-row expert pass against the repeated prefix K/V (run 1);
     # cfg_shared_il: branches folded into the query length, expert layers between the VLM layers.
-    cases = [(v, ckpt, args.attn) for ckpt in (False, True)
-             for v in ("plain", "cfg_naive", "cfg_shared", "cfg_shared_il")]
+    # (variant, checkpointing, attention, compiled layers, optimizer step)
+    variants = args.train_variants.split(",")
+    cases = [(v, ckpt, args.attn, False, True) for ckpt in (False, True) for v in variants]
     if not args.no_eager_attn_case and args.attn != "eager":
-        cases.append(("plain", False, "eager"))
-    for variant, ckpt, attn in cases:
-        name = f"train/{variant}/{'ckpt' if ckpt else 'no_ckpt'}/{attn}"
+        cases.append(("plain", False, "eager", False, True))
+    cases.append(("plain", False, args.attn, False, False))  # fwd + bwd alone: what AdamW costs
+    if args.compile_train:
+        cases += [(v, ckpt, args.attn, True, True) for ckpt in (False, True) for v in ("plain", "cfg_shared_il")]
+        cases.append(("plain", False, args.attn, True, False))
+    for variant, ckpt, attn, compiled, with_optimizer in cases:
+        name = (f"train/{variant}/{'ckpt' if ckpt else 'no_ckpt'}/{attn}{'/compiled' if compiled else ''}"
+                f"{'' if with_optimizer else '/no_optimizer_step'}")
 
-        def run_case(variant=variant, ckpt=ckpt, attn=attn) -> dict[str, Any]:
+        def run_case(variant=variant, ckpt=ckpt, attn=attn, compiled=compiled,
+                     with_optimizer=with_optimizer) -> dict[str, Any]:
             pwe.gradient_checkpointing = ckpt
             policy.config.attention_implementation = attn  # read per forward by attention_plan
+            pwe.compile_layers(compiled)
             optimizer = torch.optim.AdamW(trainable, lr=1e-6, fused=device.type == "cuda")
             try:
                 timer.reset_peak()
-                step = training_step_fn(policy, inputs, actions, variant, optimizer)
-                result = timer.run(step, args.iters, args.warmup)
+                step = training_step_fn(policy, inputs, actions, variant, optimizer, with_optimizer)
+                t_first = time.perf_counter()
+                step()  # compiles when `compiled` (kept out of the timed warm-ups' budget question)
+                timer.sync()
+                result = {"first_step_s": time.perf_counter() - t_first}
+                result.update(timer.run(step, args.iters, args.warmup))
                 result["peak_gib"] = timer.peak_gib()
                 if variant not in model_flops and not ckpt:
                     model_flops[variant] = count_step_flops(step)
@@ -273,9 +290,11 @@ def train_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner,
                 del optimizer
                 pwe.gradient_checkpointing = False
                 policy.config.attention_implementation = args.attn
+                pwe.compile_layers(False)
 
         record = runner.case(name, run_case)
-        record.update(variant=variant, gradient_checkpointing=ckpt, attention=attn, batch=args.batch)
+        record.update(variant=variant, gradient_checkpointing=ckpt, attention=attn, batch=args.batch,
+                      compiled_layers=compiled, optimizer_step=with_optimizer)
         runner.recorded(records, record)
     _add_ratios(records)
     policy.eval()
@@ -283,10 +302,12 @@ def train_section(policy: PI0Policy, args, device, timer: Timer, runner: Runner,
 
 
 def _add_ratios(records: list[dict]) -> None:
-    plain = {(r["gradient_checkpointing"], r["attention"]): r.get("median_ms") for r in records
-             if r["variant"] == "plain"}
+    def key(r: dict) -> tuple:
+        return r["gradient_checkpointing"], r["attention"], r.get("compiled_layers"), r.get("optimizer_step")
+
+    plain = {key(r): r.get("median_ms") for r in records if r["variant"] == "plain"}
     for record in records:
-        base = plain.get((record["gradient_checkpointing"], record["attention"]))
+        base = plain.get(key(record))
         if base and record.get("median_ms"):
             record["ratio_to_plain"] = record["median_ms"] / base
 
@@ -406,6 +427,19 @@ def profile(policy: PI0Policy, args, device, out_dir: Path) -> None:
             averages.table(sort_by=sort_key, row_limit=60) + "\n\nBy input shape:\n"
             + by_shape.table(sort_by=sort_key, row_limit=40, max_name_column_width=40,
                              max_shapes_column_width=120))
+    if args.compile_train:
+        pwe = policy.model.paligemma_with_expert
+        pwe.compile_layers()
+        try:
+            step = training_step_fn(policy, inputs, actions, "plain", optimizer)
+            step()
+            with torch_profile(activities=activities, record_shapes=True) as prof:
+                step()
+                Timer(device).sync()
+            (out_dir / "profile_train_plain_compiled.txt").write_text(
+                prof.key_averages().table(sort_by=sort_key, row_limit=60))
+        finally:
+            pwe.compile_layers(False)
     optimizer.zero_grad(set_to_none=True)
     del optimizer
     policy.eval()
@@ -470,11 +504,16 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["Training step (fwd + bwd + AdamW), batch of "
                   f"{env['train_batch']} windows, 2 cameras + 1 missing "
                   f"({'missing slot dropped' if env.get('drop_missing_cameras') else 'missing slot run as padding'}):", "",
-                  "| Variant | Checkpointing | Attention | Median ms | × plain | Peak GiB | Model TFLOP/step | MFU | Note |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| Variant | Checkpointing | Attention | Layers | AdamW | Median ms | × plain | Peak GiB | "
+                  "Model TFLOP/step | MFU | Note |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["train"]:
             note = r.get("error") or r.get("skipped") or ""
+            if r.get("compiled_layers") and (r.get("first_step_s") or 0) > 1:
+                note = note or f"first step (compile) {r['first_step_s']:.0f} s"
             lines.append(f"| {r['variant']} | {'yes' if r['gradient_checkpointing'] else 'no'} | {r['attention']} | "
+                         f"{'compiled' if r.get('compiled_layers') else 'eager'} | "
+                         f"{'yes' if r.get('optimizer_step', True) else 'no'} | "
                          f"{_fmt(r.get('median_ms'))} | {_fmt(r.get('ratio_to_plain'), '.2f')} | "
                          f"{_fmt(r.get('peak_gib'))} | {_fmt(r.get('model_tflop_per_step'), '.3g')} | "
                          f"{_fmt(r.get('mfu') and 100 * r['mfu'], '.1f')}{'%' if r.get('mfu') else ''} | {note[:80]} |")

@@ -436,49 +436,88 @@ class PaliGemmaWithExpert(nn.Module):
         self, layer_idx: int, hiddens: list[torch.Tensor | None], plan: AttentionPlan,
         past: tuple[torch.Tensor, torch.Tensor] | None, kv_only: bool = False,
     ) -> tuple[list[torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]:
-        """One layer over the present streams; returns new hiddens and this call's (keys, values).
-        kv_only: stop after the keys/values (hiddens returned unchanged).
+        layers = (self.language_model.layers[layer_idx], self.expert_model.layers[layer_idx])
+        layer_fn = self.__dict__.get("_compiled_layer", joint_layer)
+        return layer_fn(layers, hiddens, plan, past, kv_only, self.num_heads, self.num_kv_heads, self.head_dim)
 
-        hiddens[s]: (B, L_s, hidden_s) or None; the query sequence is the concatenation of the
-        present streams; keys are [past keys | this call's keys]. The returned keys/values cover
-        only this call's tokens: (B, sum L_s, KV, D), keys after RoPE.
+    # ------------------------------------------------------------------ compilation
+    def compile_layers(self, enabled: bool = True, **compile_kwargs) -> None:
+        """torch.compile the per-layer routine and the SigLIP encoder layers, or undo it.
+
+        Why: in eager mode the normalisations (float32 RMSNorm), RoPE, GeGLU and the residual
+        adds are dozens of small memory-bound kernels per layer; a training step spends about a
+        third of its GPU time in them (docs/benchmarks.md, "Where the training step's time
+        goes"). Compiling one layer (not the whole model) fuses them, and since every layer runs
+        the same code on same-shaped weights, all 18 share one compiled graph per call pattern
+        (prefix / suffix-with-cache / joint), so compiling takes seconds-to-a-minute, not the
+        whole unrolled network. Works with gradient checkpointing (the checkpoint wraps the
+        compiled layer). Numerics equal eager up to kernel-fusion rounding.
         """
-        layers = [self.language_model.layers[layer_idx], self.expert_model.layers[layer_idx]]
-        queries, keys, values, lengths = [], [], [], []
-        for layer, hidden in zip(layers, hiddens):
-            if hidden is None:
-                continue
-            batch, length = hidden.shape[:2]
-            normed = layer.input_layernorm(hidden)  # (B, L_s, hidden_s)
-            attn = layer.self_attn
-            if not kv_only:
-                queries.append(attn.q_proj(normed).view(batch, length, self.num_heads, self.head_dim))
-            keys.append(attn.k_proj(normed).view(batch, length, self.num_kv_heads, self.head_dim))
-            values.append(attn.v_proj(normed).view(batch, length, self.num_kv_heads, self.head_dim))
-            lengths.append(length)
-        # A single present stream needs no concatenation copy.
-        key = apply_rope_tables(_cat(keys), plan.rope_cos, plan.rope_sin)  # (B, Lq, KV, D)
-        value = _cat(values)  # (B, Lq, KV, D)
-        if kv_only:
-            return hiddens, (key, value)
-        query = apply_rope_tables(_cat(queries), plan.rope_cos, plan.rope_sin)  # (B, Lq, H, D)
-        all_keys, all_values = key, value
-        if past is not None:
-            all_keys = torch.cat([past[0].to(key.dtype), key], dim=1)  # (B, Lp + Lq, KV, D)
-            all_values = torch.cat([past[1].to(value.dtype), value], dim=1)
-        attended = attend(query, all_keys, all_values, plan)  # (B, Lq, H*D)
-        attended_per_stream = iter(attended.split(lengths, dim=1))  # (B, L_s, H*D) each
+        vision_layers = self.vision_tower.encoder.layers
+        if not enabled:
+            self.__dict__.pop("_compiled_layer", None)
+            for layer in vision_layers:
+                if hasattr(layer, "_compiled_call_impl"):
+                    layer._compiled_call_impl = None
+            return
+        compile_kwargs.setdefault("dynamic", False)
+        self.__dict__["_compiled_layer"] = torch.compile(joint_layer, **compile_kwargs)
+        for layer in vision_layers:
+            layer.compile(**compile_kwargs)
 
-        new_hiddens: list[torch.Tensor | None] = []
-        for layer, hidden in zip(layers, hiddens):
-            if hidden is None:
-                new_hiddens.append(None)
-                continue
-            out = layer.self_attn.o_proj(next(attended_per_stream).to(hidden.dtype))  # (B, L_s, hidden_s)
-            hidden = hidden + out
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-            new_hiddens.append(hidden)
-        return new_hiddens, (key, value)
+    @property
+    def layers_compiled(self) -> bool:
+        return "_compiled_layer" in self.__dict__
+
+
+def joint_layer(
+    layers: tuple[nn.Module, nn.Module], hiddens: list[torch.Tensor | None], plan: AttentionPlan,
+    past: tuple[torch.Tensor, torch.Tensor] | None, kv_only: bool, num_heads: int, num_kv_heads: int,
+    head_dim: int,
+) -> tuple[list[torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]:
+    """One layer over the present streams; returns new hiddens and this call's (keys, values).
+
+    layers: (VLM decoder layer, expert decoder layer) of the same depth. kv_only: stop after the
+    keys/values (hiddens returned unchanged). hiddens[s]: (B, L_s, hidden_s) or None; the query
+    sequence is the concatenation of the present streams; keys are [past keys | this call's keys].
+    The returned keys/values cover only this call's tokens: (B, sum L_s, KV, D), keys after RoPE.
+    A free function of its modules so that one compiled graph serves every layer.
+    """
+    queries, keys, values, lengths = [], [], [], []
+    for layer, hidden in zip(layers, hiddens):
+        if hidden is None:
+            continue
+        batch, length = hidden.shape[:2]
+        normed = layer.input_layernorm(hidden)  # (B, L_s, hidden_s)
+        attn = layer.self_attn
+        if not kv_only:
+            queries.append(attn.q_proj(normed).view(batch, length, num_heads, head_dim))
+        keys.append(attn.k_proj(normed).view(batch, length, num_kv_heads, head_dim))
+        values.append(attn.v_proj(normed).view(batch, length, num_kv_heads, head_dim))
+        lengths.append(length)
+    # A single present stream needs no concatenation copy.
+    key = apply_rope_tables(_cat(keys), plan.rope_cos, plan.rope_sin)  # (B, Lq, KV, D)
+    value = _cat(values)  # (B, Lq, KV, D)
+    if kv_only:
+        return hiddens, (key, value)
+    query = apply_rope_tables(_cat(queries), plan.rope_cos, plan.rope_sin)  # (B, Lq, H, D)
+    all_keys, all_values = key, value
+    if past is not None:
+        all_keys = torch.cat([past[0].to(key.dtype), key], dim=1)  # (B, Lp + Lq, KV, D)
+        all_values = torch.cat([past[1].to(value.dtype), value], dim=1)
+    attended = attend(query, all_keys, all_values, plan)  # (B, Lq, H*D)
+    attended_per_stream = iter(attended.split(lengths, dim=1))  # (B, L_s, H*D) each
+
+    new_hiddens: list[torch.Tensor | None] = []
+    for layer, hidden in zip(layers, hiddens):
+        if hidden is None:
+            new_hiddens.append(None)
+            continue
+        out = layer.self_attn.o_proj(next(attended_per_stream).to(hidden.dtype))  # (B, L_s, hidden_s)
+        hidden = hidden + out
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        new_hiddens.append(hidden)
+    return new_hiddens, (key, value)
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -86,6 +86,7 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         attention_implementation: str = "eager",
         overrides: Mapping[str, Any] | None = None,
         use_ddp: bool | None = None,
+        compile_layers: bool = False,
     ) -> None:
         self.device = resolve_device(device_id)
         self.norm_stats: NormStats = self._load_norm_stats(norm_stats_path)
@@ -104,6 +105,10 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
             logger.info("loaded PI0 weights from %s: %s", pretrained_path, report.summary())
         # PI0Policy applies config.dtype itself (bf16 backbone, float32 heads); only move it.
         policy.to(device=self.device)
+        if compile_layers:
+            # Fuses the per-layer elementwise work of training and rollout forwards (see
+            # docs/benchmarks.md); the first update compiles for about a minute.
+            policy.model.paligemma_with_expert.compile_layers()
         self.trainable_params = split_trainable_params(policy)
         self.model: nn.Module = self._maybe_wrap_ddp(policy, use_ddp)
         logger.info(

@@ -406,3 +406,67 @@ def test_policy_cfg_forward_layouts_agree():
             outs[layout] = policy(batch, branches="cfg")
     for key in ("losses_pos", "losses_uncond"):
         torch.testing.assert_close(outs["interleaved"][key], outs[True][key], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- compiled layers
+
+
+def training_losses_and_grads(model: PI0FlowMatching, inputs: dict, draw: dict):
+    """One plain flow-matching loss and one interleaved CFG objective, backward through both."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    plain = model(**inputs, **draw)
+    pos, uncond = model.forward_cfg(**inputs, **draw, shared_prefix="interleaved")
+    objective = plain.mean() + (torch.tensor([2.0, 0.5, 0.0])[:, None, None] * pos).mean() + 0.1 * uncond.mean()
+    grads = torch.autograd.grad(objective, params, allow_unused=True)
+    return torch.stack([plain.mean(), pos.mean(), uncond.mean()]).detach(), dict(zip(names, grads))
+
+
+def test_compiled_layers_share_one_graph_per_call_pattern_across_all_layers():
+    """Compiling cost must not grow with depth: a 4-layer model compiles as many graphs as a
+    2-layer one (every layer reuses its call pattern's graph), with no graph breaks."""
+    from torch._dynamo.testing import CompileCounter
+
+    frames = {}
+    for depth in (2, 4):
+        torch._dynamo.reset()
+        counter = CompileCounter()
+        torch.manual_seed(0)
+        model = PI0FlowMatching(PI0Config.preset(
+            "tiny", freeze_vision_encoder=False, attention_implementation="sdpa",
+            vlm={"num_hidden_layers": depth}, expert={"num_hidden_layers": depth},
+            vision={"num_hidden_layers": depth}))
+        model.train()
+        model.paligemma_with_expert.compile_layers(backend=counter)
+        training_losses_and_grads(model, tiny_inputs(model.config), cfg_draw(model.config))
+        frames[depth] = counter.frame_count
+    torch._dynamo.reset()
+    assert frames[2] == frames[4], frames
+    # joint (plain forward), prefix layer, prefix last layer (K/V only), suffix-with-cache, SigLIP layer
+    assert frames[2] <= 6, frames
+
+
+def test_compiled_layers_match_eager_losses_and_gradients_with_and_without_checkpointing():
+    """The real inductor compile (what a GPU run uses) equals the eager layers to fusion rounding,
+    also when gradient checkpointing recomputes the compiled layer in the backward."""
+    torch._dynamo.reset()
+    _, eager = tiny_pair()
+    eager.train()
+    inputs, draw = tiny_inputs(eager.config), cfg_draw(eager.config)
+    ref_losses, ref_grads = training_losses_and_grads(eager, inputs, draw)
+    compiled = PI0FlowMatching(eager.config.replace(gradient_checkpointing=True))
+    compiled.load_state_dict(eager.state_dict())
+    compiled.train()
+    compiled.paligemma_with_expert.compile_layers()
+    assert compiled.paligemma_with_expert.layers_compiled
+    for checkpointing in (True, False):
+        compiled.paligemma_with_expert.gradient_checkpointing = checkpointing
+        losses, grads = training_losses_and_grads(compiled, inputs, draw)
+        torch.testing.assert_close(losses, ref_losses, rtol=1e-5, atol=1e-6)
+        for name, ref in ref_grads.items():
+            assert (grads[name] is None) == (ref is None), name  # same parameters take part (DDP-safe)
+            if ref is not None:
+                torch.testing.assert_close(grads[name], ref, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    compiled.paligemma_with_expert.compile_layers(False)
+    assert not compiled.paligemma_with_expert.layers_compiled
+    torch._dynamo.reset()
