@@ -446,8 +446,7 @@ class PaliGemmaWithExpert(nn.Module):
 
         Why: in eager mode the normalisations (float32 RMSNorm), RoPE, GeGLU and the residual
         adds are dozens of small memory-bound kernels per layer; a training step spends about a
-        third of its GPU time in them (docs/benchmarks.md, "Where the training step's time
-        goes"). Compiling one layer (not the whole model) fuses them, and since every layer runs
+        third of its GPU time in them (docs/benchmarks.md, "Round 3"). Compiling one layer (not the whole model) fuses them, and since every layer runs
         the same code on same-shaped weights, all 18 share one compiled graph per call pattern
         (prefix / suffix-with-cache / joint), so compiling takes seconds-to-a-minute, not the
         whole unrolled network. Works with gradient checkpointing (the checkpoint wraps the
@@ -457,6 +456,7 @@ class PaliGemmaWithExpert(nn.Module):
         if not enabled:
             self.__dict__.pop("_compiled_layer", None)
             for layer in vision_layers:
+                # nn.Module.compile() has no public undo; clearing the slot it fills restores eager.
                 if hasattr(layer, "_compiled_call_impl"):
                     layer._compiled_call_impl = None
             return
