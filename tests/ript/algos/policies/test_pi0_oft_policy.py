@@ -114,3 +114,13 @@ def test_under_a_process_group_the_model_is_ddp_wrapped_and_no_grad_sync_works(t
         assert all(p.grad is not None for p in policy.trainable_params["header"])
     finally:
         dist.destroy_process_group()
+
+
+def test_compile_layers_is_off_by_default_and_on_when_asked(policy):
+    """`algo.policy.compile_layers=true` reaches the model: its layers run through torch.compile
+    (compiled lazily at the first forward); the default stays eager (CPU compiles take minutes)."""
+    assert not policy.pi0.model.paligemma_with_expert.layers_compiled
+    compiled = PI0_OFT_Policy(norm_stats_path="builtin:libero", device_id="cpu", compile_layers=True)
+    pwe = compiled.pi0.model.paligemma_with_expert
+    assert pwe.layers_compiled
+    pwe.compile_layers(False)
