@@ -446,8 +446,9 @@ class PaliGemmaWithExpert(nn.Module):
 
         Why: in eager mode the normalisations (float32 RMSNorm), RoPE, GeGLU and the residual
         adds are dozens of small memory-bound kernels per layer; a training step spends about a
-        third of its GPU time in them (docs/benchmarks.md, "Round 3"). Compiling one layer (not the whole model) fuses them, and since every layer runs
-        the same code on same-shaped weights, all 18 share one compiled graph per call pattern
+        third of its GPU time in them (docs/benchmarks.md, "Round 3"). Compiling one layer (not
+        the whole model) fuses them, and since every layer runs the same code on same-shaped
+        weights, all 18 share one compiled graph per call pattern
         (prefix / suffix-with-cache / joint), so compiling takes seconds-to-a-minute, not the
         whole unrolled network. Works with gradient checkpointing (the checkpoint wraps the
         compiled layer). Numerics equal eager up to kernel-fusion rounding.

@@ -107,7 +107,7 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         policy.to(device=self.device)
         if compile_layers:
             # Fuses the per-layer elementwise work of training and rollout forwards (see
-            # docs/benchmarks.md); the first update compiles for about a minute.
+            # docs/benchmarks.md); the first update compiles (about 30 s on a GPU, minutes on CPU).
             policy.model.paligemma_with_expert.compile_layers()
         self.trainable_params = split_trainable_params(policy)
         self.model: nn.Module = self._maybe_wrap_ddp(policy, use_ddp)
