@@ -44,6 +44,10 @@ import numpy as np  # noqa: E402
 
 logger = logging.getLogger("bench_learning")
 CURVE_KEYS = ("rollout/mean_scores", "rollout/mean_advantage", "loss/fm_loss")
+# Per-round diagnostics (docs/learning.md): kept in the curves and drawn in learning_diagnostics.png.
+DIAGNOSTIC_KEYS = ("train/positive_window_ratio", "train/branch_gap", "rollout/groups_mixed",
+                   "rollout/groups_all_fail", "rollout/groups_all_success", "rollout/chunk_diversity",
+                   "train/weight_distance", "train/replayed_windows")
 
 
 # ------------------------------------------------------------------------------ arguments
@@ -74,6 +78,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--sft-batch-size", type=int, default=32)
     g.add_argument("--sft-lr", type=float, default=1e-3)
     g.add_argument("--sft-stride", type=int, default=10)
+    g.add_argument("--sft-failed-cond-weight", type=float, default=1.0,
+                   help="conditional-branch weight of failed demos in SFT (0 = CFGRL's offline recipe: the "
+                        "conditional branch learns from successes only, the unconditional one from all)")
+    g.add_argument("--sft-uncond-weight", type=float, default=0.1, help="alpha of the SFT loss")
     g.add_argument("--train-vision", action="store_true", default=True,
                    help="train the (random-init, tiny) vision tower in SFT and RL (default on)")
     g.add_argument("--freeze-vision", dest="train_vision", action="store_false")
@@ -88,6 +96,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--short-window", default="pad", choices=["pad", "skip"])
     g.add_argument("--num-epochs", type=int, default=4, help="passes over each round's windows")
     g.add_argument("--dynamic-sampling", action="store_true")
+    g.add_argument("--replay-per-state", type=int, default=0,
+                   help="algo.success_replay_per_state: replay each scene's newest N earlier successes (0 = off)")
+    g.add_argument("--replay-weight", type=float, default=1.0, help="algo.success_replay_weight")
     g.add_argument("--rl-override", action="append", default=[], help="extra Hydra override (repeatable)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
@@ -172,13 +183,14 @@ def sft_stage(args: argparse.Namespace, seed: int, seed_dir: Path) -> tuple[Path
     torch.manual_seed(seed)
     policy = PI0_OFT_Policy(device_id=args.device, norm_stats_path="builtin:reach", preset="tiny",
                             dtype="float32", freeze_vision_encoder=not args.train_vision)
-    windows = demonstration_windows(demos, policy.norm_stats, stride=args.sft_stride, action_mode="absolute")
+    windows = demonstration_windows(demos, policy.norm_stats, stride=args.sft_stride, action_mode="absolute",
+                                    failed_cond_weight=args.sft_failed_cond_weight)
     losses = sft_warm_start(policy, windows, num_steps=args.sft_steps, batch_size=args.sft_batch_size,
-                            lr=args.sft_lr, seed=seed, progress=False)
+                            lr=args.sft_lr, uncond_weight=args.sft_uncond_weight, seed=seed, progress=False)
     path = seed_dir / "sft" / "model.safetensors"
     save_pi0_weights(policy.pi0, path)
     sft_time = time.time() - t0
-    evals = evaluate_policy(args, policy.eval(), seed, [1.0])
+    evals = evaluate_policy(args, policy.eval(), seed, args.cfg_scales)
     info = {"demo_success_rate": float(np.mean([d["success"] for d in demos])), "num_demos": len(demos),
             "num_windows": len(windows), "loss_curve": losses, "time_s": sft_time, "eval": evals}
     logger.info("seed %d SFT: demos %.2f success, %d windows, eval SR %.3f (%.0f s)", seed,
@@ -200,6 +212,8 @@ def rl_overrides(args: argparse.Namespace, seed: int, sft_path: Path, run_dir: P
         f"+algo.rl_optimizer_factory.num_epochs={args.num_epochs}",
         f"algo.enable_dynamic_sampling={str(args.dynamic_sampling).lower()}",
         f"algo.bc_ablation={str(bc).lower()}", "rollout.enabled=false", "logging.mode=disabled",
+        f"algo.success_replay_per_state={args.replay_per_state}", f"algo.success_replay_weight={args.replay_weight}",
+        "algo.track_weight_distance=true",
         "algo.rollout_generator_factory.use_tqdm=false",
         f"++task.env_config.num_init_states_per_task={args.scenes_per_task}", *args.rl_override,
     ]
@@ -221,11 +235,11 @@ def rl_stage(args: argparse.Namespace, seed: int, sft_path: Path, run_dir: Path,
     evals = evaluate_policy(args, policy, seed, args.cfg_scales)
     logger.info("seed %d %s: %s (train %.0f s)", seed, "BC" if bc else "RL",
                 " ".join(f"cfg{s}={r['overall']:.3f}" for s, r in evals["scenes"].items()), train_time)
-    return {"curve": [{k: r.get(k) for k in ("step", *CURVE_KEYS, "rollout/valid_episodes",
-                                              "rollout/non_zero_adv_ratio", "rollout/rollout_checked",
-                                              "train/windows_used", "train/windows_skipped",
-                                              "train/positive_window_ratio", "train/optimizer_steps")}
-                      for r in curve], "time_s": train_time, "eval": evals}
+    per_task = sorted(k for k in (curve[-1] if curve else {}) if k.startswith("rollout/success_rate/"))
+    keep = ("step", *CURVE_KEYS, *DIAGNOSTIC_KEYS, "rollout/valid_episodes", "rollout/non_zero_adv_ratio",
+            "rollout/rollout_checked", "train/windows_used", "train/windows_skipped", "train/optimizer_steps",
+            *per_task)
+    return {"curve": [{k: r.get(k) for k in keep} for r in curve], "time_s": train_time, "eval": evals}
 
 
 def run_stage(args: argparse.Namespace, seed: int, stage: str) -> dict[str, Any]:
@@ -262,12 +276,16 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
 def aggregate(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Mean +- std over seeds of every success rate; per-iteration curves."""
     summary: dict[str, Any] = {"sft": _mean_std([r["sft"]["eval"]["scenes"]["1"]["overall"] for r in results])}
+    sft_scales = [s for s in results[0]["sft"]["eval"]["scenes"] if all(s in r["sft"]["eval"]["scenes"] for r in results)]
+    summary["sft_cfg"] = {s: _mean_std([r["sft"]["eval"]["scenes"][s]["overall"] for r in results]) for s in sft_scales}
     for arm in ("rl", "bc"):
         if all(arm in r for r in results):
             scales = list(results[0][arm]["eval"]["scenes"])
             summary[arm] = {s: _mean_std([r[arm]["eval"]["scenes"][s]["overall"] for r in results]) for s in scales}
             summary[f"{arm}_curve"] = {
-                key: _mean_std_per_step([[row[key] for row in r[arm]["curve"]] for r in results]) for key in CURVE_KEYS}
+                key: _mean_std_per_step([[row.get(key) for row in r[arm]["curve"]] for r in results])
+                for key in (*CURVE_KEYS, *DIAGNOSTIC_KEYS)}
+            summary[f"{arm}_retention"] = _mean_std([retention(r[arm]) for r in results])
     summary["heldout_cfg1"] = {arm: _mean_std([r[arm]["eval"]["heldout"]["1"]["overall"] for r in results])
                                for arm in ("sft", "rl", "bc")
                                if all(arm in r and "heldout" in r[arm]["eval"] for r in results)}
@@ -279,6 +297,20 @@ def aggregate(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
             summary[f"{arm}_best_scale"] = max(summary[arm], key=lambda s: summary[arm][s]["mean"])
     return {"config": {k: v for k, v in vars(args).items() if k not in ("aggregate_only",)},
             "summary": summary, "per_seed": results}
+
+
+def moving_average(values: Sequence[float | None], window: int = 5) -> np.ndarray:
+    """Trailing mean over ``window`` rounds (fewer at the start); None counts as missing."""
+    x = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    return np.asarray([np.nanmean(x[max(0, i - window + 1):i + 1]) for i in range(len(x))])
+
+
+def retention(arm_result: dict[str, Any], window: int = 5) -> float:
+    """Final policy's success (cfg 1 evaluation) / the best ``window``-round mean of the training
+    rollouts' success: >= 0.9 means the run kept what it learned (no late decline). The best
+    round is taken from a moving average, so one lucky round does not set the bar."""
+    best = float(np.nanmax(moving_average([row["rollout/mean_scores"] for row in arm_result["curve"]], window)))
+    return arm_result["eval"]["scenes"]["1"]["overall"] / max(best, 1e-9)
 
 
 def _mean_std_per_step(curves: list[list[float]]) -> dict[str, list[float]]:
@@ -319,6 +351,33 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_diagnostics(summary: dict[str, Any], path: Path) -> None:
+    """The per-round diagnostics of docs/learning.md, mean +- std over seeds (RL and BC)."""
+    plt = _plt()
+    panels = [("rollout/mean_scores", "rollout success"), ("train/positive_window_ratio", "positive-window ratio"),
+              ("rollout/groups_mixed", "mixed groups (carry RLOO signal)"),
+              ("rollout/groups_all_fail", "all-fail groups"), ("rollout/chunk_diversity", "first-chunk std over K"),
+              ("train/branch_gap", "branch gap |v_c - v_u| / |v_c|"), ("train/weight_distance", "|w - w_0| / |w_0|"),
+              ("train/replayed_windows", "replayed windows")]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.4))
+    for ax, (key, title) in zip(axes.ravel(), panels):
+        for arm, color in (("rl", "tab:blue"), ("bc", "tab:orange")):
+            c = summary.get(f"{arm}_curve", {}).get(key)
+            if not c or np.all(np.isnan(np.asarray(c["mean"], dtype=float))):
+                continue
+            x = np.arange(1, len(c["mean"]) + 1)
+            m, s = np.asarray(c["mean"], dtype=float), np.asarray(c["std"], dtype=float)
+            ax.plot(x, m, color=color, label="CFG-Flow RL" if arm == "rl" else "BC ablation")
+            ax.fill_between(x, m - s, m + s, color=color, alpha=0.2)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("RL round")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_cfg_scale(summary: dict[str, Any], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -329,7 +388,13 @@ def plot_cfg_scale(summary: dict[str, Any], path: Path) -> None:
         m = np.asarray([100 * v["mean"] for v in summary[arm].values()])
         s = np.asarray([100 * v["std"] for v in summary[arm].values()])
         ax.errorbar(scales, m, yerr=s, marker="o", capsize=3, color=color, label=label)
-    ax.axhline(100 * summary["sft"]["mean"], color="gray", ls="--", label="SFT start (cfg 1)")
+    sft = summary.get("sft_cfg", {})
+    if len(sft) > 1:
+        ax.errorbar([float(k) for k in sft], [100 * v["mean"] for v in sft.values()],
+                    yerr=[100 * v["std"] for v in sft.values()], marker="s", capsize=3, color="gray",
+                    ls="--", label="SFT start")
+    else:
+        ax.axhline(100 * summary["sft"]["mean"], color="gray", ls="--", label="SFT start (cfg 1)")
     ax.set_xlabel("cfg_scale")
     ax.set_ylabel("success rate (%)")
     ax.grid(alpha=0.3)
@@ -373,11 +438,17 @@ def markdown_table(doc: dict[str, Any]) -> str:
     lines = ["| policy | " + " | ".join(f"cfg {s}" for s in scales) + " | per seed (cfg 1) |",
              "|---|" + "---:|" * len(scales) + "---|"]
     sft_seeds = ", ".join(f"{100 * r['sft']['eval']['scenes']['1']['overall']:.0f}" for r in seeds)
-    lines.append("| SFT start | " + _cell(summary["sft"]) + " |" + " — |" * (len(scales) - 1) + f" {sft_seeds} |")
+    sft = summary.get("sft_cfg", {})
+    lines.append("| SFT start | " + " | ".join(_cell(sft[s]) if s in sft else "—" for s in scales)
+                 + f" | {sft_seeds} |")
     for arm, label in (("rl", "CFG-Flow RL"), ("bc", "BC ablation (w = 1)")):
         if arm in summary:
             per = ", ".join(f"{100 * r[arm]['eval']['scenes']['1']['overall']:.0f}" for r in seeds)
             lines.append(f"| {label} | " + " | ".join(_cell(summary[arm][s]) for s in scales) + f" | {per} |")
+    for arm, label in (("rl", "RL"), ("bc", "BC")):
+        if f"{arm}_retention" in summary:
+            vals = ", ".join(f"{v:.2f}" for v in summary[f"{arm}_retention"]["values"])
+            lines.append(f"\n{label} retention (final cfg-1 success / best 5-round mean of training success): {vals}")
     held = summary.get("heldout_cfg1", {})
     if held:
         lines += ["", "Unseen scenes (generalisation check, cfg 1): " + ", ".join(
@@ -390,6 +461,7 @@ def write_outputs(doc: dict[str, Any], out_dir: Path) -> str:
     (out_dir / "learning_results.json").write_text(json.dumps(doc, indent=1) + "\n")
     plot_curves(doc["summary"], out_dir / "learning_curves.png")
     plot_cfg_scale(doc["summary"], out_dir / "learning_cfg_scale.png")
+    plot_diagnostics(doc["summary"], out_dir / "learning_diagnostics.png")
     plot_bars(doc["summary"], out_dir / "learning_bars.png")
     table = markdown_table(doc)
     (out_dir / "learning_table.md").write_text(table + "\n")

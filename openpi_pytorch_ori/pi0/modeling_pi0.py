@@ -706,6 +706,23 @@ class PI0Policy(nn.Module):
         return {"loss": losses.mean(), "losses": losses}
 
     @torch.no_grad()
+    def cfg_velocities(
+        self, batch: Mapping[str, Any], noise: torch.Tensor | None = None, time: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Velocities of both CFG branches at the same ``x_t`` -> (v_pos, v_uncond), each
+        (B, T, A_raw) float32 (a diagnostic: how far apart the branches are; no gradient)."""
+        images, img_masks, lang_tokens, lang_masks, state = self._prepare_observation(batch)
+        actions, action_dim = self.prepare_action(batch)
+        noise = self._optional_tensor(noise if noise is not None else batch.get("noise"), "noise", torch.float32)
+        time = self._optional_tensor(time if time is not None else batch.get("time"), "time", torch.float32)
+        noise, time = self.model._noise_and_time(actions, noise, time)
+        x_t, _ = _interpolate(actions, noise, time)
+        inputs = (images, img_masks, lang_tokens, lang_masks, state, x_t, time)
+        v_pos = self.model.predict_velocity(*inputs, is_positive=1)  # (B, T, A)
+        v_uncond = self.model.predict_velocity(*inputs, is_positive=0)  # (B, T, A)
+        return v_pos[..., :action_dim], v_uncond[..., :action_dim]
+
+    @torch.no_grad()
     def select_action(
         self, batch: Mapping[str, Any], cfg_scale: float = 1.0, noise: torch.Tensor | None = None
     ) -> torch.Tensor:

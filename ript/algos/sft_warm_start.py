@@ -11,8 +11,9 @@ demonstrations). This module produces such a start on the in-tree reach environm
   as the runner converts it, labels through the runner's inverse action transform), so SFT and
   RL train on one format;
 * :func:`sft_warm_start`: flow-matching SFT with both CFG branches -- the conditional branch
-  (``is_positive=1``) with weight 1 and the unconditional one with ``uncond_weight`` (alpha), the
-  same loss the RL update uses with every advantage weight set to 1. Training the unconditional
+  (``is_positive=1``) with each window's weight (1, or 0 for failed demos in CFGRL's offline
+  recipe) and the unconditional one with ``uncond_weight`` (alpha), the same loss the RL update
+  uses with the advantage weights replaced by demo weights. Training the unconditional
   branch here matters: CFG sampling (``cfg_scale != 1``) mixes both branches, and an untrained
   unconditional branch would make guidance meaningless from the first RL round on.
 
@@ -157,7 +158,7 @@ def demo_to_episode(demo: Mapping[str, Any], norm_stats: NormStats, window_start
 def demonstration_windows(demos: Sequence[Mapping[str, Any]], norm_stats: NormStats, n_action_steps: int = 50,
                           stride: int = 10, action_mode: ActionMode = "absolute",
                           rotate_images_180: bool = True, short_window: ShortWindow = "pad",
-                          only_successful: bool = False) -> list[Window]:
+                          only_successful: bool = False, failed_cond_weight: float = 1.0) -> list[Window]:
     """Cut demos into the RL optimizer's training windows (weight 1).
 
     A window is the observation at step t (converted as the runner converts it) and the actions
@@ -167,9 +168,17 @@ def demonstration_windows(demos: Sequence[Mapping[str, Any]], norm_stats: NormSt
     (``short_window="pad"``, default: the final approach is the part that matters) or dropped
     (``"skip"``). ``only_successful`` drops failed demos (filtered BC); the default keeps them, as
     a low-quality dataset would.
+    ``failed_cond_weight`` is the conditional-branch weight of a failed demo's windows (successful
+    demos always get 1). 1.0 trains both branches on every demo; 0.0 is CFGRL's offline recipe:
+    the conditional branch (``is_positive=1``) learns only from successes and the unconditional
+    one from everything, so the two branches differ from the start and guidance (``cfg_scale``
+    > 1) has a direction to amplify before RL begins.
     """
     if stride < 1:
         raise ValueError(f"stride={stride} must be >= 1")
+    if failed_cond_weight < 0:
+        raise ValueError(f"failed_cond_weight={failed_cond_weight} must be >= 0 (0: CFGRL's offline recipe, "
+                         "1: both branches on every demo)")
     windows: list[Window] = []
     for i, demo in enumerate(demos):
         if only_successful and not demo["success"]:
@@ -177,7 +186,8 @@ def demonstration_windows(demos: Sequence[Mapping[str, Any]], norm_stats: NormSt
         starts = list(range(0, len(demo["actions"]), stride))
         episode = demo_to_episode(demo, norm_stats, starts, n_action_steps, rotate_images_180)
         aligned = stride == n_action_steps
-        ws, _ = cut_windows(episode, 1.0, norm_stats, window_stride=stride,
+        weight = 1.0 if demo["success"] else float(failed_cond_weight)
+        ws, _ = cut_windows(episode, weight, norm_stats, window_stride=stride,
                             window_mode="aligned" if aligned else "stride", short_window=short_window,
                             n_action_steps=n_action_steps, action_mode=action_mode, episode_index=i)
         windows.extend(ws)
@@ -207,9 +217,10 @@ def sft_warm_start(policy: Any, windows: Sequence[Window], num_steps: int = 300,
                    progress: bool = True) -> list[float]:
     """Flow-matching SFT of ``policy`` on ``windows``; returns the per-step loss curve.
 
-    Loss per batch: ``mean_i (1 * L_pos_i + uncond_weight * L_uncond_i)`` via
+    Loss per batch: ``mean_i (w_i * L_pos_i + uncond_weight * L_uncond_i)``, ``w_i`` the window's
+    weight (1 for every demo, or 0 for failed ones: see :func:`demonstration_windows`), via
     ``policy.cfg_flow_losses`` (shared noise/time, one prefix pass) and ``weighted_cfg_flow_loss``
-    -- the RL loss with every advantage weight 1. Batches are drawn with replacement-free
+    -- the RL loss with demo weights in place of advantage weights. Batches are drawn with replacement-free
     reshuffles from a generator seeded by ``seed``; noise/time per (step, slot) from
     ``draw_noise_time``, so the run is deterministic given ``seed`` (on one device and thread
     setting). All trainable parameters share one AdamW (warm-up + cosine).
@@ -231,8 +242,7 @@ def sft_warm_start(policy: Any, windows: Sequence[Window], num_steps: int = 300,
             order += torch.randperm(len(windows), generator=gen).tolist()
         idx, order = order[:batch_size], order[batch_size:]
         batch = collate_windows([windows[i] for i in idx])
-        weights = torch.ones(len(idx))  # (n,) conditional branch weight 1 (all demos "positive")
-        batch.pop("weights")
+        weights = batch.pop("weights")  # (n,) conditional-branch weight of each window's demo
         seeds = [int(np.random.SeedSequence([seed, step, k]).generate_state(1)[0]) for k in range(len(idx))]
         noise, time = draw_noise_time(seeds, batch["action"].shape[1], noise_dim)
         for group in optimizer.param_groups:

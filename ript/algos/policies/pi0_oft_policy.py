@@ -229,6 +229,16 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
             time = time.to(self.device)
         return self.model(device_batch, noise=noise, time=time, branches="cfg")
 
+    @torch.no_grad()
+    def cfg_velocities(self, batch: Mapping[str, Any], noise: torch.Tensor | None = None,
+                       time: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(v_pos, v_uncond) of both CFG branches at the same noise and time (diagnostics only;
+        runs the bare module, outside DDP, so it is no collective)."""
+        device_batch = self._to_device_batch(batch)
+        noise = None if noise is None else noise.to(self.device)
+        time = None if time is None else time.to(self.device)
+        return self.pi0.cfg_velocities(device_batch, noise=noise, time=time)
+
     def flow_losses(self, batch: Mapping[str, Any], noise=None, time=None, is_positive=None) -> dict:
         """Plain (single-branch) flow-matching losses, e.g. for supervised warm starts."""
         device_batch = self._to_device_batch(batch)

@@ -402,3 +402,71 @@ def draw_noise_time(seeds: Sequence[int], n_action_steps: int, action_dim: int) 
         u = torch.rand((), generator=gen)
         times.append(_TIME_MIN + (1.0 - _TIME_MIN) * u ** (1.0 / _TIME_BETA_ALPHA))
     return torch.stack(noises), torch.stack(times).float()
+
+
+# -------------------------------------------------------------------------------- diagnostics
+# What the learning curves need to explain a run (docs/learning.md): do the two CFG branches
+# differ (guidance can only amplify a difference that exists), how many init-state groups still
+# carry an RLOO signal, and do the K rollouts of one init state still differ at all.
+def relative_branch_gap(v_pos: torch.Tensor, v_uncond: torch.Tensor, action_is_pad: torch.Tensor,
+                        action_dim: int = 7, eps: float = 1e-12) -> torch.Tensor:
+    """Per-window ``||v_pos - v_uncond|| / ||v_pos||`` over the non-pad steps and real action dims.
+
+    v_pos, v_uncond (N, H, D>=action_dim), action_is_pad (N, H) -> (N,). 0 means guidance
+    ``v_u + s (v_c - v_u)`` returns ``v_c`` for every scale s.
+    """
+    if v_pos.shape != v_uncond.shape or v_pos.ndim != 3 or v_pos.shape[-1] < action_dim:
+        raise ValueError(f"v_pos {tuple(v_pos.shape)} and v_uncond {tuple(v_uncond.shape)} must both be "
+                         f"(N, H, >= {action_dim})")
+    keep = (~action_is_pad.to(device=v_pos.device, dtype=torch.bool))[..., None]  # (N, H, 1)
+    diff = torch.where(keep, v_pos[..., :action_dim] - v_uncond[..., :action_dim], torch.zeros(()))  # (N, H, 7)
+    ref = torch.where(keep, v_pos[..., :action_dim], torch.zeros(()))  # (N, H, 7)
+    return diff.flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1).clamp_min(eps)  # (N,)
+
+
+def group_outcomes(rewards: torch.Tensor, rloo_batch_size: int, valid_mask: torch.Tensor) -> dict[str, float]:
+    """Fractions of init-state groups (>= 2 valid rollouts) whose rollouts all failed, were mixed,
+    or all succeeded, plus the number of such groups. Only mixed groups get an RLOO advantage.
+
+    rewards, valid_mask (D*K,) in the rollout generator's (demo_batch, rloo_batch) order.
+    """
+    r = rewards.detach().float().reshape(-1, rloo_batch_size)  # (D, K)
+    v = valid_mask.detach().bool().reshape(-1, rloo_batch_size)  # (D, K)
+    counted = v.sum(dim=1) >= 2  # (D,)
+    successes = ((r > 0) & v).sum(dim=1)  # (D,)
+    n_valid = v.sum(dim=1)
+    n = int(counted.sum())
+    if n == 0:
+        return {"groups": 0.0, "all_fail": 0.0, "mixed": 0.0, "all_success": 0.0}
+    all_fail = int((counted & (successes == 0)).sum())
+    all_success = int((counted & (successes == n_valid)).sum())
+    return {"groups": float(n), "all_fail": all_fail / n, "mixed": (n - all_fail - all_success) / n,
+            "all_success": all_success / n}
+
+
+def first_chunk_diversity(first_chunks: torch.Tensor, valid_mask: torch.Tensor) -> float:
+    """Spread of the K rollouts of one init state: the std over K of the first sampled chunk
+    (normalised model space), averaged over steps, dims and groups with >= 2 valid rollouts.
+
+    The K rollouts of a group start from the same observation, so their first chunks differ only
+    through the sampler's noise: a value falling towards 0 means the policy has collapsed onto
+    one action sequence per scene and RLOO groups stop being mixed.
+    first_chunks (D, K, H, A), valid_mask (D, K) -> float (0.0 if no group counts).
+    """
+    x = first_chunks.detach().double()  # (D, K, H, A)
+    v = valid_mask.detach().bool()  # (D, K)
+    spreads = []
+    for d in range(x.shape[0]):
+        rows = x[d][v[d]]  # (k, H, A)
+        if rows.shape[0] >= 2:
+            spreads.append(rows.std(dim=0, unbiased=False).mean())
+    return float(torch.stack(spreads).mean()) if spreads else 0.0
+
+
+def relative_weight_distance(params: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+    """``||theta - theta_0|| / ||theta_0||`` over matching tensors (how far training moved the policy)."""
+    if len(params) != len(reference):
+        raise ValueError(f"{len(params)} parameters but {len(reference)} reference tensors")
+    diff = sum(float((p.detach().double() - r.to(p.device).double()).pow(2).sum()) for p, r in zip(params, reference))
+    base = sum(float(r.double().pow(2).sum()) for r in reference)
+    return (diff ** 0.5) / max(base ** 0.5, 1e-12)

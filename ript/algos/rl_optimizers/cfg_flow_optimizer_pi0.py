@@ -42,9 +42,14 @@ from ript.algos.rl_optimizers.cfg_flow_math import (
     collate_windows,
     cut_windows,
     draw_noise_time,
+    first_chunk_diversity,
+    group_outcomes,
+    relative_branch_gap,
+    relative_weight_distance,
     rloo_advantages,
     weighted_cfg_flow_loss,
 )
+from ript.algos.rl_optimizers.success_replay import SuccessReplay
 from ript.types import Episode
 from ript.utils.distributed import (
     all_reduce_mean_dict,
@@ -85,6 +90,14 @@ class CFGFlowConfig:
     shuffle_windows: bool = True
     seeded_noise: bool = True  # per-window seeded noise/time (deterministic, micro-batch invariant)
     noise_dim: int | None = None  # None: policy.config.max_action_dim; else the policy draws noise
+    # Replay of earlier successes (success_replay.py): the newest N successes of each init state of
+    # the round re-enter the conditional branch with this weight. 0 = off (plain CFGRL round).
+    success_replay_per_state: int = 0
+    success_replay_weight: float = 1.0
+    # Diagnostics logged every round (docs/learning.md): branch gap on this many of the round's
+    # windows (0 = off; one extra no-grad pass), and the weights' distance from the first round's.
+    diagnostic_windows: int = 16
+    track_weight_distance: bool = False
 
     def __post_init__(self) -> None:
         check_literal("weight_mode", self.weight_mode, WeightMode)
@@ -105,6 +118,13 @@ class CFGFlowConfig:
                "alpha weights the unconditional branch; use a value >= 0 (default 0.1)")
         _check(self.advantage_temperature > 0, "advantage_temperature", self.advantage_temperature,
                "the temperature divides the advantage; use a value > 0 (default 1.0)")
+        _check(int(self.success_replay_per_state) == self.success_replay_per_state and self.success_replay_per_state >= 0,
+               "success_replay_per_state", self.success_replay_per_state,
+               "the number of stored successes replayed per init state; 0 turns replay off")
+        _check(self.success_replay_weight > 0, "success_replay_weight", self.success_replay_weight,
+               "replayed successes need a positive conditional-branch weight (default 1.0)")
+        _check(int(self.diagnostic_windows) == self.diagnostic_windows and self.diagnostic_windows >= 0,
+               "diagnostic_windows", self.diagnostic_windows, "use 0 (off) or the number of windows to probe")
         for key in ("grad_norm_clip", "header_grad_norm_clip"):
             value = getattr(self, key)
             _check(value is None or value > 0, key, value, "use a positive max norm, or null to disable clipping")
@@ -198,6 +218,10 @@ class CFGFlowOptimizerPI0:
         seeded_noise: bool = True,
         noise_dim: int | None = None,
         rloo_batch_size: int | None = None,
+        success_replay_per_state: int = 0,
+        success_replay_weight: float = 1.0,
+        diagnostic_windows: int = 16,
+        track_weight_distance: bool = False,
     ) -> None:
         self.config = CFGFlowConfig(
             num_epochs=num_epochs, mini_batch_size=mini_batch_size,
@@ -208,6 +232,8 @@ class CFGFlowOptimizerPI0:
             n_action_steps=n_action_steps, action_dim=action_dim,
             max_consecutive_nonfinite=max_consecutive_nonfinite, seed=seed, bc_ablation=bc_ablation,
             shuffle_windows=shuffle_windows, seeded_noise=seeded_noise, noise_dim=noise_dim,
+            success_replay_per_state=success_replay_per_state, success_replay_weight=success_replay_weight,
+            diagnostic_windows=diagnostic_windows, track_weight_distance=track_weight_distance,
         )
         self.rollout_generator = rollout_generator
         self.reward_function = reward_function
@@ -220,15 +246,23 @@ class CFGFlowOptimizerPI0:
         self.rloo_batch_size = int(k)
         self.round = 0  # rounds done; seeds noise and shuffling
         self.consecutive_nonfinite = 0  # run-level: consecutive skipped optimisation steps
+        self.replay = SuccessReplay(success_replay_per_state) if success_replay_per_state > 0 else None
+        self._start_weights: list[torch.Tensor] | None = None  # for train/weight_distance
 
     # ------------------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, int]:
-        """Counters that make a resumed run draw the same noise and keep the fault streak."""
-        return {"round": self.round, "consecutive_nonfinite": self.consecutive_nonfinite}
+    def state_dict(self) -> dict[str, Any]:
+        """Counters that make a resumed run draw the same noise and keep the fault streak, and the
+        replay buffer (a resumed run replays the same successes)."""
+        state: dict[str, Any] = {"round": self.round, "consecutive_nonfinite": self.consecutive_nonfinite}
+        if self.replay is not None:
+            state["success_replay"] = self.replay.state_dict()
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.round = int(state.get("round", 0))
         self.consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
+        if self.replay is not None and state.get("success_replay") is not None:
+            self.replay.load_state_dict(state["success_replay"])
 
     # --------------------------------------------------------------------------- the round
     def optimize(
@@ -245,10 +279,15 @@ class CFGFlowOptimizerPI0:
         episodes, _task_ids, valid_mask, samples_checked = self.rollout_generator.generate_rollouts(
             model, batch, data_iterator, dataloader
         )
+        if self.config.track_weight_distance and self._start_weights is None:
+            self._start_weights = [p.detach().clone() for p in _trainable(model)]
         scored = self.score_episodes(episodes, valid_mask)
         windows, n_skipped = self.make_windows(episodes, scored.weights, model)
+        n_replayed = self._add_replayed_windows(episodes, windows, model)
         stats = self.train_on_windows(model, windows, optimizers)
-        metrics = self._round_metrics(episodes, scored, windows, n_skipped, stats, samples_checked)
+        diagnostics = self._diagnostics(model, episodes, scored, windows)
+        diagnostics["n_replayed_windows"] = float(n_replayed)
+        metrics = self._round_metrics(episodes, scored, windows, n_skipped, stats, samples_checked, diagnostics)
         log_rank_zero(
             logger, "round %d: score %.3f, windows %d used / %d skipped, %d steps (%d non-finite skipped), "
             "fm_loss %.4f", self.round, metrics["rollout/mean_scores"], metrics["train/windows_used"],
@@ -302,6 +341,55 @@ class CFGFlowOptimizerPI0:
             windows.extend(ws)
             n_skipped += skipped
         return windows, n_skipped
+
+    def _add_replayed_windows(self, episodes: Sequence[Episode], windows: list[Window], model: Any) -> int:
+        """Append windows of earlier successes of this round's init states (weight
+        ``success_replay_weight``), then store this round's successes. Returns windows added."""
+        if self.replay is None:
+            return 0
+        c = self.config
+        replayed = self.replay.replay(episodes, self.round)
+        n_before = len(windows)
+        for j, ep in enumerate(replayed):
+            ws, _ = cut_windows(
+                ep, c.success_replay_weight, model.norm_stats, window_stride=c.window_stride,
+                window_mode=c.window_mode, short_window=c.short_window, n_action_steps=self._n_action_steps(model),
+                action_mode=c.action_mode, episode_index=len(episodes) + j,  # distinct noise seeds
+            )
+            windows.extend(ws)
+        self.replay.add(episodes, self.round)
+        return len(windows) - n_before
+
+    @torch.no_grad()
+    def _diagnostics(self, model: Any, episodes: Sequence[Episode], scored: _Scored,
+                     windows: list[Window]) -> dict[str, float]:
+        """Per-round sums/counts (reduced over ranks by _round_metrics): branch gap, group
+        outcomes, first-chunk diversity, weight distance."""
+        k = self.rloo_batch_size
+        out: dict[str, float] = {}
+        groups = group_outcomes(scored.rewards, k, scored.valid)
+        out["groups_n"] = groups["groups"]
+        for key in ("all_fail", "mixed", "all_success"):
+            out[f"groups_{key}"] = groups[key] * groups["groups"]
+        chunks = [ep.sampled_chunks[0] if ep.valid and len(ep.sampled_chunks) else None for ep in episodes]
+        shape = next((c.shape for c in chunks if c is not None), None)
+        if shape is not None and len(episodes) % k == 0:
+            first = torch.from_numpy(np.stack([c if c is not None else np.zeros(shape, np.float32) for c in chunks]))
+            has = torch.tensor([c is not None for c in chunks])
+            div = first_chunk_diversity(first.view(-1, k, *shape), has.view(-1, k))
+            out["diversity_sum"], out["diversity_n"] = div, 1.0
+        probe = windows[: self.config.diagnostic_windows]
+        if probe and hasattr(model, "cfg_velocities"):
+            batch = collate_windows(probe)
+            batch.pop("weights")
+            # An epoch index no training pass uses: the probe's noise is its own, deterministic draw.
+            noise, time = self._noise_time(model, probe, self.config.num_epochs, batch["action"].shape[1])
+            v_pos, v_uncond = model.cfg_velocities(batch, noise=noise, time=time)
+            gap = relative_branch_gap(v_pos.cpu(), v_uncond.cpu(), batch["action_is_pad"], self.config.action_dim)
+            out["gap_sum"], out["gap_n"] = float(gap.sum()), float(gap.numel())
+        if self._start_weights is not None:
+            out["weight_distance"] = relative_weight_distance(_trainable(model), self._start_weights)
+        return out
 
     # ------------------------------------------------------------------------- training
     def _make_plan(self, n_local: int) -> _Plan:
@@ -429,7 +517,8 @@ class CFGFlowOptimizerPI0:
 
     # -------------------------------------------------------------------------- metrics
     def _round_metrics(self, episodes: Sequence[Episode], scored: _Scored, windows: list[Window], n_skipped: int,
-                       stats: _TrainStats, samples_checked: Any) -> dict[str, float]:
+                       stats: _TrainStats, samples_checked: Any,
+                       diagnostics: dict[str, float] | None = None) -> dict[str, float]:
         """Rank-averaged metrics. Sums and counts are reduced, then divided, so every ratio is
         the exact global ratio and every count the global total."""
         v = scored.valid
@@ -445,6 +534,7 @@ class CFGFlowOptimizerPI0:
             "rollout_checked": float(samples_checked or 0),
             "env_faults": float(sum(bool(ep.extra.get("env_fault")) for ep in episodes)),
             **{f"loss_sum/{k}": float(val) for k, val in stats.sums.items()},
+            **{f"diag/{k}": float(val) for k, val in (diagnostics or {}).items()},
         }
         for ep, is_valid in zip(episodes, v.tolist()):
             if is_valid:
@@ -474,6 +564,17 @@ class CFGFlowOptimizerPI0:
         }
         for key in ("fm_loss", "fm_loss_pos", "fm_loss_pos_unweighted", "fm_loss_uncond"):
             out[f"loss/{key}"] = ratio(f"loss_sum/{key}", "loss_sum/num_windows")
+        if r.get("diag/groups_n", 0.0) > 0:
+            for key in ("all_fail", "mixed", "all_success"):
+                out[f"rollout/groups_{key}"] = ratio(f"diag/groups_{key}", "diag/groups_n")
+        if "diag/diversity_n" in r:
+            out["rollout/chunk_diversity"] = ratio("diag/diversity_sum", "diag/diversity_n")
+        if "diag/gap_n" in r:
+            out["train/branch_gap"] = ratio("diag/gap_sum", "diag/gap_n")
+        if "diag/weight_distance" in r:
+            out["train/weight_distance"] = r["diag/weight_distance"]  # identical replicas
+        if "diag/n_replayed_windows" in r:
+            out["train/replayed_windows"] = r["diag/n_replayed_windows"] * world
         for group in GROUPS:  # post-sync norms are identical on all ranks
             norms = stats.grad_norms[group]
             out[f"train/grad_norm_{group}"] = float(np.mean(norms)) if norms else 0.0
@@ -485,6 +586,10 @@ class CFGFlowOptimizerPI0:
 
 
 # ------------------------------------------------------------------------------ grad helpers
+def _trainable(model: Any) -> list[torch.Tensor]:
+    return [p for g in GROUPS for p in model.trainable_params[g] if p.requires_grad]
+
+
 def _grad_norm(params: Sequence[torch.Tensor]) -> float:
     """L2 norm of all gradients of a group (0 when none has a gradient)."""
     grads = [p.grad.detach().float() for p in params if p.grad is not None]
