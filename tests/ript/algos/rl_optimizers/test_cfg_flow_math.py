@@ -312,3 +312,59 @@ def test_draw_noise_time_is_per_window_and_beta_distributed():
     assert (t >= 0.001).all() and (t <= 1.0).all()
     # E[0.001 + 0.999*Beta(1.5,1)] = 0.001 + 0.999*1.5/2.5 = 0.6004; sd(Beta) ~ 0.262, SE ~ 0.004.
     assert t.mean().item() == pytest.approx(0.6004, abs=0.02)
+
+
+# --------------------------------------------------------------------------------- diagnostics
+from ript.algos.rl_optimizers.cfg_flow_math import (  # noqa: E402 -- grouped with their tests
+    first_chunk_diversity,
+    group_outcomes,
+    relative_branch_gap,
+    relative_weight_distance,
+)
+
+
+def test_branch_gap_hand_values_ignore_pad_steps_and_padding_dims():
+    # One window, H=2 steps, D=8 (7 real + 1 padding dim). Step 0: v_c = (3,4,0..), v_u = (3,0,0..)
+    # -> diff (0,4,0..). Step 1 is padding and carries huge values that must not count; the
+    # padding dim 7 differs too and must not count. gap = ||(0,4)|| / ||(3,4)|| = 4 / 5.
+    v_c = torch.zeros(1, 2, 8)
+    v_u = torch.zeros(1, 2, 8)
+    v_c[0, 0, :2] = torch.tensor([3.0, 4.0])
+    v_u[0, 0, 0] = 3.0
+    v_c[0, 0, 7], v_u[0, 0, 7] = 100.0, -100.0
+    v_c[0, 1], v_u[0, 1] = 1e6, -1e6
+    pad = torch.tensor([[False, True]])
+    torch.testing.assert_close(relative_branch_gap(v_c, v_u, pad), torch.tensor([0.8]))
+    # identical branches (a zero cond_embed) -> no guidance direction at all
+    assert relative_branch_gap(v_c, v_c.clone(), pad).item() == 0.0
+
+
+def test_group_outcomes_count_groups_by_their_successes():
+    # K=3: [1,1,1] all success; [0,0,0] all fail; [1,0,0] mixed; [1,(pad),(pad)] has 1 valid -> not counted.
+    rewards = torch.tensor([1., 1, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0])
+    valid = torch.tensor([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0], dtype=torch.bool)
+    out = group_outcomes(rewards, 3, valid)
+    assert out == {"groups": 3.0, "all_fail": pytest.approx(1 / 3), "mixed": pytest.approx(1 / 3),
+                   "all_success": pytest.approx(1 / 3)}
+    assert group_outcomes(torch.zeros(2), 2, torch.zeros(2, dtype=torch.bool))["groups"] == 0.0
+
+
+def test_first_chunk_diversity_is_the_std_over_k_averaged():
+    # Group 0 (K=2): chunks all 0 and all 2 -> population std 1 at every entry.
+    # Group 1: one valid rollout only -> not counted. Group 2: identical chunks -> std 0.
+    chunks = torch.zeros(3, 2, 4, 7)
+    chunks[0, 1] = 2.0
+    chunks[1, 0] = 5.0
+    chunks[2] = 3.0
+    valid = torch.tensor([[True, True], [True, False], [True, True]])
+    assert first_chunk_diversity(chunks, valid) == pytest.approx(0.5)  # mean of 1 and 0
+    assert first_chunk_diversity(chunks[1:2], valid[1:2]) == 0.0
+
+
+def test_relative_weight_distance_hand_value():
+    ref = [torch.tensor([3.0, 0.0]), torch.tensor([[4.0]])]  # ||ref|| = 5
+    moved = [torch.tensor([3.0, 1.0]), torch.tensor([[4.0]])]  # ||diff|| = 1
+    assert relative_weight_distance(moved, ref) == pytest.approx(0.2)
+    assert relative_weight_distance(ref, ref) == 0.0
+    with pytest.raises(ValueError):
+        relative_weight_distance(moved[:1], ref)

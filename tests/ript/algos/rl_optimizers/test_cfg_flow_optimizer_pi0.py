@@ -72,6 +72,14 @@ class FakePolicy(nn.Module):
         self.calls.append({"batch": batch, "noise": noise, "time": time, "out": out})
         return out
 
+    @torch.no_grad()
+    def cfg_velocities(self, batch, noise=None, time=None):
+        action = batch["action"]
+        t = (torch.full((action.shape[0],), 0.5) if time is None else time)[:, None, None]
+        noise = torch.zeros_like(action) if noise is None else noise[..., :7]
+        x_t = t * noise + (1 - t) * action
+        return self._branch(batch, x_t, 1), self._branch(batch, x_t, 0)
+
     def forward(self, batch, noise=None, time=None):  # what a DDP wrapper calls
         return self.cfg_flow_losses(batch, noise=noise, time=time)
 
@@ -325,7 +333,9 @@ def test_deterministic_noise_and_round_state():
      ({"window_mode": "sliding"}, "window_mode"), ({"short_window": "drop"}, "short_window"),
      ({"action_mode": "delta"}, "action_mode"), ({"mini_batch_size": 0}, "mini_batch_size"),
      ({"grad_norm_clip": -1.0}, "grad_norm_clip"), ({"advantage_temperature": 0.0}, "advantage_temperature"),
-     ({"n_action_steps": 50, "window_stride": 10}, "window_stride"), ({"max_consecutive_nonfinite": 0}, "max_consecutive_nonfinite")],
+     ({"n_action_steps": 50, "window_stride": 10}, "window_stride"), ({"max_consecutive_nonfinite": 0}, "max_consecutive_nonfinite"),
+     ({"success_replay_per_state": -1}, "success_replay_per_state"), ({"success_replay_weight": 0.0}, "success_replay_weight"),
+     ({"diagnostic_windows": -2}, "diagnostic_windows")],
 )
 def test_config_validation(kwargs, key):
     with pytest.raises(ValueError, match=key):
@@ -403,3 +413,65 @@ def test_two_ranks_no_deadlock_and_one_average(tmp_path):
             assert r0["metrics"]["train/windows_used"] == 6
             assert r0["metrics"]["rollout/success_rate/task_a"] == 0.5
             assert r0["metrics"]["rollout/success_rate/task_b"] == 0.5
+
+
+# -------------------------------------------------------------------- diagnostics and replay
+def with_states(episodes, state_ids):
+    for ep, sid in zip(episodes, state_ids):
+        ep.init_state = np.full(3, float(sid))
+    return episodes
+
+
+def test_round_diagnostics_are_logged():
+    from ript.algos.rl_optimizers.cfg_flow_math import first_chunk_diversity
+
+    ns = make_norm_stats()
+    # K=2: state 1 [success, failure] (mixed), state 2 [failure, failure] (all fail).
+    episodes = [make_episode(100, ns, success=s, seed=i) for i, s in enumerate((True, False, False, False))]
+    policy = FakePolicy()
+    start = params_of(policy)
+    m = make_optimizer(episodes, mini_batch_size=4, track_weight_distance=True).optimize(policy, None, sgd(policy, lr=0.1))
+    assert m["rollout/groups_mixed"] == 0.5 and m["rollout/groups_all_fail"] == 0.5
+    assert m["rollout/groups_all_success"] == 0.0
+    chunks = torch.from_numpy(np.stack([ep.sampled_chunks[0] for ep in episodes])).view(2, 2, H, 7)
+    assert m["rollout/chunk_diversity"] == pytest.approx(first_chunk_diversity(chunks, torch.ones(2, 2, dtype=torch.bool)))
+    assert m["train/branch_gap"] > 0  # random cond_embed rows: the branches differ
+    moved = float(sum((a - b).pow(2).sum() for a, b in zip(params_of(policy), start))) ** 0.5
+    assert m["train/weight_distance"] == pytest.approx(moved / float(sum(b.pow(2).sum() for b in start)) ** 0.5, rel=1e-5)
+    # zero cond_embed: both branches are one function, so the gap is exactly 0
+    twin = FakePolicy()
+    with torch.no_grad():
+        twin.cond_embed.weight.zero_()
+    assert make_optimizer(episodes, mini_batch_size=4).optimize(twin, None, sgd(twin, lr=0.0))["train/branch_gap"] == 0.0
+
+
+def test_success_replay_feeds_earlier_successes_back_with_their_weight():
+    ns = make_norm_stats()
+    # K=2 groups of one init state each: state 1 [success 60 steps, failure], state 2 [failure, failure].
+    episodes = with_states([make_episode(60, ns, success=s, seed=i) for i, s in enumerate((True, False, False, False))],
+                           (1, 1, 2, 2))
+    opt = make_optimizer(episodes, mini_batch_size=4, short_window="pad", success_replay_per_state=2,
+                         success_replay_weight=0.5)
+    policy = FakePolicy()
+    first = opt.optimize(policy, None, sgd(policy, lr=0.0))
+    assert first["train/replayed_windows"] == 0  # nothing stored before round 0
+    second = opt.optimize(policy, None, sgd(policy, lr=0.0))
+    # Round 1 replays round 0's success of state 1: 60 steps = 2 windows (the second padded).
+    assert second["train/replayed_windows"] == 2
+    assert second["train/windows_used"] == first["train/windows_used"] + 2
+    windows, _ = opt.make_windows(episodes, opt.score_episodes(episodes, [True] * 4).weights, policy)
+    n_fresh = len(windows)
+    opt._add_replayed_windows(episodes, windows, policy)
+    # Round 2 would replay the successes of rounds 0 and 1 (per_state=2): 2 x 2 windows at w=0.5.
+    assert [w.weight for w in windows[n_fresh:]] == [0.5] * 4
+    assert opt.state_dict()["success_replay"]["entries"]  # the buffer goes into checkpoints
+
+
+def test_replay_off_by_default_keeps_the_plain_round():
+    episodes = with_states(episodes_k2(), (1, 1))
+    opt = make_optimizer(episodes, mini_batch_size=4)
+    policy = FakePolicy()
+    for _ in range(2):
+        m = opt.optimize(policy, None, sgd(policy, lr=0.0))
+    assert m["train/replayed_windows"] == 0 and opt.replay is None
+    assert "success_replay" not in opt.state_dict()
