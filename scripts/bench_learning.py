@@ -96,7 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--short-window", default="pad", choices=["pad", "skip"])
     g.add_argument("--num-epochs", type=int, default=4, help="passes over each round's windows")
     g.add_argument("--dynamic-sampling", action="store_true")
-    g.add_argument("--replay-per-state", type=int, default=0,
+    g.add_argument("--replay-per-state", type=int, default=2,
                    help="algo.success_replay_per_state: replay each scene's newest N earlier successes (0 = off)")
     g.add_argument("--replay-weight", type=float, default=1.0, help="algo.success_replay_weight")
     g.add_argument("--rl-override", action="append", default=[], help="extra Hydra override (repeatable)")
@@ -224,12 +224,12 @@ def rl_stage(args: argparse.Namespace, seed: int, sft_path: Path, run_dir: Path,
     from eval_cfg_sweep import compose_config, load_policy_and_config
     from train_ript_openvla_oft import run_training
 
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     # A fresh run: metrics.jsonl appends and checkpoints of an older run would mix into this one.
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = compose_config(None, rl_overrides(args, seed, sft_path, run_dir, bc))
     run_training(cfg)
-    train_time = time.time() - t0
+    train_time, train_cpu = time.time() - t0, time.process_time() - cpu0
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     policy, _, _ = load_policy_and_config(run_dir, device=args.device)
     evals = evaluate_policy(args, policy, seed, args.cfg_scales)
@@ -239,7 +239,8 @@ def rl_stage(args: argparse.Namespace, seed: int, sft_path: Path, run_dir: Path,
     keep = ("step", *CURVE_KEYS, *DIAGNOSTIC_KEYS, "rollout/valid_episodes", "rollout/non_zero_adv_ratio",
             "rollout/rollout_checked", "train/windows_used", "train/windows_skipped", "train/optimizer_steps",
             *per_task)
-    return {"curve": [{k: r.get(k) for k in keep} for r in curve], "time_s": train_time, "eval": evals}
+    return {"curve": [{k: r.get(k) for k in keep} for r in curve], "time_s": train_time, "cpu_time_s": train_cpu,
+            "eval": evals}
 
 
 def run_stage(args: argparse.Namespace, seed: int, stage: str) -> dict[str, Any]:
