@@ -14,13 +14,14 @@ Per seed:
 
 The scenes are a fixed set (``--scenes-per-task`` init states per colour, the LIBERO analogue of
 a task's shipped init states); ``--heldout-trials`` adds a cfg-1 check on unseen scenes. RL
-defaults are the best measured in docs/learning.md (round 4, "wide"): every scene in every round,
-binary weights, 4 epochs, mini-batch 16. Writes ``<out>/learning_results.json``,
-``learning_curves.png``, ``learning_cfg_scale.png``, ``learning_bars.png`` and
-``learning_table.md``; prints the table.
+defaults are the best measured in docs/learning.md (chosen on tuning seeds in round 7): every
+scene in every round, 2 replayed successes per scene, binary weights, 4 epochs, mini-batch 16.
+Writes ``<out>/learning_results.json``, ``learning_curves.png``, ``learning_cfg_scale.png``,
+``learning_bars.png``, ``learning_diagnostics.png`` (per-round diagnostics) and
+``learning_table.md`` (with each seed's retention: final success / best rounds); prints the table.
 
     python scripts/bench_learning.py --seeds 0 1 2 --out-dir docs                 # sequential, CPU
-    python scripts/bench_learning.py --seeds 0 1 2 --jobs 6 --device cuda --out-dir docs  # docs/learning.md
+    python scripts/bench_learning.py --seeds 20 21 22 23 24 25 --jobs 6 --device cuda --out-dir out  # docs/learning.md
 """
 from __future__ import annotations
 

@@ -38,12 +38,19 @@ def test_two_rl_rounds_on_reach(tmp_path):
                     "train/grad_norm_model", "train/grad_norm_header"):
             assert math.isfinite(r[key]), (key, r)
         assert r["train/windows_used"] > 0 and r["rollout/valid_episodes"] == 2
+        # the per-round diagnostics of docs/learning.md are logged by every run
+        for key in ("train/branch_gap", "rollout/chunk_diversity", "rollout/groups_mixed",
+                    "rollout/groups_all_fail", "rollout/groups_all_success", "train/replayed_windows"):
+            assert math.isfinite(r[key]), (key, r)
+        assert r["train/branch_gap"] >= 0.0 and r["rollout/chunk_diversity"] > 0.0
     assert 0.0 <= final_eval["rollout/overall_success_rate"] <= 1.0
     assert final_eval["rollout/num_episodes"] == 4  # one per reach task
     ckpt = latest_checkpoint(tmp_path)
     assert ckpt is not None and ckpt.name == "step_2"
     weights, state = load_checkpoint(ckpt)
     assert state.step == 2 and weights and state.extra["config"]["task"]["name"] == "reach_rl"
+    # success replay is on by default and its buffer travels with the checkpoint
+    assert cfg.algo.success_replay_per_state == 2 and "success_replay" in state.extra["rl_optimizer"]
 
     # the cfg_scale sweep evaluates the training checkpoint (config from state.pt, base weights + trained)
     import importlib.util
