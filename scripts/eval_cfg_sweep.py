@@ -140,9 +140,14 @@ def load_config(checkpoint: str | Path, task: str | None = None, overrides: Sequ
 def load_policy_and_config(checkpoint: str | Path, task: str | None = None, overrides: Sequence[str] = (),
                            device: str | None = None) -> tuple[Any, DictConfig, dict[str, Any]]:
     """-> (policy, config, info). See the module docstring for what ``checkpoint`` may be."""
+    cfg, weights, info = load_config(checkpoint, task, overrides)
+    return build_policy(cfg, weights, info, device), cfg, info
+
+
+def build_policy(cfg: DictConfig, weights: Any, info: dict[str, Any], device: str | None = None) -> Any:
+    """The policy of ``cfg`` with the trained ``weights`` (if any) loaded, in eval mode."""
     from hydra.utils import instantiate
 
-    cfg, weights, info = load_config(checkpoint, task, overrides)
     if device is not None:
         cfg.algo.policy.device_id = device
     policy = instantiate(cfg.algo.policy)
@@ -151,7 +156,7 @@ def load_policy_and_config(checkpoint: str | Path, task: str | None = None, over
     policy.eval()
     info["task"] = str(cfg.task.name)
     info["device"] = str(policy.device)
-    return policy, cfg, info
+    return policy
 
 
 def build_runner(cfg: DictConfig, num_parallel_envs: int | None = None) -> Any:
@@ -249,14 +254,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
     from ript.training.config_checks import ConfigError
 
-    try:
-        policy, cfg, info = load_policy_and_config(args.checkpoint, args.task, args.overrides, args.device)
+    try:  # every config problem surfaces here, before the policy is built
+        cfg, weights, info = load_config(args.checkpoint, args.task, args.overrides)
         num_trials = trials_per_task(cfg, args.num_trials_per_task)
     except ConfigError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.stderr.write(f"Config error: {error} (HYDRA_FULL_ERROR=1 shows the traceback)\n")
         sys.exit(2)
+    policy = build_policy(cfg, weights, info, args.device)
     runner = build_runner(cfg, args.num_parallel_envs)
     results = sweep(policy, runner, args.cfg_scales, num_trials, do_tqdm=True)
     out_dir = Path(args.out_dir)

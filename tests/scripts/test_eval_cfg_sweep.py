@@ -56,6 +56,16 @@ def test_openpi_switch_on_pi0_weights(sweep_script, pi0_weights, shared_fixtures
         sweep_script.trials_per_task(cfg, 10)
 
 
+def test_openpi_trial_count_is_enforced_before_anything_is_built(sweep_script, pi0_weights, capsys,
+                                                                 shared_fixtures_dir, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    stats = shared_fixtures_dir / "libero_norm_stats_flat.json"
+    with pytest.raises(SystemExit) as info:  # the empty weights file would fail to load if reached
+        sweep_script.main(["--checkpoint", str(pi0_weights), "--task", "libero_goal_rl", "--num-trials-per-task",
+                           "10", "eval=openpi", f"algo.policy.norm_stats_path={stats}"])
+    assert info.value.code == 2 and "--num-trials-per-task=10" in capsys.readouterr().err
+
+
 def test_pi0_weights_in_relative_mode_need_their_stats(sweep_script, pi0_weights):
     with pytest.raises(ConfigError, match="algo.policy.norm_stats_path=None"):
         sweep_script.load_config(pi0_weights, "libero_goal_rl", ["eval=openpi"])
