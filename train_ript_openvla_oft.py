@@ -10,7 +10,9 @@ runs rollout -> CFG-Flow update -> log -> save -> evaluate, ``cleanup`` closes e
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 from typing import Any
 
 import hydra
@@ -18,11 +20,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from ript.training.config_checks import check_config
+from ript.training.config_checks import ConfigError, check_config
 from ript.training.loop import TrainingRun, build_training_run, evaluate, train_one_step
 from ript.utils.distributed import cleanup_distributed, setup_distributed
 
 logger = logging.getLogger("train_ript_openvla_oft")
+
+CONFIG_ERROR_EXIT_CODE = 2  # a usage error, as argparse exits; other failures exit 1
 
 
 class StopRequest:
@@ -98,6 +102,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         if dist_info.rank == 0 and final_eval:
             logger.info("final success rate: %s", _format_success(final_eval))
         return final_eval
+    except ConfigError:
+        raise  # a user error, reported in one line by main(); no traceback
     except BaseException:
         logger.exception("rank %d failed; tearing down the process group", dist_info.rank)
         raise
@@ -124,7 +130,14 @@ def _configure_logging(rank: int) -> None:
 @hydra.main(version_base=None, config_path="config", config_name="train_base_rl_openvla_oft")
 def main(cfg: DictConfig) -> None:
     logger.debug("config:\n%s", OmegaConf.to_yaml(cfg))
-    run_training(cfg)
+    try:
+        run_training(cfg)
+    except ConfigError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # Hydra prints the full traceback
+        # stderr directly: logging may not be configured yet, and Hydra would add a traceback.
+        sys.stderr.write(f"Config error: {error} (HYDRA_FULL_ERROR=1 shows the traceback)\n")
+        sys.exit(CONFIG_ERROR_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,16 @@ What it accepts as ``--checkpoint``:
   checkpoint (``state.pt`` extra["config"]) rebuilds the policy (its own ``pretrained_path`` gives
   the frozen weights), then the trained weights are loaded on top.
 
+PI0 weights need ``--task`` (the base config's task is the CPU smoke setup, never a real
+evaluation). ``eval=openpi`` among the overrides selects openpi's published LIBERO protocol
+(``config/eval/openpi.yaml``: 256 px, replan 5, 50 trials per task, env seed 7) for either kind
+of checkpoint; the protocol is recorded in the output.
+
 Examples::
 
-    # the real PI0 on LIBERO-Goal, on a GPU
-    python scripts/eval_cfg_sweep.py --checkpoint /ckpt/pi0_libero --task libero_goal_rl \\
-        --num-trials-per-task 50 algo.policy.norm_stats_path=/ckpt/pi0_libero/norm_stats.json \\
+    # the real PI0 on LIBERO-Goal under openpi's protocol, on a GPU
+    python scripts/eval_cfg_sweep.py --checkpoint /ckpt/pi0_libero --task libero_goal_rl --cfg-scales 1.0 \\
+        eval=openpi algo.policy.norm_stats_path=/ckpt/pi0_libero/assets/physical-intelligence/libero/norm_stats.json \\
         algo.policy.tokenizer_path=/ckpt/paligemma_tokenizer
     # a reach training run, on held-out init states
     python scripts/eval_cfg_sweep.py --checkpoint outputs/2025-01-01/12-00-00 \\
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -74,21 +80,42 @@ def compose_config(task: str | None, overrides: Sequence[str] = ()) -> DictConfi
     return cfg
 
 
+def _split_eval_protocol(overrides: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``eval=<name>`` (the protocol switch of the training CLI) and the other overrides."""
+    protocol, rest = None, []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+") == "eval":
+            protocol = value
+        else:
+            rest.append(override)
+    return protocol, rest
+
+
 def _apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """Hydra-style ``a.b=c`` overrides onto a plain (saved) config."""
+    """Hydra-style ``a.b=c`` overrides onto a plain (saved) config; ``eval=<name>`` merges the
+    protocol's settings first, as the config group does in a composed config."""
+    from ript.training.config_checks import eval_protocol_settings
+
+    protocol, overrides = _split_eval_protocol(overrides)
+    if protocol is not None:
+        cfg = OmegaConf.merge(cfg, eval_protocol_settings(protocol))
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
     return cfg
 
 
-def load_policy_and_config(checkpoint: str | Path, task: str | None = None, overrides: Sequence[str] = (),
-                           device: str | None = None) -> tuple[Any, DictConfig, dict[str, Any]]:
-    """-> (policy, config, info). See the module docstring for what ``checkpoint`` may be."""
-    from hydra.utils import instantiate
-
+def load_config(checkpoint: str | Path, task: str | None = None, overrides: Sequence[str] = ()
+                ) -> tuple[DictConfig, Any, dict[str, Any]]:
+    """-> (checked config, trained weights or None, info); nothing is built."""
     from ript.training.checkpointing import load_checkpoint
+    from ript.training.config_checks import ConfigError, check_eval_config
 
     train_ckpt = resolve_training_checkpoint(checkpoint)
+    if train_ckpt is None and not task:
+        raise ConfigError(f"--task=None: {checkpoint} is PI0 weights, not a training run, so there is no "
+                          "task to take from it and the base config's CPU smoke task would be evaluated; "
+                          "pass --task libero_spatial_rl | libero_object_rl | libero_goal_rl | libero_10_rl")
     if train_ckpt is not None:
         weights, state = load_checkpoint(train_ckpt)
         saved = state.extra.get("config")
@@ -105,6 +132,22 @@ def load_policy_and_config(checkpoint: str | Path, task: str | None = None, over
     else:
         cfg = compose_config(task, [*overrides, f"algo.policy.pretrained_path={Path(checkpoint).resolve()}"])
         weights, info = None, {"kind": "pi0_weights", "path": str(Path(checkpoint).resolve())}
+    check_eval_config(cfg)
+    info["eval_protocol"] = str(cfg.rollout.get("protocol", "training"))
+    return cfg, weights, info
+
+
+def load_policy_and_config(checkpoint: str | Path, task: str | None = None, overrides: Sequence[str] = (),
+                           device: str | None = None) -> tuple[Any, DictConfig, dict[str, Any]]:
+    """-> (policy, config, info). See the module docstring for what ``checkpoint`` may be."""
+    cfg, weights, info = load_config(checkpoint, task, overrides)
+    return build_policy(cfg, weights, info, device), cfg, info
+
+
+def build_policy(cfg: DictConfig, weights: Any, info: dict[str, Any], device: str | None = None) -> Any:
+    """The policy of ``cfg`` with the trained ``weights`` (if any) loaded, in eval mode."""
+    from hydra.utils import instantiate
+
     if device is not None:
         cfg.algo.policy.device_id = device
     policy = instantiate(cfg.algo.policy)
@@ -113,7 +156,7 @@ def load_policy_and_config(checkpoint: str | Path, task: str | None = None, over
     policy.eval()
     info["task"] = str(cfg.task.name)
     info["device"] = str(policy.device)
-    return policy, cfg, info
+    return policy
 
 
 def build_runner(cfg: DictConfig, num_parallel_envs: int | None = None) -> Any:
@@ -121,6 +164,20 @@ def build_runner(cfg: DictConfig, num_parallel_envs: int | None = None) -> Any:
 
     kwargs = {} if num_parallel_envs is None else {"num_parallel_envs": num_parallel_envs}
     return instantiate(cfg.task.env_runner, **kwargs)
+
+
+def trials_per_task(cfg: DictConfig, requested: int | None) -> int | None:
+    """Episodes per task: a named protocol fixes it (eval=openpi: 50); else as requested (None: all)."""
+    from ript.training.config_checks import ConfigError
+
+    protocol = str(cfg.rollout.get("protocol", "training"))
+    if protocol == "training":
+        return requested
+    fixed = int(cfg.rollout.num_trials_per_task)
+    if requested not in (None, fixed):
+        raise ConfigError(f"--num-trials-per-task={requested}: eval={protocol} runs {fixed} trials per task; "
+                          "drop the option, or evaluate with eval=training")
+    return fixed
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -184,22 +241,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--checkpoint", required=True, help="PI0 weights file/dir, training checkpoint or run dir")
-    parser.add_argument("--task", default=None, help="task config (reach_rl, libero_goal_rl, ...); default: the "
-                        "checkpoint's own (training checkpoints) or the base config's")
+    parser.add_argument("--task", default=None, help="task config (reach_rl, libero_goal_rl, ...); required for "
+                        "PI0 weights; default for a training checkpoint: its own")
     parser.add_argument("--cfg-scales", type=float, nargs="+", default=list(DEFAULT_SCALES))
-    parser.add_argument("--num-trials-per-task", type=int, default=None, help="default: all shipped init states")
+    parser.add_argument("--num-trials-per-task", type=int, default=None,
+                        help="default: the protocol's (eval=openpi: 50), else all shipped init states")
     parser.add_argument("--num-parallel-envs", type=int, default=None)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
     parser.add_argument("--out-dir", default="eval_cfg_sweep")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. algo.policy.norm_stats_path=...")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. eval=openpi algo.policy.norm_stats_path=...")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
-    policy, cfg, info = load_policy_and_config(args.checkpoint, args.task, args.overrides, args.device)
+    from ript.training.config_checks import ConfigError
+
+    try:  # every config problem surfaces here, before the policy is built
+        cfg, weights, info = load_config(args.checkpoint, args.task, args.overrides)
+        num_trials = trials_per_task(cfg, args.num_trials_per_task)
+    except ConfigError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.stderr.write(f"Config error: {error} (HYDRA_FULL_ERROR=1 shows the traceback)\n")
+        sys.exit(2)
+    policy = build_policy(cfg, weights, info, args.device)
     runner = build_runner(cfg, args.num_parallel_envs)
-    results = sweep(policy, runner, args.cfg_scales, args.num_trials_per_task, do_tqdm=True)
+    results = sweep(policy, runner, args.cfg_scales, num_trials, do_tqdm=True)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"checkpoint": info, "overrides": list(args.overrides), "results": results}
+    doc = {"checkpoint": info, "eval_protocol": info["eval_protocol"], "overrides": list(args.overrides),
+           "results": results}
     (out_dir / "cfg_sweep.json").write_text(json.dumps(doc, indent=2) + "\n")
     table = markdown_table(results)
     (out_dir / "cfg_sweep.md").write_text(f"# cfg_scale sweep: {info['path']} ({info['task']})\n\n{table}\n")

@@ -50,6 +50,7 @@ def test_plain_python_run_trains_saves_and_evaluates(tmp_path):
     assert 0.0 <= eval_record["rollout/overall_success_rate"] <= 1.0
     assert "rollout/success_rate/put_the_bowl_on_the_stove" in eval_record
     assert eval_record["rollout/protocol"] == "open_loop_50"
+    assert eval_record["rollout/eval_protocol"] == "training"
 
     # The two updates changed the weights, and the checkpoint loads back into a fresh policy.
     checkpoints = list_checkpoints(run_dir)

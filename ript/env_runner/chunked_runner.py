@@ -364,8 +364,10 @@ class ChunkedRunner:
                        replan: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
         """One ``select_action`` for the given observations -> (pi0 obs, raw, norm chunk, env chunk)."""
         norm_stats: NormStats = policy.norm_stats
+        # Frames are resized to the policy's input size openpi's way (None: as rendered).
         pi0_obs, raw = env_obs_to_pi0_observation(obs, [description] * len(obs), norm_stats,
-                                                  rotate_180=self.rotate_images_180)
+                                                  rotate_180=self.rotate_images_180,
+                                                  image_size=getattr(policy, "image_size", None))
         norm_chunk = to_numpy(policy.select_action(pi0_obs, cfg_scale=cfg_scale))  # (k, T, 7)
         if norm_chunk.ndim != 3 or norm_chunk.shape[0] != len(obs) or norm_chunk.shape[2] != ACTION_DIM:
             raise ValueError(f"policy.select_action returned shape {norm_chunk.shape}; expected "

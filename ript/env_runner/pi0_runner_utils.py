@@ -9,6 +9,8 @@ Conventions (SPEC §4, docs/ARCHITECTURE.md):
   ``robot0_eye_in_hand_image``; uint8, channel-first, rotated 180 degrees because the LIBERO
   data PI0 was trained on was recorded upside down (openpi's LIBERO example flips both cameras
   the same way). State = eef_pos(3) + axis-angle(eef_quat)(3) + gripper_qpos(2), normalised.
+* Images are resized to the policy's input size here, the way openpi's LIBERO client does it
+  (:func:`resize_with_pad_like_openpi`), so PI0's own tensor resize is a no-op on them.
 * Model-space actions: normalised ``(B, T, 7)``. With ``action_mode="relative"`` dims 0..5 are
   relative to the chunk-start state's ``state[:6]`` (openpi's extra delta transform for the
   ``pi0_libero`` checkpoint); the gripper (dim 6) is always absolute.
@@ -181,6 +183,31 @@ def _check_image(img: Any, key: str, index: int) -> np.ndarray:
     return img
 
 
+def resize_with_pad_like_openpi(img: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (size, size, 3), as openpi's client resizes LIBERO frames.
+
+    Aspect-preserving PIL bilinear resize on uint8 (PIL antialiases when it downscales: its
+    bilinear filter widens with the scale factor), then centred black padding for a non-square
+    frame. pi0_libero was trained and published on 256-px renders resized this way; PI0's own
+    tensor resize (plain bilinear on floats, padding at the top-left) gives visibly different
+    pixels, so the conversion does it before PI0 and PI0's resize then sees the target size.
+    """
+    from PIL import Image  # Pillow: only needed when a resize happens
+
+    height, width = img.shape[:2]
+    if (height, width) == (size, size):
+        return img
+    ratio = max(width / size, height / size)
+    new_height, new_width = int(height / ratio), int(width / ratio)
+    resized = np.asarray(Image.fromarray(img).resize((new_width, new_height), resample=Image.BILINEAR))
+    if (new_height, new_width) == (size, size):
+        return resized
+    padded = np.zeros((size, size, 3), dtype=np.uint8)
+    top, left = (size - new_height) // 2, (size - new_width) // 2
+    padded[top:top + new_height, left:left + new_width] = resized
+    return padded
+
+
 def raw_state_from_env_obs(obs: dict, index: int = 0) -> np.ndarray:
     """float32 (8,) un-normalised state: eef pos, axis-angle(eef quat), gripper qpos."""
     parts = []
@@ -195,9 +222,17 @@ def raw_state_from_env_obs(obs: dict, index: int = 0) -> np.ndarray:
 
 
 def env_obs_to_pi0_observation(env_obs_list: Sequence[dict], task_descriptions: Sequence[str],
-                               norm_stats: NormStats, rotate_180: bool = True
+                               norm_stats: NormStats, rotate_180: bool = True,
+                               image_size: int | None = None
                                ) -> tuple[dict[str, Any], np.ndarray]:
-    """LIBERO observation dicts -> (PI0 observation batch, raw states float32 (B, 8))."""
+    """LIBERO observation dicts -> (PI0 observation batch, raw states float32 (B, 8)).
+
+    ``image_size``: the policy's square input size (224 for PI0, 56 for the tiny preset); each
+    camera frame is flipped, then resized to it with :func:`resize_with_pad_like_openpi`. None
+    keeps the rendered size.
+    """
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size={image_size} must be a positive number of pixels or None")
     if len(env_obs_list) != len(task_descriptions):
         raise ValueError(
             f"got {len(env_obs_list)} observations but {len(task_descriptions)} task descriptions"
@@ -212,6 +247,8 @@ def env_obs_to_pi0_observation(env_obs_list: Sequence[dict], task_descriptions: 
             img = _check_image(obs[key], key, i)
             if rotate_180:
                 img = img[::-1, ::-1]
+            if image_size is not None:
+                img = resize_with_pad_like_openpi(np.ascontiguousarray(img), image_size)
             images[slot].append(np.ascontiguousarray(img.transpose(2, 0, 1)))  # (3, H, W)
         raw_states.append(raw_state_from_env_obs(obs, i))
     raw = np.stack(raw_states).astype(np.float32) if raw_states else np.zeros((0, STATE_DIM), np.float32)
@@ -311,5 +348,6 @@ def check_norm_stats_against_chunk(norm_stats: NormStats, unnormalised_chunk: An
 __all__ = [
     "ACTION_MODES", "ActionMode", "CAMERA_KEY_TO_SLOT", "NormStats", "check_norm_stats_against_chunk",
     "env_actions_to_model_chunk", "env_obs_to_pi0_observation", "load_norm_stats",
-    "model_chunk_to_env_actions", "quat_to_axis_angle", "raw_state_from_env_obs", "to_numpy",
+    "model_chunk_to_env_actions", "quat_to_axis_angle", "raw_state_from_env_obs",
+    "resize_with_pad_like_openpi", "to_numpy",
 ]

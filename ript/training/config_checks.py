@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,68 @@ def check_paths(cfg: DictConfig) -> None:
             _fail("algo.policy.norm_stats_path", norm_stats_path, f"unusable norm stats: {error}")
 
 
+# config/eval/<protocol>.yaml: the settings that make up each named evaluation protocol.
+EVAL_PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "config" / "eval"
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        return [leaf for key, value in node.items() for leaf in _leaves(value, f"{prefix}{key}.")]
+    return [(prefix.rstrip("."), node)]
+
+
+def eval_protocol_settings(protocol: str) -> DictConfig:
+    """The settings of ``eval=<protocol>`` (``config/eval/<protocol>.yaml``), rooted at the top."""
+    path = EVAL_PROTOCOL_DIR / f"{protocol}.yaml"
+    if not path.is_file():
+        valid = sorted(p.stem for p in EVAL_PROTOCOL_DIR.glob("*.yaml"))
+        _fail("eval", protocol, f"unknown evaluation protocol; choose eval=<name> with name in {valid}")
+    return OmegaConf.load(path)
+
+
+def check_eval_protocol(cfg: DictConfig) -> None:
+    """The protocol recorded with every evaluation (``rollout.protocol``) must be the one that ran.
+
+    ``eval=<name>`` sets the values of ``config/eval/<name>.yaml``; an override of any of them
+    afterwards would make a result labelled e.g. "openpi" incomparable with openpi's numbers.
+    """
+    protocol = cfg.rollout.get("protocol", "training")
+    settings = eval_protocol_settings(protocol)
+    if protocol != "training" and cfg.task.get("benchmark_name") is None:
+        _fail("eval", protocol, f"is a LIBERO evaluation protocol but task={cfg.task.get('name')} is not a "
+                                "LIBERO suite; use eval=training")
+    for key, want in _leaves(OmegaConf.to_container(settings)):
+        got = OmegaConf.select(cfg, key)
+        if got != want:
+            _fail(key, got, f"eval={protocol} needs {key}={want!r} (config/eval/{protocol}.yaml); drop the "
+                            f"override of {key}, or evaluate with eval=training")
+
+
+# The bundled LIBERO statistics (what a missing norm_stats_path falls back to) describe LIBERO's
+# own delta actions, whose means are about 0: the "absolute" convention of this code base.
+BUNDLED_LIBERO_STATS = (None, "builtin:libero")
+
+
+def check_norm_stats_convention(cfg: DictConfig) -> None:
+    """A real PI0 in relative mode must bring the statistics it was trained with.
+
+    With the bundled statistics, relative mode adds the arm's pose (~0.8 m, ~3 rad) to every
+    command: the robot saturates its controller without any error. The tiny preset (no checkpoint)
+    is exempt: its actions mean nothing before training, whatever the statistics.
+    """
+    policy, algo = cfg.algo.policy, cfg.algo
+    real_model = policy.get("pretrained_path") is not None or policy.get("preset") == "full"
+    norm_stats_path = policy.get("norm_stats_path")
+    if real_model and algo.get("action_mode") == "relative" and norm_stats_path in BUNDLED_LIBERO_STATS:
+        why = ("a pretrained checkpoint" if policy.get("pretrained_path") is not None else "preset=full")
+        _fail("algo.policy.norm_stats_path", norm_stats_path,
+              f"{why} with algo.action_mode=relative needs the statistics it was trained with; the bundled "
+              "LIBERO statistics describe LIBERO's own delta actions and relative mode would add the arm's "
+              "pose to every command. Pass the checkpoint's file, e.g. algo.policy.norm_stats_path="
+              "/ckpt/pi0_libero/assets/physical-intelligence/libero/norm_stats.json, or use "
+              "algo.action_mode=absolute with statistics of LIBERO's own actions")
+
+
 def check_hyperparameters(cfg: DictConfig, world_size: int) -> None:
     algo = cfg.algo
     if algo.rloo_batch_size < 2:
@@ -77,8 +140,25 @@ def check_hyperparameters(cfg: DictConfig, world_size: int) -> None:
         _fail("training.n_steps", cfg.training.n_steps, "must be >= 1")
 
 
+def _resolve(cfg: DictConfig) -> None:
+    try:
+        OmegaConf.resolve(cfg)  # interpolation errors surface here, naming the key
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"the config does not resolve: {error}") from error
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """The checks that apply to a stand-alone evaluation (scripts/eval_cfg_sweep.py)."""
+    _resolve(cfg)
+    check_paths(cfg)
+    check_norm_stats_convention(cfg)
+    check_eval_protocol(cfg)
+
+
 def check_config(cfg: DictConfig, world_size: int = 1) -> None:
     """All pre-flight checks; raises :class:`ConfigError`."""
-    OmegaConf.resolve(cfg)  # interpolation errors surface here, naming the key
+    _resolve(cfg)
     check_hyperparameters(cfg, world_size)
     check_paths(cfg)
+    check_norm_stats_convention(cfg)
+    check_eval_protocol(cfg)

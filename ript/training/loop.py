@@ -236,7 +236,10 @@ def evaluate(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
             cfg_scale=cfg.rollout.cfg_scale, num_trials_per_task=cfg.rollout.num_trials_per_task,
         )
     run.policy.train()
-    return merge_eval_results(_gather_from_ranks(local))
+    merged = merge_eval_results(_gather_from_ranks(local))
+    # The named protocol (eval=<name>) next to the runner's execution protocol (replan_5_of_50).
+    merged["rollout/eval_protocol"] = str(cfg.rollout.get("protocol", "training"))
+    return merged
 
 
 def _gather_from_ranks(obj: Any) -> list[Any]:

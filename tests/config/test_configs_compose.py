@@ -166,3 +166,10 @@ def test_default_run_is_the_embedded_smoke_setup(hydra_compose):
     assert cfg.algo.policy.pretrained_path is None
     assert cfg.task.name == "libero_smoke" and len(cfg.task.task_names_to_use) == 1
     assert cfg.algo.open_loop == cfg.algo.n_action_steps == 50  # SPEC: 50-step chunks open loop
+
+
+@pytest.mark.parametrize("task", sorted(p.stem for p in (CONFIG_DIR / "task").glob("libero_*.yaml")))
+def test_every_libero_task_renders_at_openpis_256_px(hydra_compose, task):
+    """pi0_libero was trained on, and published with, 256-px renders resized to 224 (issue 14)."""
+    runner = hydra_compose("train_base_rl_openvla_oft", [f"task={task}"]).task.env_runner
+    assert OmegaConf.select(runner, "camera_height") == OmegaConf.select(runner, "camera_width") == 256

@@ -180,6 +180,11 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
     def n_action_steps(self) -> int:
         return self.config.n_action_steps
 
+    @property
+    def image_size(self) -> int:
+        """Square camera input size; runners resize frames to it before PI0 (openpi's way)."""
+        return int(self.config.resize_imgs_with_padding[0])
+
     def train(self, mode: bool = True) -> "PI0_OFT_Policy":
         self.model.train(mode)
         return self

@@ -289,3 +289,16 @@ def test_relative_mode_with_commands_outside_the_action_range_warns():
     absolute = FakeRunner(max_len=5, action_mode="absolute", norm_stats_check_threshold=0.1)
     _run(absolute, FakePolicy())
     assert absolute.norm_stats_warning is None
+
+
+def test_frames_are_resized_to_the_policys_image_size():
+    """A policy with ``image_size`` gets frames resized to it (openpi's resize, before PI0), and the
+    training record keeps exactly what the policy saw."""
+    policy = FakePolicy()
+    policy.image_size = 8  # the 4-px fake frames are upscaled to it
+    seen = []
+    select_action = policy.select_action
+    policy.select_action = lambda obs, cfg_scale=1.0: (seen.append(obs["image.base_0_rgb"]), select_action(obs))[1]
+    ep = _run(FakeRunner(max_len=50), policy)[0][2]
+    assert seen[0].shape == (2, 3, 8, 8)
+    np.testing.assert_array_equal(ep.chunk_observations[0].images["base_0_rgb"], seen[0][0])

@@ -11,6 +11,7 @@ import pytest
 from ript.env_runner.pi0_runner_utils import (
     NormStats, check_norm_stats_against_chunk, env_actions_to_model_chunk,
     env_obs_to_pi0_observation, load_norm_stats, model_chunk_to_env_actions, quat_to_axis_angle,
+    resize_with_pad_like_openpi,
 )
 
 
@@ -103,6 +104,90 @@ def test_env_obs_errors_name_the_field():
     nan["robot0_eef_pos"] = np.array([np.nan, 0, 0])
     with pytest.raises(ValueError, match="robot0_eef_pos"):
         env_obs_to_pi0_observation([nan], ["t"], _stats())
+
+
+# ---------------------------------------------------------------- openpi's image resize
+def _pil_bilinear(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((width, height), Image.BILINEAR))
+
+
+def test_resize_downscales_with_antialiasing_like_pil():
+    # A one-pixel checkerboard averages to mid-grey when downscaled with antialiasing; a plain
+    # bilinear (PI0's own tensor resize) samples it and keeps strong aliasing stripes.
+    board = ((np.indices((256, 256)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    img = np.repeat(board[..., None], 3, axis=-1)
+    out = resize_with_pad_like_openpi(img, 224)
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, _pil_bilinear(img, 224, 224))
+    assert out[8:-8, 8:-8].std() < 30  # antialiased; PI0's plain bilinear gives std 41 here
+
+
+def test_resize_pads_non_square_frames_centred_in_black():
+    rng = np.random.default_rng(5)
+    wide = rng.integers(1, 255, (128, 256, 3), dtype=np.uint8)  # no zero pixels: padding is visible
+    out = resize_with_pad_like_openpi(wide, 224)
+    assert out.shape == (224, 224, 3)
+    # ratio 256/224: content 112 x 224, 56 black rows above and below.
+    np.testing.assert_array_equal(out[:56], 0)
+    np.testing.assert_array_equal(out[168:], 0)
+    np.testing.assert_array_equal(out[56:168], _pil_bilinear(wide, 224, 112))
+    tall = resize_with_pad_like_openpi(wide.transpose(1, 0, 2), 56)  # 256 x 128 -> 56 x 28 + 14 each side
+    np.testing.assert_array_equal(tall[:, :14], 0)
+    np.testing.assert_array_equal(tall[:, 42:], 0)
+    assert tall[:, 14:42].min() > 0
+
+
+def test_resize_is_a_no_op_at_the_target_size():
+    img = np.random.default_rng(6).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_with_pad_like_openpi(img, 224), img)
+
+
+def test_env_obs_resized_after_the_flip_to_the_policy_size():
+    obs = [_env_obs(7, h=64, w=64)]
+    pi0_obs, _ = env_obs_to_pi0_observation(obs, ["t"], _stats(), image_size=56)
+    base = pi0_obs["image.base_0_rgb"]
+    assert base.shape == (1, 3, 56, 56) and base.dtype == np.uint8
+    flipped = obs[0]["agentview_image"][::-1, ::-1]
+    np.testing.assert_array_equal(base[0], _pil_bilinear(flipped, 56, 56).transpose(2, 0, 1))
+    with pytest.raises(ValueError, match="image_size"):
+        env_obs_to_pi0_observation(obs, ["t"], _stats(), image_size=0)
+
+
+@pytest.mark.slow
+def test_real_libero_256_render_converted_like_openpi(shared_fixtures_dir):
+    """A 256-px LIBERO-Goal render of a shipped init state: our converted frame matches PIL's
+    resize of the same flipped frame (openpi's client), and PI0's own resize leaves it unchanged."""
+    import torch
+
+    from openpi_pytorch_ori.pi0.modeling_pi0 import resize_with_pad
+    from ript.env_runner.pi0_libero_runner import import_libero
+
+    import_libero()  # headless rendering first, then LIBERO
+    from libero.libero import benchmark
+    from libero.libero.envs import OffScreenRenderEnv
+
+    suite = benchmark.get_benchmark_dict()["libero_goal"]()
+    task_id = suite.get_task_names().index("put_the_bowl_on_the_stove")
+    env = OffScreenRenderEnv(bddl_file_name=suite.get_task_bddl_file_path(task_id),
+                             camera_heights=256, camera_widths=256)
+    try:
+        env.seed(7)
+        env.reset()
+        obs = env.set_init_state(suite.get_task_init_states(task_id)[0])
+    finally:
+        env.close()
+    stats = load_norm_stats(shared_fixtures_dir / "libero_norm_stats_flat.json")
+    pi0_obs, _ = env_obs_to_pi0_observation([obs], ["put the bowl on the stove"], stats, image_size=224)
+    for key, slot in (("agentview_image", "base_0_rgb"), ("robot0_eye_in_hand_image", "left_wrist_0_rgb")):
+        rendered = obs[key]
+        assert rendered.shape == (256, 256, 3) and rendered.std() > 5.0, f"{key}: no scene rendered"
+        ours = pi0_obs[f"image.{slot}"][0].astype(np.int16)  # (3, 224, 224)
+        reference = _pil_bilinear(rendered[::-1, ::-1], 224, 224).transpose(2, 0, 1).astype(np.int16)
+        assert np.abs(ours - reference).max() <= 1, key
+        as_model_input = torch.from_numpy(pi0_obs[f"image.{slot}"]).float() / 127.5 - 1.0
+        torch.testing.assert_close(resize_with_pad(as_model_input, 224, 224), as_model_input, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- normalisation / actions
