@@ -90,10 +90,97 @@ class _LiberoEnvFn:
         return env
 
 
+class CameraSwitch:
+    """Renders a robosuite env's cameras only on the steps that ask for it, bit-identical to always-on.
+
+    robosuite samples each observable on a timer that runs over the simulation sub-steps of
+    ``env.step`` (25 per control step in LIBERO); with LIBERO's reset + ``set_init_state`` the
+    camera image of a step is rendered after sub-step 24, not at the end of the step. robosuite's
+    ``enabled`` switch is therefore not enough: ``set_enabled`` resets that timer, so the first
+    image after re-enabling comes from another sub-step (or is left all-zero) and differs from the
+    always-on image. Here every camera observable stays enabled -- its timer runs exactly as
+    without the switch -- and its sensor (set through robosuite's ``modify_observable``) calls the
+    real camera sensor only while rendering is on; otherwise it returns a blank placeholder and the
+    observable is made inactive, so robosuite leaves the camera's key out of the observation and
+    an unrendered image cannot be read by mistake.
+
+    A hard reset makes robosuite install fresh sensors, so :meth:`install` runs after each reset.
+    """
+
+    def __init__(self, robosuite_env: Any):
+        self.env = robosuite_env
+        self.rendering = True
+        self.names = [f"{cam}_image" for cam in robosuite_env.camera_names]
+        self._placeholders = {
+            f"{cam}_image": np.zeros((h, w, 3), dtype=np.uint8)
+            for cam, h, w in zip(robosuite_env.camera_names, robosuite_env.camera_heights,
+                                 robosuite_env.camera_widths)}
+        self.install()
+
+    def install(self) -> None:
+        """Wrap the current camera sensors (no-op for sensors already wrapped)."""
+        from robosuite.utils.observables import sensor
+
+        rendering, self.rendering = self.rendering, False  # robosuite calls a new sensor once to check it
+        try:
+            for name in self.names:
+                # robosuite's own reset reads the sensor back the same way (observable._sensor).
+                current = self.env._observables[name]._sensor
+                if getattr(current, "camera_switch", None) is self:
+                    continue
+                self.env.modify_observable(observable_name=name, attribute="sensor",
+                                           modifier=self._gated(current, self._placeholders[name], sensor))
+        finally:
+            self.rendering = rendering
+
+    def _gated(self, camera_sensor: Any, placeholder: np.ndarray, sensor: Any) -> Any:
+        @sensor(modality=camera_sensor.__modality__)
+        def gated_camera(obs_cache: dict) -> np.ndarray:
+            return camera_sensor(obs_cache) if self.rendering else placeholder
+
+        gated_camera.camera_switch = self
+        return gated_camera
+
+    def set(self, render: bool) -> None:
+        render = bool(render)
+        if render == self.rendering:
+            return
+        self.rendering = render
+        for name in self.names:
+            self.env.modify_observable(observable_name=name, attribute="active", modifier=render)
+
+
+class _LiberoWorkerEnv:
+    """One LIBERO env with its :class:`CameraSwitch`: what a worker process serves (or the caller
+    holds, with one in-process env). ``render=False`` on a request leaves the camera images out of
+    the observation it returns and skips their rendering (physics, rewards and dones unchanged)."""
+
+    def __init__(self, env_fn: _LiberoEnvFn):
+        self.env = env_fn()
+        self.cameras = CameraSwitch(self.env.env)
+
+    def reset(self, render: bool = True) -> Any:
+        self.cameras.set(render)
+        obs = self.env.reset()
+        self.cameras.install()  # a hard reset replaced the camera sensors
+        return obs
+
+    def set_init_state(self, init_state: Any, render: bool = True) -> Any:
+        self.cameras.set(render)
+        return self.env.set_init_state(init_state)
+
+    def step(self, action: np.ndarray, render: bool = True) -> tuple:
+        self.cameras.set(render)
+        return self.env.step(action)
+
+    def close(self) -> None:
+        self.env.close()
+
+
 def _worker_main(conn: Any, env_fn: _LiberoEnvFn) -> None:
     """Worker process loop: build one LIBERO env, then serve reset/set_init_state/step/close."""
     try:
-        env = env_fn()
+        env = _LiberoWorkerEnv(env_fn)
     except BaseException:  # noqa: BLE001 -- report any start-up failure to the parent, then exit
         conn.send(("error", traceback.format_exc()))
         return
@@ -101,20 +188,13 @@ def _worker_main(conn: Any, env_fn: _LiberoEnvFn) -> None:
     try:
         while True:
             try:
-                cmd, data = conn.recv()
+                cmd, data, render = conn.recv()
             except (EOFError, OSError):  # parent gone
                 break
             if cmd == "close":
                 break
             try:
-                if cmd == "reset":
-                    result = env.reset()
-                elif cmd == "set_init_state":
-                    result = env.set_init_state(data)
-                elif cmd == "step":
-                    result = env.step(data)
-                else:
-                    raise ValueError(f"unknown worker command {cmd!r}")
+                result = _serve(env, cmd, data, render)
             except Exception:  # noqa: BLE001 -- the parent decides (rebuild and retry)
                 conn.send(("error", traceback.format_exc()))
                 continue
@@ -126,6 +206,16 @@ def _worker_main(conn: Any, env_fn: _LiberoEnvFn) -> None:
             env.close()
         except Exception:  # noqa: BLE001 -- exiting anyway
             pass
+
+
+def _serve(env: _LiberoWorkerEnv, cmd: str, data: Any, render: bool) -> Any:
+    if cmd == "reset":
+        return env.reset(render=render)
+    if cmd == "set_init_state":
+        return env.set_init_state(data, render=render)
+    if cmd == "step":
+        return env.step(data, render=render)
+    raise ValueError(f"unknown worker command {cmd!r}")
 
 
 def _worker_entry(fd: int) -> None:
@@ -150,7 +240,12 @@ class LiberoVectorEnv:
     its own environment -- thread limits set there, the trainer's environment untouched -- that
     talks over a socket pair. Every request must be answered within ``timeout_s``, so a hung
     worker becomes a fault instead of stalling training.
+
+    ``render=False`` on ``reset``/``set_init_state``/``step`` skips the camera rendering of that
+    request (see :class:`CameraSwitch`); the default renders, as LIBERO's own vector envs do.
     """
+
+    renders_on_demand = True  # RecoverableVectorEnv passes render=False only to envs that say so
 
     def __init__(self, env_fns: Sequence[_LiberoEnvFn], use_subprocess: bool,
                  thread_env: dict[str, str] | None = None, timeout_s: float | None = 120.0,
@@ -161,7 +256,7 @@ class LiberoVectorEnv:
         self._conns: list[Connection] = []
         self._procs: list[subprocess.Popen] = []
         if not use_subprocess:
-            self._envs = [fn() for fn in env_fns]
+            self._envs = [_LiberoWorkerEnv(fn) for fn in env_fns]
             return
         child_env = dict(os.environ, **(thread_env or {}))
         # The worker must import the same `ript` and `libero` as this process.
@@ -196,25 +291,25 @@ class LiberoVectorEnv:
             raise RuntimeError(f"LIBERO worker {j} (pid {pid}) failed in {cmd!r}:\n{payload}")
         return payload
 
-    def _request(self, cmd: str, ids: Sequence[int] | None, payloads: Sequence[Any]) -> list:
+    def _request(self, cmd: str, ids: Sequence[int] | None, payloads: Sequence[Any], render: bool) -> list:
         ids = list(range(len(self))) if ids is None else list(ids)
         if not self.use_subprocess:
-            call = {"reset": lambda e, _: e.reset(), "set_init_state": lambda e, d: e.set_init_state(d),
-                    "step": lambda e, d: e.step(d)}[cmd]
-            return [call(self._envs[j], d) for j, d in zip(ids, payloads)]
+            return [_serve(self._envs[j], cmd, data, render) for j, data in zip(ids, payloads)]
         for j, data in zip(ids, payloads):  # send to all first: the workers run in parallel
-            self._conns[j].send((cmd, data))
+            self._conns[j].send((cmd, data, render))
         return [self._recv(j, cmd, self.timeout_s) for j in ids]
 
-    def reset(self, id: Sequence[int] | None = None) -> list:  # noqa: A002 -- LIBERO's name
+    def reset(self, id: Sequence[int] | None = None, render: bool = True) -> list:  # noqa: A002 -- LIBERO's name
         n = len(self) if id is None else len(id)
-        return self._request("reset", id, [None] * n)
+        return self._request("reset", id, [None] * n, render)
 
-    def set_init_state(self, init_states: Any, id: Sequence[int] | None = None) -> list:  # noqa: A002
-        return self._request("set_init_state", id, list(init_states))
+    def set_init_state(self, init_states: Any, id: Sequence[int] | None = None,  # noqa: A002
+                       render: bool = True) -> list:
+        return self._request("set_init_state", id, list(init_states), render)
 
-    def step(self, actions: np.ndarray, id: Sequence[int] | None = None) -> tuple:  # noqa: A002
-        results = self._request("step", id, [np.asarray(a, dtype=np.float64) for a in actions])
+    def step(self, actions: np.ndarray, id: Sequence[int] | None = None,  # noqa: A002
+             render: bool = True) -> tuple:
+        results = self._request("step", id, [np.asarray(a, dtype=np.float64) for a in actions], render)
         obs, rewards, dones, infos = zip(*results)
         return list(obs), np.asarray(rewards, dtype=np.float64), np.asarray(dones, dtype=bool), list(infos)
 
@@ -224,7 +319,7 @@ class LiberoVectorEnv:
         self._envs = []
         for conn in self._conns:
             try:
-                conn.send(("close", None))
+                conn.send(("close", None, False))
             except (OSError, ValueError):  # worker already gone
                 pass
         for proc in self._procs:
