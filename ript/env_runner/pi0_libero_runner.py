@@ -358,6 +358,10 @@ class Pi0LiberoRunner(ChunkedRunner):
         limit_worker_threads: start workers with one render/BLAS thread each (SPEC §4: 3x).
         step_timeout_s: a worker that does not answer a request in time counts as crashed.
         hard_reset: robosuite's hard reset (model rebuilt on every reset), LIBERO's default.
+        render_on_demand: render the cameras only on steps whose observation is read (chunk
+            starts, the last settle step, video); images there are identical (:class:`CameraSwitch`).
+        reuse_envs: keep each task's worker processes alive across rounds and evaluations
+            (:meth:`close` ends them); False builds and closes workers per evaluation.
         **unused: extra config keys (RIPT runner configs carry a few); logged and ignored.
     """
 
@@ -369,7 +373,8 @@ class Pi0LiberoRunner(ChunkedRunner):
                  n_action_steps: int | None = 50, allow_open_loop_mismatch: bool = False,
                  use_subprocess: bool | None = None, limit_worker_threads: bool = True,
                  step_timeout_s: float | None = 120.0, hard_reset: bool = True,
-                 video_dir: str | None = None, **unused: Any):
+                 video_dir: str | None = None, render_on_demand: bool = True,
+                 reuse_envs: bool = True, **unused: Any):
         if unused:
             # RIPT's runner configs carry extra keys (e.g. rank, world_size); accept, but say so.
             logger.info("Pi0LiberoRunner: ignoring config keys %s", sorted(unused))
@@ -377,7 +382,8 @@ class Pi0LiberoRunner(ChunkedRunner):
                          open_loop=open_loop, action_mode=action_mode,
                          rotate_images_180=rotate_images_180, replan_steps=replan_steps,
                          max_env_retries=max_env_retries, n_action_steps=n_action_steps,
-                         allow_open_loop_mismatch=allow_open_loop_mismatch, video_dir=video_dir)
+                         allow_open_loop_mismatch=allow_open_loop_mismatch, video_dir=video_dir,
+                         render_on_demand=render_on_demand, reuse_envs=reuse_envs)
         if camera_height < 1 or camera_width < 1:
             raise ValueError(f"camera_height/camera_width ({camera_height}x{camera_width}) must be positive")
         if max_episode_length is not None and max_episode_length < 1:
