@@ -162,8 +162,21 @@ class _LiberoWorkerEnv:
     def reset(self, render: bool = True) -> Any:
         self.cameras.set(render)
         obs = self.env.reset()
+        if not self.env.env.hard_reset:
+            self._reset_gripper_commands()
         self.cameras.install()  # a hard reset replaced the camera sensors
         return obs
+
+    def _reset_gripper_commands(self) -> None:
+        """robosuite grippers integrate their commands (``current_action``); a hard reset builds new
+        grippers, a soft one keeps the last episode's value, which then changes how the next
+        episode's first gripper actions act. Zeroed, a soft reset followed by ``set_init_state``
+        gives the same rollouts as a hard one (tests/ript/env_runner/test_pi0_libero_runner.py)."""
+        for robot in self.env.env.robots:
+            grippers = robot.gripper if isinstance(robot.gripper, dict) else {"": robot.gripper}
+            for gripper in grippers.values():
+                if gripper is not None:
+                    gripper.current_action = np.zeros(gripper.dof)
 
     def set_init_state(self, init_state: Any, render: bool = True) -> Any:
         self.cameras.set(render)
