@@ -202,7 +202,8 @@ class ChunkedRunner:
         self._range_checked = False
         # env_errors: faults seen; env_recreated: envs rebuilt; episodes_dropped: samples given up.
         self.fault_counts: collections.Counter = collections.Counter()
-        self.timing: collections.Counter = collections.Counter()  # env_steps / env_step_time_s
+        # env_steps / env_step_time_s (episode steps), settle_steps / settle_time_s, reset_time_s
+        self.timing: collections.Counter = collections.Counter()
 
     # ------------------------------------------------------------------ backend hooks
     def _make_vector_env(self, task_name: str, n: int) -> Any:
@@ -405,15 +406,20 @@ class ChunkedRunner:
         # The policy reads the observation after the last settle step (after the reset itself
         # when there are none); the earlier ones need no images.
         first_obs_now = self.num_steps_wait == 0
+        t0 = time.perf_counter()
         obs = env.reset(id=ids, render=self._render(first_obs_now and random_init))
         if not random_init:
             obs = env.set_init_state(np.stack([np.asarray(s) for s in batch]), id=ids,
                                      render=self._render(first_obs_now))
         obs = [obs[j] for j in range(len(ids))]
+        t1 = time.perf_counter()
         noop = np.tile(NOOP_ACTION, (len(ids), 1))
         for k in range(self.num_steps_wait):  # let objects settle; not part of the episode
             step_obs, _, _, _ = env.step(noop, id=ids, render=self._render(k == self.num_steps_wait - 1))
             obs = [step_obs[j] for j in range(len(ids))]
+        self.timing["reset_time_s"] += t1 - t0
+        self.timing["settle_time_s"] += time.perf_counter() - t1
+        self.timing["settle_steps"] += len(ids) * self.num_steps_wait
         return obs
 
     def _sample_chunks(self, policy: Any, obs: list, description: str, cfg_scale: float,
