@@ -16,6 +16,7 @@ rendering; the runner asks for images only on the steps whose observation it rea
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import time
@@ -83,6 +84,10 @@ class RecoverableVectorEnv:
     def step(self, actions: np.ndarray, id: Sequence[int] | None = None,  # noqa: A002
              render: bool = True) -> tuple:
         return self._call("step", actions, id=id, render=render)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Any other method of the inner env, with the same fault handling."""
+        return self._call(method, *args, **kwargs)
 
     def worker_pids(self) -> list[int]:
         """The inner env's worker process ids ([] when it has none or is not built)."""
@@ -319,21 +324,22 @@ class ChunkedRunner:
             env, _, _ = self.create_env(task_name)
             task_successes = []
             try:
-                for start in range(0, len(states), env.env_num):
-                    render = videos < n_video
-                    for success, _, ep in self.run_policy_in_env(
-                            task_name, policy, states[start:start + env.env_num], render=render,
-                            created_env=env, cfg_scale=cfg_scale, replan_steps=replan):
-                        if bar is not None:
-                            bar.update(1)
-                        if not ep.valid:
-                            faults += 1
-                            continue
-                        task_successes.append(bool(success))
-                        if render and videos < n_video and ep.extra.get("frames"):
-                            self._save_video(ep, videos, save_video_fn)
-                            videos += 1
-                        ep.extra.pop("frames", None)
+                with self._evaluation_scope(env):
+                    for start in range(0, len(states), env.env_num):
+                        render = videos < n_video
+                        for success, _, ep in self.run_policy_in_env(
+                                task_name, policy, states[start:start + env.env_num], render=render,
+                                created_env=env, cfg_scale=cfg_scale, replan_steps=replan):
+                            if bar is not None:
+                                bar.update(1)
+                            if not ep.valid:
+                                faults += 1
+                                continue
+                            task_successes.append(bool(success))
+                            if render and videos < n_video and ep.extra.get("frames"):
+                                self._save_video(ep, videos, save_video_fn)
+                                videos += 1
+                            ep.extra.pop("frames", None)
             finally:
                 self._release_env(task_name, env)
                 if bar is not None:
@@ -350,6 +356,10 @@ class ChunkedRunner:
         return results
 
     # ------------------------------------------------------------------ internals
+    def _evaluation_scope(self, env: RecoverableVectorEnv) -> contextlib.AbstractContextManager:
+        """Context around one task's evaluation on ``env`` (a backend may reseed pooled workers)."""
+        return contextlib.nullcontext()
+
     def _eval_init_states(self, task_name: str, num_trials: int | None) -> list:
         states = list(self._init_states(task_name))
         if num_trials is None:

@@ -12,6 +12,7 @@ llvmpipe and BLAS pools otherwise oversubscribe the cores and a vectorised step 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -19,11 +20,11 @@ import subprocess
 import sys
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ript.env_runner.chunked_runner import ChunkedRunner
+from ript.env_runner.chunked_runner import ChunkedRunner, EnvFault, RecoverableVectorEnv
 from ript.env_runner.pi0_runner_utils import ActionMode
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,16 @@ class _LiberoWorkerEnv:
         self.cameras.set(render)
         return self.env.step(action)
 
+    def swap_rng(self, seed_or_state: Any) -> tuple:
+        """Seed (an int, LIBERO's ``env.seed``) or restore (a saved state) numpy's global RNG, which
+        LIBERO's resets draw fixture placements from; return the state it replaced."""
+        previous = np.random.get_state()
+        if isinstance(seed_or_state, (int, np.integer)):
+            self.env.seed(int(seed_or_state))
+        else:
+            np.random.set_state(seed_or_state)
+        return previous
+
     def close(self) -> None:
         self.env.close()
 
@@ -228,6 +239,8 @@ def _serve(env: _LiberoWorkerEnv, cmd: str, data: Any, render: bool) -> Any:
         return env.set_init_state(data, render=render)
     if cmd == "step":
         return env.step(data, render=render)
+    if cmd == "swap_rng":
+        return env.swap_rng(data)
     raise ValueError(f"unknown worker command {cmd!r}")
 
 
@@ -325,6 +338,10 @@ class LiberoVectorEnv:
         results = self._request("step", id, [np.asarray(a, dtype=np.float64) for a in actions], render)
         obs, rewards, dones, infos = zip(*results)
         return list(obs), np.asarray(rewards, dtype=np.float64), np.asarray(dones, dtype=bool), list(infos)
+
+    def swap_rng(self, seeds_or_states: Sequence[Any], id: Sequence[int] | None = None) -> list:  # noqa: A002
+        """Per worker: seed or restore the RNG resets draw from; returns the replaced states."""
+        return self._request("swap_rng", id, list(seeds_or_states), False)
 
     def close(self) -> None:
         for env in self._envs:
@@ -470,6 +487,21 @@ class Pi0LiberoRunner(ChunkedRunner):
 
     def _max_episode_length(self, task_name: str) -> int:
         return self.max_episode_length
+
+    @contextlib.contextmanager
+    def _evaluation_scope(self, env: RecoverableVectorEnv) -> Iterator[None]:
+        """Evaluate from the RNG a freshly built worker has, then hand the training rollouts their
+        own RNG back. LIBERO's reset places some fixtures at random (numpy's global RNG; the
+        shipped init states do not cover them), so a pooled worker that already ran training
+        episodes would otherwise show other scenes than the fresh workers evaluation used to get."""
+        training_rng = env.call("swap_rng", [self.seed + i for i in range(env.env_num)])
+        try:
+            yield
+        finally:
+            try:
+                env.call("swap_rng", training_rng)
+            except EnvFault as exc:  # the workers were lost; rebuilt ones start from their seed
+                logger.warning("could not give the workers their training RNG back: %s", exc)
 
     def _make_vector_env(self, task_name: str, n: int) -> LiberoVectorEnv:
         if task_name not in self._all_task_names:
