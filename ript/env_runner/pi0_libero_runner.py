@@ -433,8 +433,10 @@ class Pi0LiberoRunner(ChunkedRunner):
         self.limit_worker_threads = limit_worker_threads
         self.step_timeout_s = step_timeout_s
         # robosuite's hard reset rebuilds the MuJoCo model on every reset (LIBERO's default, what
-        # RIPT/openpi ran); measured here at 3-10 s per reset on 2 loaded cores. False only
-        # resets the sim state, which the shipped init state then overwrites anyway.
+        # RIPT/openpi ran): 2-10 s per reset on 2 loaded cores. A soft reset takes ~10 ms and
+        # (grippers' command zeroed, _LiberoWorkerEnv) rolls out identically on the scenes tested,
+        # but not on all: in libero_10's KITCHEN_SCENE6 a randomly placed fixture lands 1.6 cm
+        # elsewhere (the two paths draw numpy's RNG differently), so hard stays the default.
         self.hard_reset = hard_reset
 
     # ------------------------------------------------------------------ construction helpers
