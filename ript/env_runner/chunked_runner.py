@@ -157,6 +157,9 @@ class ChunkedRunner:
     envs that cannot skip rendering ignore it. ``reuse_envs``: keep each task's simulator workers
     alive (a pool keyed by task) across rollout rounds and evaluations, rebuilt in place after a
     fault; :meth:`close` ends them. Without it, evaluation builds and closes an env per task.
+    ``max_pooled_tasks`` bounds how many tasks' workers are alive at once (a LIBERO worker holds
+    ~1.6 GB): using another task closes the least recently used one's workers, which are rebuilt
+    when that task comes back. None keeps every task's workers.
     """
 
     def __init__(self, *, num_parallel_envs: int = 1, num_steps_wait: int = 10, open_loop: int = 50,
@@ -164,7 +167,8 @@ class ChunkedRunner:
                  replan_steps: int | None = None, max_env_retries: int = 2,
                  n_action_steps: int | None = 50, allow_open_loop_mismatch: bool = False,
                  video_dir: str | None = None, norm_stats_check_threshold: float = 0.2,
-                 render_on_demand: bool = True, reuse_envs: bool = True):
+                 render_on_demand: bool = True, reuse_envs: bool = True,
+                 max_pooled_tasks: int | None = None):
         problems = []
         if num_parallel_envs < 1:
             problems.append(f"num_parallel_envs ({num_parallel_envs}) must be >= 1")
@@ -177,6 +181,8 @@ class ChunkedRunner:
         if replan_steps is not None and not 1 <= replan_steps <= open_loop:
             problems.append(f"replan_steps ({replan_steps}) must be in [1, open_loop={open_loop}] "
                             f"or None (replan every open_loop steps)")
+        if max_pooled_tasks is not None and max_pooled_tasks < 1:
+            problems.append(f"max_pooled_tasks ({max_pooled_tasks}) must be >= 1 or None (keep all)")
         if max_env_retries < 0:
             problems.append(f"max_env_retries ({max_env_retries}) must be >= 0")
         if n_action_steps is not None and open_loop != n_action_steps and not allow_open_loop_mismatch:
@@ -201,7 +207,9 @@ class ChunkedRunner:
         self.norm_stats_check_threshold = norm_stats_check_threshold
         self.render_on_demand = bool(render_on_demand)
         self.reuse_envs = bool(reuse_envs)
-        self._env_pool: dict[str, RecoverableVectorEnv] = {}
+        self.max_pooled_tasks = max_pooled_tasks
+        # Least recently used first; a task's entry stays while its workers are closed by the bound.
+        self._env_pool: collections.OrderedDict[str, RecoverableVectorEnv] = collections.OrderedDict()
         self.norm_stats_warning: str | None = None
         self._norm_stats_checked = False
         self._range_checked = False
@@ -249,8 +257,24 @@ class ChunkedRunner:
             env = RecoverableVectorEnv(lambda: self._make_vector_env(task_name, n), env_num=n)
             if self.reuse_envs:
                 self._env_pool[task_name] = env
+        self._use_pooled(task_name)
         env._env()  # build now so construction errors surface here, not mid-rollout
         return env, self._task_id(task_name), n
+
+    def _use_pooled(self, task_name: str) -> None:
+        """Mark a pooled task as just used; close the least recently used workers over the bound
+        (before this task's workers are built, so the bound holds at every moment)."""
+        if task_name not in self._env_pool:
+            return
+        self._env_pool.move_to_end(task_name)
+        if self.max_pooled_tasks is None:
+            return
+        live = [t for t, env in self._env_pool.items() if env.inner is not None and t != task_name]
+        for stale in live[:max(0, len(live) - (self.max_pooled_tasks - 1))]:
+            logger.info("env pool: closing the workers of task %s (max_pooled_tasks=%d)", stale,
+                        self.max_pooled_tasks)
+            self._env_pool[stale].close()
+            self.timing["pool_evictions"] += 1
 
     @property
     def env_pool(self) -> dict[str, RecoverableVectorEnv]:
@@ -259,7 +283,7 @@ class ChunkedRunner:
 
     def close(self) -> None:
         """End every pooled simulator worker (the end of a run); later calls build new ones."""
-        envs, self._env_pool = self._env_pool, {}
+        envs, self._env_pool = self._env_pool, collections.OrderedDict()
         for task_name, env in envs.items():
             try:
                 env.close()
@@ -296,6 +320,8 @@ class ChunkedRunner:
             env = RecoverableVectorEnv(lambda: self._make_vector_env(env_name, len(created_env)),
                                        env_num=len(created_env), inner=created_env)
         replan = replan_steps or self.open_loop
+        if self._env_pool.get(env_name) is env:
+            self._use_pooled(env_name)  # the generator holds on to its env: count this use too
         try:
             for start in range(0, len(states), env.env_num):
                 batch = states[start:start + env.env_num]

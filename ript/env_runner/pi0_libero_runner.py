@@ -392,6 +392,8 @@ class Pi0LiberoRunner(ChunkedRunner):
             starts, the last settle step, video); images there are identical (:class:`CameraSwitch`).
         reuse_envs: keep each task's worker processes alive across rounds and evaluations
             (:meth:`close` ends them); False builds and closes workers per evaluation.
+        max_pooled_tasks: at most this many tasks' workers alive at once (~1.6 GB per worker);
+            None = every task this rank uses.
         **unused: extra config keys (RIPT runner configs carry a few); logged and ignored.
     """
 
@@ -404,7 +406,7 @@ class Pi0LiberoRunner(ChunkedRunner):
                  use_subprocess: bool | None = None, limit_worker_threads: bool = True,
                  step_timeout_s: float | None = 120.0, hard_reset: bool = True,
                  video_dir: str | None = None, render_on_demand: bool = True,
-                 reuse_envs: bool = True, **unused: Any):
+                 reuse_envs: bool = True, max_pooled_tasks: int | None = None, **unused: Any):
         if unused:
             # RIPT's runner configs carry extra keys (e.g. rank, world_size); accept, but say so.
             logger.info("Pi0LiberoRunner: ignoring config keys %s", sorted(unused))
@@ -413,7 +415,8 @@ class Pi0LiberoRunner(ChunkedRunner):
                          rotate_images_180=rotate_images_180, replan_steps=replan_steps,
                          max_env_retries=max_env_retries, n_action_steps=n_action_steps,
                          allow_open_loop_mismatch=allow_open_loop_mismatch, video_dir=video_dir,
-                         render_on_demand=render_on_demand, reuse_envs=reuse_envs)
+                         render_on_demand=render_on_demand, reuse_envs=reuse_envs,
+                         max_pooled_tasks=max_pooled_tasks)
         if camera_height < 1 or camera_width < 1:
             raise ValueError(f"camera_height/camera_width ({camera_height}x{camera_width}) must be positive")
         if max_episode_length is not None and max_episode_length < 1:

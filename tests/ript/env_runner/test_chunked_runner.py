@@ -388,3 +388,26 @@ def test_pooled_env_is_rebuilt_in_place_after_a_fault():
     assert all(ep.valid for _, _, ep in _run(runner, FakePolicy()))
     assert runner.created[0].closed and pooled.inner is runner.created[1]
     assert runner.create_env("task_a")[0] is pooled and runner.env_pool["task_a"] is pooled
+
+
+def test_pool_bound_closes_the_least_recently_used_task_and_rebuilds_it_on_return():
+    runner = FakeRunner(max_len=5, tasks=("task_a", "task_b", "task_c"), max_pooled_tasks=2)
+    env_a, _, _ = runner.create_env("task_a")
+    env_b, _, _ = runner.create_env("task_b")
+    first_a = env_a.inner
+    # the generator keeps its handle and passes it back: that use counts (a is now the newest)
+    _run(runner, FakePolicy(), created_env=env_a)
+    env_c, _, _ = runner.create_env("task_c")  # over the bound: b (least recently used) closes
+    assert runner.created[1].closed and env_b.inner is None
+    assert not first_a.closed and env_a.inner is first_a and env_c.inner is not None
+    # b comes back through the generator's handle: rebuilt, and a (now the oldest) closes
+    states = runner._init_states("task_b")[:2]
+    assert all(ep.valid for _, _, ep in runner.run_policy_in_env("task_b", FakePolicy(), states,
+                                                                 created_env=env_b))
+    assert first_a.closed and env_a.inner is None and env_b.inner is runner.created[-1]
+    assert len(runner.created) == 4 and runner.timing["pool_evictions"] == 2
+    assert sum(env.inner is not None for env in runner.env_pool.values()) == 2
+    runner.close()
+    assert all(env.closed for env in runner.created)
+    with pytest.raises(ValueError, match="max_pooled_tasks"):
+        FakeRunner(max_pooled_tasks=0)
