@@ -48,7 +48,7 @@ class RandomChunkPolicy:
 
     def __init__(self, norm_stats: Any, n_action_steps: int = 50, scale: float = 0.5):
         self.norm_stats, self.n_action_steps, self.scale = norm_stats, n_action_steps, scale
-        self.calls, self.seconds = 0, 0.0
+        self.calls = 0
 
     def select_action(self, observation: Any, cfg_scale: float = 1.0) -> np.ndarray:
         rng = np.random.default_rng(self.calls)
