@@ -1,161 +1,275 @@
 #!/usr/bin/env python
-"""LIBERO rollout throughput on this machine's CPUs: env steps/s versus num_parallel_envs.
+"""LIBERO rollout throughput on this machine's CPUs: render on demand and the worker pool.
 
-For each (policy, num_parallel_envs, limit_worker_threads) case, runs `rounds` batches of short
-episodes through `Pi0LiberoRunner.run_policy_in_env` and splits the wall time into
-  * env step   : `runner.timing["env_step_time_s"]`, the vectorised `env.step` calls of episode
-                 steps (MuJoCo simulation + camera rendering in the workers, plus the pipe round trip);
-  * policy     : wall time inside `policy.select_action` (observation -> action chunk);
-  * other      : the rest (resets, `num_steps_wait` settle steps, observation conversion).
-Env construction (worker start-up) is timed separately and excluded from steps/s.
+Three parts (``--parts``, default all), each printed as a markdown table:
 
-Policies: "tiny" = PI0_OFT_Policy(preset="tiny", norm_stats_path="builtin:libero") on CPU;
-"zero" = a stub returning zero (normalised) actions, i.e. pure simulator speed.
+* ``throughput``: env steps/s of ``Pi0LiberoRunner.run_policy_in_env`` with ``render_on_demand``
+  off (every step renders both cameras, LIBERO's behaviour) and on, at each ``--sizes`` camera
+  size, for open loop 50 (training) and replan 5 (openpi's evaluation). One batch of
+  ``--num-envs`` episodes per case, same init states and the same seeded random action chunks in
+  every case, hard resets (LIBERO's default) plus, with ``--soft-reset``, the "on" cases again
+  with ``hard_reset=False``. Env steps count the settle steps. Two rates:
+  ``stepping`` = env steps / time inside ``env.step`` (what the switch changes) and
+  ``all-in`` = env steps / wall time of the batch (resets, policy and observation conversion
+  included). Per worker = / num_envs; per core = / the machine's cores.
+* ``round``: wall time of one RIPT round (``train_one_step``: rollouts + update) on the smoke task
+  (config/task/libero_smoke.yaml, tiny PI0, 2 workers): the first round (builds the workers) and
+  the second (pooled workers); then one evaluation with the pool and one with
+  ``reuse_envs=false`` (builds and closes its workers, the old behaviour of evaluation).
+* ``profile``: cProfile of one in-process env taking render-on-demand steps (physics only) at the
+  largest size: where the remaining time goes.
 
-  python scripts/bench_rollout.py --out-json /tmp/rollout.json --out-md /tmp/rollout.md
+  nice python scripts/bench_rollout.py --out-md /tmp/rollout.md --out-json /tmp/rollout.json
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import sys
+import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 
 
-class TimedPolicy:
-    """Forwards to a policy and accumulates the wall time of `select_action`."""
+class RandomChunkPolicy:
+    """Seeded normalised chunks (call c uses seed c): the arm moves, every case gets the same actions."""
 
-    def __init__(self, policy: Any):
-        self.policy, self.seconds, self.calls = policy, 0.0, 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.policy, name)
-
-    def select_action(self, observation: Any, cfg_scale: float = 1.0) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return self.policy.select_action(observation, cfg_scale=cfg_scale)
-        finally:
-            self.seconds += time.perf_counter() - t0
-            self.calls += 1
-
-
-class ZeroPolicy:
-    """Zero normalised action chunks (k, n_action_steps, 7): measures the simulator alone."""
-
-    def __init__(self, norm_stats: Any, n_action_steps: int = 50):
-        self.norm_stats, self.n_action_steps = norm_stats, n_action_steps
+    def __init__(self, norm_stats: Any, n_action_steps: int = 50, scale: float = 0.5):
+        self.norm_stats, self.n_action_steps, self.scale = norm_stats, n_action_steps, scale
+        self.calls = 0
 
     def select_action(self, observation: Any, cfg_scale: float = 1.0) -> np.ndarray:
-        return np.zeros((len(observation["state"]), self.n_action_steps, 7), dtype=np.float32)
+        rng = np.random.default_rng(self.calls)
+        self.calls += 1
+        return self.scale * rng.standard_normal((len(observation["state"]), self.n_action_steps, 7)).astype(np.float32)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="throughput,round,profile")
     parser.add_argument("--benchmark", default="libero_goal")
-    parser.add_argument("--task-index", type=int, default=0)
-    parser.add_argument("--num-envs", default="1,2,4")
-    parser.add_argument("--policies", default="tiny,zero")
-    parser.add_argument("--limit-threads", default="on,off", help="limit_worker_threads values to try")
-    parser.add_argument("--max-episode-length", type=int, default=50)
+    parser.add_argument("--task", default="put_the_bowl_on_the_stove")
+    parser.add_argument("--num-envs", type=int, default=2)
+    parser.add_argument("--sizes", default="128,256", help="camera sizes (square)")
+    parser.add_argument("--max-episode-length", type=int, default=100)
     parser.add_argument("--num-steps-wait", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2, help="batches of num_parallel_envs episodes per case")
-    parser.add_argument("--policy-threads", type=int, default=1, help="torch threads of the main process")
+    parser.add_argument("--soft-reset", action="store_true", help="also run the 'on' cases with hard_reset=False")
+    parser.add_argument("--profile-steps", type=int, default=100)
     parser.add_argument("--out-json", default=None)
     parser.add_argument("--out-md", default=None)
     return parser.parse_args(argv)
 
 
-def make_policy(kind: str, norm_stats: Any) -> Any:
-    if kind == "zero":
-        return ZeroPolicy(norm_stats)
-    from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
-
-    policy = PI0_OFT_Policy(device_id="cpu", preset="tiny", norm_stats_path="builtin:libero")
-    policy.eval()
-    return policy
+# ------------------------------------------------------------------------------------ throughput
 
 
-def run_case(args: argparse.Namespace, policy_kind: str, num_envs: int, limit: bool, policies: dict) -> dict:
+def run_throughput_case(runner: Any, env: Any, task: str, policy: RandomChunkPolicy, replan: int | None,
+                        on_demand: bool, states: np.ndarray) -> dict[str, Any]:
+    runner.render_on_demand = on_demand
+    runner.timing.clear()
+    policy.calls = 0
+    t0 = time.perf_counter()
+    episodes = list(runner.run_policy_in_env(task, policy, states, created_env=env, replan_steps=replan))
+    total_s = time.perf_counter() - t0
+    timing = runner.timing
+    steps = timing["env_steps"] + timing["settle_steps"]
+    stepping_s = timing["env_step_time_s"] + timing["settle_time_s"]
+    return {"episodes": len(episodes), "valid": all(ep.valid for _, _, ep in episodes), "env_steps": steps,
+            "total_s": total_s, "stepping_s": stepping_s, "reset_s": timing["reset_time_s"],
+            # settle steps: all rendered when off, only the last one when on
+            "rendered_vector_steps": timing["rendered_vector_steps"] + (min(1, runner.num_steps_wait) if on_demand
+                                                                        else runner.num_steps_wait),
+            "vector_steps": timing["vector_steps"] + runner.num_steps_wait}
+
+
+def throughput(args: argparse.Namespace, norm_stats: Any, cores: int) -> list[dict[str, Any]]:
     from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner
 
-    runner = Pi0LiberoRunner(benchmark_name=args.benchmark, num_parallel_envs=num_envs,
-                             max_episode_length=args.max_episode_length, num_steps_wait=args.num_steps_wait,
-                             limit_worker_threads=limit)
-    task = runner._task_names()[args.task_index]
-    init_states = runner._init_states(task)[: num_envs * args.rounds]
-    policy = TimedPolicy(policies[policy_kind])
-    t0 = time.perf_counter()
-    env, _, _ = runner.create_env(task)
-    create_s = time.perf_counter() - t0
-    try:
+    cases = []
+    configs = [(int(size), True) for size in args.sizes.split(",")]
+    if args.soft_reset:
+        configs.append((max(size for size, _ in configs), False))
+    for size, hard_reset in configs:
+        runner = Pi0LiberoRunner(args.benchmark, task_names_to_use=[args.task], num_parallel_envs=args.num_envs,
+                                 max_episode_length=args.max_episode_length, num_steps_wait=args.num_steps_wait,
+                                 camera_height=size, camera_width=size, action_mode="absolute",
+                                 hard_reset=hard_reset)
+        states = runner._init_states(args.task)[: args.num_envs]
         t0 = time.perf_counter()
-        episodes = list(runner.run_policy_in_env(task, policy, init_states, created_env=env))
-        total_s = time.perf_counter() - t0
+        env, _, _ = runner.create_env(args.task)
+        build_s = time.perf_counter() - t0
+        try:
+            for replan, protocol in ((None, "open_loop_50"), (5, "replan_5")):
+                for on_demand in ((True,) if not hard_reset else (False, True)):
+                    record = {"size": size, "protocol": protocol, "render_on_demand": on_demand,
+                              "reset": "hard" if hard_reset else "soft", "env_build_s": build_s}
+                    record.update(run_throughput_case(runner, env, args.task, RandomChunkPolicy(norm_stats),
+                                                      replan, on_demand, states))
+                    for rate, seconds in (("stepping", record["stepping_s"]), ("all_in", record["total_s"])):
+                        record[f"{rate}_steps_per_s"] = record["env_steps"] / seconds
+                        record[f"{rate}_per_worker"] = record[f"{rate}_steps_per_s"] / args.num_envs
+                        record[f"{rate}_per_core"] = record[f"{rate}_steps_per_s"] / cores
+                    print(json.dumps(record), flush=True)
+                    cases.append(record)
+        finally:
+            runner.close()
+    for record in cases:  # speed-up against "off" at the same size and protocol
+        base = next(c for c in cases if c["size"] == record["size"] and c["protocol"] == record["protocol"]
+                    and not c["render_on_demand"])
+        record["stepping_speedup"] = record["stepping_steps_per_s"] / base["stepping_steps_per_s"]
+        record["all_in_speedup"] = record["all_in_steps_per_s"] / base["all_in_steps_per_s"]
+    return cases
+
+
+def throughput_markdown(cases: list[dict[str, Any]], args: argparse.Namespace, cores: int) -> str:
+    lines = [f"LIBERO `{args.benchmark}` / `{args.task}`, {args.num_envs} worker processes on {cores} cores "
+             f"(shared with other jobs), one batch of {args.num_envs} episodes per case: "
+             f"{args.num_steps_wait} settle + {args.max_episode_length} policy steps each, seeded random "
+             f"action chunks. Env steps/s: stepping = inside env.step; all-in = batch wall time "
+             f"(resets + policy + conversion included).", "",
+             "| Size | Protocol | Render on demand | Reset | Rendered / vector steps | Stepping steps/s "
+             "(per worker, per core) | Speed-up | All-in steps/s (per worker, per core) | Speed-up | "
+             "Resets s | Total s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in cases:
+        lines.append(
+            f"| {r['size']} | {r['protocol']} | {'on' if r['render_on_demand'] else 'off'} | {r['reset']} | "
+            f"{r['rendered_vector_steps']} / {r['vector_steps']} | {r['stepping_steps_per_s']:.1f} "
+            f"({r['stepping_per_worker']:.1f}, {r['stepping_per_core']:.1f}) | {r['stepping_speedup']:.1f}x | "
+            f"{r['all_in_steps_per_s']:.1f} ({r['all_in_per_worker']:.1f}, {r['all_in_per_core']:.1f}) | "
+            f"{r['all_in_speedup']:.1f}x | {r['reset_s']:.1f} | {r['total_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------ RIPT round
+
+
+def _smoke_run(tmp: str, reuse_envs: bool) -> tuple[Any, Any]:
+    from hydra import compose, initialize_config_dir
+
+    from ript.training.loop import build_training_run
+    from ript.utils.distributed import setup_distributed
+
+    overrides = ["task=libero_smoke", f"output_dir={tmp}", "logging.mode=disabled",
+                 f"task.env_runner.reuse_envs={str(reuse_envs).lower()}"]
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "config"), version_base=None):
+        cfg = compose(config_name="train_base_rl_openvla_oft", overrides=overrides)
+    return cfg, build_training_run(cfg, setup_distributed())
+
+
+def ript_round(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from ript.training.loop import evaluate, train_one_step
+
+    rows = []
+
+    def timed(label: str, fn: Any, run: Any) -> None:
+        pids_before = run.env_runner.env_pool.get(run.task_names[0])
+        t0 = time.perf_counter()
+        fn()
+        rows.append({"what": label, "wall_s": time.perf_counter() - t0,
+                     "workers_reused": bool(pids_before and pids_before.worker_pids())})
+        print(json.dumps(rows[-1]), flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, run = _smoke_run(tmp, reuse_envs=True)
+        try:
+            timed("round 1 (builds the 2 workers)", lambda: train_one_step(cfg, run), run)
+            run.step += 1
+            timed("round 2 (pooled workers)", lambda: train_one_step(cfg, run), run)
+            run.step += 1
+            timed("evaluation, pool (2 episodes)", lambda: evaluate(cfg, run), run)
+        finally:
+            run.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, run = _smoke_run(tmp, reuse_envs=False)
+        try:
+            timed("evaluation, reuse_envs=false (builds + closes 2 workers)", lambda: evaluate(cfg, run), run)
+        finally:
+            run.close()
+    return rows
+
+
+def round_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["Smoke task (config/task/libero_smoke.yaml: tiny PI0 on CPU, K=4 rollouts of 10 + 100 steps, "
+             "2 workers, render on demand on):", "", "| What | Wall s |", "|---|---|"]
+    lines += [f"| {r['what']} | {r['wall_s']:.1f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------ profile
+
+
+def profile(args: argparse.Namespace) -> str:
+    from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner, _LiberoEnvFn, _LiberoWorkerEnv
+
+    size = max(int(s) for s in args.sizes.split(","))
+    runner = Pi0LiberoRunner(args.benchmark, task_names_to_use=[args.task], num_parallel_envs=1)
+    bddl = runner.benchmark.get_task_bddl_file_path(runner._task_id(args.task))
+    env = _LiberoWorkerEnv(_LiberoEnvFn(bddl, size, size, seed=0))
+    try:
+        env.reset(render=False)
+        env.set_init_state(runner._init_states(args.task)[0], render=False)
+        actions = 0.3 * np.random.default_rng(0).standard_normal((args.profile_steps, 7))
+        t0 = time.perf_counter()
+        for action in actions[:10]:
+            env.step(action, render=True)
+        render_ms = 1e3 * (time.perf_counter() - t0) / 10
+        profiler = cProfile.Profile()
+        t0 = time.perf_counter()
+        profiler.enable()
+        for action in actions:
+            env.step(action, render=False)
+        profiler.disable()
+        physics_ms = 1e3 * (time.perf_counter() - t0) / len(actions)
     finally:
         env.close()
-    steps = runner.timing["env_steps"]
-    env_s = runner.timing["env_step_time_s"]
-    return {
-        "task": task, "episodes": len(episodes), "env_steps": steps, "env_create_s": create_s,
-        "total_s": total_s, "env_steps_per_s": steps / total_s, "env_step_s": env_s,
-        "policy_s": policy.seconds, "policy_calls": policy.calls,
-        "other_s": total_s - env_s - policy.seconds,
-        "env_step_ms_per_vector_step": 1e3 * env_s / max(1, runner.timing["vector_steps"]),
-    }
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
+    return (f"One in-process env at {size} px: {render_ms:.1f} ms per step rendering both cameras, "
+            f"{physics_ms:.1f} ms per step without (cProfile on, {len(actions)} steps). "
+            f"Top functions by own time:\n\n```\n" + _trim_profile(text.getvalue()) + "```\n")
 
 
-def markdown(report: dict) -> str:
-    lines = [f"Machine: {report['cpus']} CPUs visible ({report['note']}); LIBERO `{report['benchmark']}` task "
-             f"{report['task_index']}, episodes capped at {report['max_episode_length']} steps, "
-             f"{report['num_steps_wait']} settle steps, {report['rounds']} batches per case.", "",
-             "| Policy | Envs | Worker thread limit | Env steps/s | Env step s | Policy s | Other s | Total s | "
-             "ms per vector step | Env start s | Note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in report["cases"]:
-        f = lambda k, spec=".1f": "—" if r.get(k) is None else format(r[k], spec)
-        lines.append(f"| {r['policy']} | {r['num_envs']} | {r['limit_worker_threads']} | {f('env_steps_per_s')} | "
-                     f"{f('env_step_s')} | {f('policy_s')} | {f('other_s')} | {f('total_s')} | "
-                     f"{f('env_step_ms_per_vector_step')} | {f('env_create_s')} | {r.get('error', '')[:60]} |")
-    return "\n".join(lines) + "\n"
+def _trim_profile(text: str) -> str:
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    return "\n".join(line.replace(str(Path(sys.prefix)), "<prefix>") for line in lines[start:] if line.strip()) + "\n"
+
+
+# ------------------------------------------------------------------------------------ main
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.policy_threads)
-    from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner  # noqa: F401 -- fail early without libero
+    torch.set_num_threads(1)
     from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
 
-    norm_stats = PI0_OFT_Policy._load_norm_stats("builtin:libero")
-    kinds = args.policies.split(",")
-    policies = {kind: make_policy(kind, norm_stats) for kind in kinds}
-    cases = []
-    for kind in kinds:
-        for limit in [v == "on" for v in args.limit_threads.split(",")]:
-            for num_envs in [int(n) for n in args.num_envs.split(",")]:
-                record: dict[str, Any] = {"policy": kind, "num_envs": num_envs, "limit_worker_threads": limit}
-                try:
-                    record.update(run_case(args, kind, num_envs, limit, policies))
-                except Exception as error:  # noqa: BLE001 -- recorded, the run goes on
-                    record["error"] = f"{type(error).__name__}: {str(error)[:300]}"
-                    record["traceback_tail"] = traceback.format_exc()[-1200:]
-                print(json.dumps({k: v for k, v in record.items() if k != "traceback_tail"}), flush=True)
-                cases.append(record)
-    report = {"benchmark": args.benchmark, "task_index": args.task_index, "cpus": os.cpu_count(),
-              "note": "shared, noisy machine", "max_episode_length": args.max_episode_length,
-              "num_steps_wait": args.num_steps_wait, "rounds": args.rounds, "torch": torch.__version__,
-              "cases": cases}
-    text = markdown(report)
+    cores = os.cpu_count() or 1
+    parts = args.parts.split(",")
+    report: dict[str, Any] = {"cores": cores, "args": vars(args), "torch": torch.__version__}
+    sections = []
+    if "throughput" in parts:
+        report["throughput"] = throughput(args, PI0_OFT_Policy._load_norm_stats("builtin:libero"), cores)
+        sections.append(throughput_markdown(report["throughput"], args, cores))
+    if "round" in parts:
+        report["round"] = ript_round(args)
+        sections.append(round_markdown(report["round"]))
+    if "profile" in parts:
+        report["profile"] = profile(args)
+        sections.append(report["profile"])
+    text = "\n".join(sections)
     if args.out_json:
         Path(args.out_json).write_text(json.dumps(report, indent=1, default=str))
     if args.out_md:

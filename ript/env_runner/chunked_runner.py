@@ -9,11 +9,14 @@ Vectorised env protocol (LIBERO's ``SubprocVectorEnv`` already has it; fakes in 
 ``reset(id=None) -> obs``, ``set_init_state(states, id=None) -> obs``,
 ``step(actions (k, 7), id=None) -> (obs, rewards, dones, infos)``, ``close()``, where ``obs`` is
 indexable per env and holds LIBERO-style observation dicts and ``id`` lists the env indices
-addressed (finished envs are simply not stepped any more).
+addressed (finished envs are simply not stepped any more). An env whose class sets
+``renders_on_demand = True`` also takes ``render=False`` on those calls and then skips its camera
+rendering; the runner asks for images only on the steps whose observation it reads.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import time
@@ -62,21 +65,34 @@ class RecoverableVectorEnv:
                 raise EnvFault(f"creating the vectorised env failed: {exc!r}") from exc
         return self.inner
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: str, *args: Any, render: bool = True, **kwargs: Any) -> Any:
         env = self._env()
+        if not render and getattr(env, "renders_on_demand", False):
+            kwargs["render"] = False  # other envs (fakes, reach, LIBERO's own) always render
         try:
             return getattr(env, method)(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 -- EOFError, BrokenPipeError, MuJoCo errors...
             raise EnvFault(f"vectorised env {method}() failed: {exc!r}") from exc
 
-    def reset(self, id: Sequence[int] | None = None) -> Any:  # noqa: A002 -- LIBERO's name
-        return self._call("reset", id=id)
+    def reset(self, id: Sequence[int] | None = None, render: bool = True) -> Any:  # noqa: A002 -- LIBERO's name
+        return self._call("reset", id=id, render=render)
 
-    def set_init_state(self, init_states: Any, id: Sequence[int] | None = None) -> Any:  # noqa: A002
-        return self._call("set_init_state", init_states, id=id)
+    def set_init_state(self, init_states: Any, id: Sequence[int] | None = None,  # noqa: A002
+                       render: bool = True) -> Any:
+        return self._call("set_init_state", init_states, id=id, render=render)
 
-    def step(self, actions: np.ndarray, id: Sequence[int] | None = None) -> tuple:  # noqa: A002
-        return self._call("step", actions, id=id)
+    def step(self, actions: np.ndarray, id: Sequence[int] | None = None,  # noqa: A002
+             render: bool = True) -> tuple:
+        return self._call("step", actions, id=id, render=render)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Any other method of the inner env, with the same fault handling."""
+        return self._call(method, *args, **kwargs)
+
+    def worker_pids(self) -> list[int]:
+        """The inner env's worker process ids ([] when it has none or is not built)."""
+        pids = getattr(self.inner, "worker_pids", None)
+        return list(pids()) if callable(pids) else []
 
     def discard(self) -> None:
         """Close the inner env as well as a broken one allows; the next call builds a new one."""
@@ -135,13 +151,24 @@ class ChunkedRunner:
     executed open loop, so training windows cut at the same boundaries match what was executed.
     Evaluation may instead replan every ``replan_steps`` actions (openpi's published LIBERO
     protocol executes 5 actions of each 50-step chunk, then replans).
+
+    ``render_on_demand``: ask the env for camera images only on steps whose observation is read
+    (the last settle step, the step before each chunk/replan start, steps recorded to video);
+    envs that cannot skip rendering ignore it. ``reuse_envs``: keep each task's simulator workers
+    alive (a pool keyed by task) across rollout rounds and evaluations, rebuilt in place after a
+    fault; :meth:`close` ends them. Without it, evaluation builds and closes an env per task.
+    ``max_pooled_tasks`` bounds how many tasks' workers are alive at once (a LIBERO worker holds
+    ~1.6 GB): using another task closes the least recently used one's workers, which are rebuilt
+    when that task comes back. None keeps every task's workers.
     """
 
     def __init__(self, *, num_parallel_envs: int = 1, num_steps_wait: int = 10, open_loop: int = 50,
                  action_mode: ActionMode = "relative", rotate_images_180: bool = True,
                  replan_steps: int | None = None, max_env_retries: int = 2,
                  n_action_steps: int | None = 50, allow_open_loop_mismatch: bool = False,
-                 video_dir: str | None = None, norm_stats_check_threshold: float = 0.2):
+                 video_dir: str | None = None, norm_stats_check_threshold: float = 0.2,
+                 render_on_demand: bool = True, reuse_envs: bool = True,
+                 max_pooled_tasks: int | None = None):
         problems = []
         if num_parallel_envs < 1:
             problems.append(f"num_parallel_envs ({num_parallel_envs}) must be >= 1")
@@ -154,6 +181,8 @@ class ChunkedRunner:
         if replan_steps is not None and not 1 <= replan_steps <= open_loop:
             problems.append(f"replan_steps ({replan_steps}) must be in [1, open_loop={open_loop}] "
                             f"or None (replan every open_loop steps)")
+        if max_pooled_tasks is not None and max_pooled_tasks < 1:
+            problems.append(f"max_pooled_tasks ({max_pooled_tasks}) must be >= 1 or None (keep all)")
         if max_env_retries < 0:
             problems.append(f"max_env_retries ({max_env_retries}) must be >= 0")
         if n_action_steps is not None and open_loop != n_action_steps and not allow_open_loop_mismatch:
@@ -176,12 +205,18 @@ class ChunkedRunner:
         self.allow_open_loop_mismatch = allow_open_loop_mismatch
         self.video_dir = video_dir
         self.norm_stats_check_threshold = norm_stats_check_threshold
+        self.render_on_demand = bool(render_on_demand)
+        self.reuse_envs = bool(reuse_envs)
+        self.max_pooled_tasks = max_pooled_tasks
+        # Least recently used first; a task's entry stays while its workers are closed by the bound.
+        self._env_pool: collections.OrderedDict[str, RecoverableVectorEnv] = collections.OrderedDict()
         self.norm_stats_warning: str | None = None
         self._norm_stats_checked = False
         self._range_checked = False
         # env_errors: faults seen; env_recreated: envs rebuilt; episodes_dropped: samples given up.
         self.fault_counts: collections.Counter = collections.Counter()
-        self.timing: collections.Counter = collections.Counter()  # env_steps / env_step_time_s
+        # env_steps / env_step_time_s (episode steps), settle_steps / settle_time_s, reset_time_s
+        self.timing: collections.Counter = collections.Counter()
 
     # ------------------------------------------------------------------ backend hooks
     def _make_vector_env(self, task_name: str, n: int) -> Any:
@@ -214,11 +249,53 @@ class ChunkedRunner:
         return f"replan_{replan_steps}_of_{self.open_loop}"
 
     def create_env(self, task_name: str) -> tuple[RecoverableVectorEnv, int, int]:
-        """A recoverable vectorised env of ``num_parallel_envs`` workers for one task."""
+        """A recoverable vectorised env of ``num_parallel_envs`` workers for one task; with
+        ``reuse_envs`` the task's pooled env (the same object, workers alive since last time)."""
         n = self.num_parallel_envs
-        env = RecoverableVectorEnv(lambda: self._make_vector_env(task_name, n), env_num=n)
+        env = self._env_pool.get(task_name)
+        if env is None:
+            env = RecoverableVectorEnv(lambda: self._make_vector_env(task_name, n), env_num=n)
+            if self.reuse_envs:
+                self._env_pool[task_name] = env
+        self._use_pooled(task_name)
         env._env()  # build now so construction errors surface here, not mid-rollout
         return env, self._task_id(task_name), n
+
+    def _use_pooled(self, task_name: str) -> None:
+        """Mark a pooled task as just used; close the least recently used workers over the bound
+        (before this task's workers are built, so the bound holds at every moment)."""
+        if task_name not in self._env_pool:
+            return
+        self._env_pool.move_to_end(task_name)
+        if self.max_pooled_tasks is None:
+            return
+        live = [t for t, env in self._env_pool.items() if env.inner is not None and t != task_name]
+        for stale in live[:max(0, len(live) - (self.max_pooled_tasks - 1))]:
+            logger.info("env pool: closing the workers of task %s (max_pooled_tasks=%d)", stale,
+                        self.max_pooled_tasks)
+            self._env_pool[stale].close()
+            self.timing["pool_evictions"] += 1
+
+    @property
+    def env_pool(self) -> dict[str, RecoverableVectorEnv]:
+        """The pooled env of each task used so far (empty without ``reuse_envs``)."""
+        return dict(self._env_pool)
+
+    def close(self) -> None:
+        """End every pooled simulator worker (the end of a run); later calls build new ones."""
+        envs, self._env_pool = self._env_pool, collections.OrderedDict()
+        for task_name, env in envs.items():
+            try:
+                env.close()
+            except Exception as exc:  # noqa: BLE001 -- a dying worker must not block shutdown
+                logger.warning("closing the env of task %s failed (%r); terminating its workers",
+                               task_name, exc)
+                env.discard()
+
+    def _release_env(self, task_name: str, env: RecoverableVectorEnv) -> None:
+        """Close an env this runner created for one use, unless the pool keeps it."""
+        if self._env_pool.get(task_name) is not env:
+            env.close()
 
     def run_policy_in_env(self, env_name: str, policy: Any, all_init_states: Any, render: bool = False,
                           created_env: Any = None, random_init: bool = False, cfg_scale: float = 1.0,
@@ -229,6 +306,7 @@ class ChunkedRunner:
         States are processed in batches of ``num_parallel_envs``. ``replan_steps`` defaults to the
         training protocol (replan every ``open_loop`` steps), whatever ``self.replan_steps`` is.
         ``random_init`` resets the envs randomly instead (the states then only give the count).
+        ``render`` records every step's agentview frame (``episode.extra["frames"]``) for videos.
         """
         states = list(all_init_states)
         if isinstance(created_env, tuple):  # RIPT passes create_env()'s (env, task_id, env_num)
@@ -242,6 +320,8 @@ class ChunkedRunner:
             env = RecoverableVectorEnv(lambda: self._make_vector_env(env_name, len(created_env)),
                                        env_num=len(created_env), inner=created_env)
         replan = replan_steps or self.open_loop
+        if self._env_pool.get(env_name) is env:
+            self._use_pooled(env_name)  # the generator holds on to its env: count this use too
         try:
             for start in range(0, len(states), env.env_num):
                 batch = states[start:start + env.env_num]
@@ -251,7 +331,7 @@ class ChunkedRunner:
                     yield ep.success, ep.total_reward, ep
         finally:
             if own_env:
-                env.close()
+                self._release_env(env_name, env)
 
     def run(self, policy: Any, n_video: int = 0, do_tqdm: bool = False,
             save_video_fn: Callable[..., Any] | None = None, cfg_scale: float = 1.0,
@@ -270,23 +350,24 @@ class ChunkedRunner:
             env, _, _ = self.create_env(task_name)
             task_successes = []
             try:
-                for start in range(0, len(states), env.env_num):
-                    render = videos < n_video
-                    for success, _, ep in self.run_policy_in_env(
-                            task_name, policy, states[start:start + env.env_num], render=render,
-                            created_env=env, cfg_scale=cfg_scale, replan_steps=replan):
-                        if bar is not None:
-                            bar.update(1)
-                        if not ep.valid:
-                            faults += 1
-                            continue
-                        task_successes.append(bool(success))
-                        if render and videos < n_video and ep.extra.get("frames"):
-                            self._save_video(ep, videos, save_video_fn)
-                            videos += 1
-                        ep.extra.pop("frames", None)
+                with self._evaluation_scope(env):
+                    for start in range(0, len(states), env.env_num):
+                        render = videos < n_video
+                        for success, _, ep in self.run_policy_in_env(
+                                task_name, policy, states[start:start + env.env_num], render=render,
+                                created_env=env, cfg_scale=cfg_scale, replan_steps=replan):
+                            if bar is not None:
+                                bar.update(1)
+                            if not ep.valid:
+                                faults += 1
+                                continue
+                            task_successes.append(bool(success))
+                            if render and videos < n_video and ep.extra.get("frames"):
+                                self._save_video(ep, videos, save_video_fn)
+                                videos += 1
+                            ep.extra.pop("frames", None)
             finally:
-                env.close()
+                self._release_env(task_name, env)
                 if bar is not None:
                     bar.close()
             results[f"rollout/success_rate/{task_name}"] = float(np.mean(task_successes)) if task_successes else 0.0
@@ -301,6 +382,10 @@ class ChunkedRunner:
         return results
 
     # ------------------------------------------------------------------ internals
+    def _evaluation_scope(self, env: RecoverableVectorEnv) -> contextlib.AbstractContextManager:
+        """Context around one task's evaluation on ``env`` (a backend may reseed pooled workers)."""
+        return contextlib.nullcontext()
+
     def _eval_init_states(self, task_name: str, num_trials: int | None) -> list:
         states = list(self._init_states(task_name))
         if num_trials is None:
@@ -319,14 +404,14 @@ class ChunkedRunner:
             logger.info("saved video %s", save_episode_video(frames, stem))
 
     def _rollout_with_retries(self, env: RecoverableVectorEnv, task_name: str, batch: list,
-                              policy: Any, cfg_scale: float, replan: int, render: bool,
+                              policy: Any, cfg_scale: float, replan: int, record_video: bool,
                               random_init: bool) -> list[Episode]:
         """One batch; a simulator fault rebuilds the env and retries, then drops the batch."""
         last_error: EnvFault | None = None
         for attempt in range(self.max_env_retries + 1):
             try:
                 return self._rollout_batch(env, task_name, batch, policy, cfg_scale, replan,
-                                           render, random_init)
+                                           record_video, random_init)
             except EnvFault as exc:
                 last_error = exc
                 self.fault_counts["env_errors"] += 1
@@ -348,16 +433,29 @@ class ChunkedRunner:
         ep.extra.update(env_fault=True, error=repr(error))
         return ep
 
+    def _render(self, observation_is_read: bool) -> bool:
+        """Whether a request must return camera images."""
+        return observation_is_read or not self.render_on_demand
+
     def _reset_batch(self, env: RecoverableVectorEnv, ids: list[int], batch: list,
                      random_init: bool) -> list:
-        obs = env.reset(id=ids)
+        # The policy reads the observation after the last settle step (after the reset itself
+        # when there are none); the earlier ones need no images.
+        first_obs_now = self.num_steps_wait == 0
+        t0 = time.perf_counter()
+        obs = env.reset(id=ids, render=self._render(first_obs_now and random_init))
         if not random_init:
-            obs = env.set_init_state(np.stack([np.asarray(s) for s in batch]), id=ids)
+            obs = env.set_init_state(np.stack([np.asarray(s) for s in batch]), id=ids,
+                                     render=self._render(first_obs_now))
         obs = [obs[j] for j in range(len(ids))]
+        t1 = time.perf_counter()
         noop = np.tile(NOOP_ACTION, (len(ids), 1))
-        for _ in range(self.num_steps_wait):  # let objects settle; not part of the episode
-            step_obs, _, _, _ = env.step(noop, id=ids)
+        for k in range(self.num_steps_wait):  # let objects settle; not part of the episode
+            step_obs, _, _, _ = env.step(noop, id=ids, render=self._render(k == self.num_steps_wait - 1))
             obs = [step_obs[j] for j in range(len(ids))]
+        self.timing["reset_time_s"] += t1 - t0
+        self.timing["settle_time_s"] += time.perf_counter() - t1
+        self.timing["settle_steps"] += len(ids) * self.num_steps_wait
         return obs
 
     def _sample_chunks(self, policy: Any, obs: list, description: str, cfg_scale: float,
@@ -402,7 +500,8 @@ class ChunkedRunner:
         return message
 
     def _rollout_batch(self, env: RecoverableVectorEnv, task_name: str, batch: list, policy: Any,
-                       cfg_scale: float, replan: int, render: bool, random_init: bool) -> list[Episode]:
+                       cfg_scale: float, replan: int, record_video: bool, random_init: bool
+                       ) -> list[Episode]:
         """Run one batch of episodes (one env worker each) to success or the length cap."""
         ids = list(range(len(batch)))
         description = self._task_description(task_name)
@@ -425,16 +524,19 @@ class ChunkedRunner:
                     bufs[i].sampled_chunks.append(norm_chunk[j])
                     plans[i] = env_chunk[j, :replan]
             actions = plans[live, t % replan]  # (k, 7)
+            # The next step's observation is read if a chunk starts there (or for the video).
+            render = self._render(record_video or ((t + 1) % replan == 0 and t + 1 < max_len))
             t0 = time.perf_counter()
-            step_obs, rewards, dones, _ = env.step(actions, id=live)
+            step_obs, rewards, dones, _ = env.step(actions, id=live, render=render)
             self.timing["env_step_time_s"] += time.perf_counter() - t0
             self.timing["env_steps"] += len(live)
             self.timing["vector_steps"] += 1
+            self.timing["rendered_vector_steps"] += int(render)
             for j, i in enumerate(live):
                 obs[i] = step_obs[j]
                 bufs[i].actions.append(actions[j])
                 bufs[i].total_reward += float(rewards[j])
-                if render:
+                if record_video:
                     # LIBERO renders upside down; flip so the video is upright.
                     bufs[i].frames.append(np.asarray(obs[i]["agentview_image"])[::-1, ::-1].copy())
                 if bool(dones[j]):

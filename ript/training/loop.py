@@ -109,10 +109,12 @@ class TrainingRun:
                                keep_last=self.cfg.training.keep_last_checkpoints)
 
     def close(self) -> None:
+        """End of the run: logs, the generator's envs and counter, the runner's pooled workers."""
         self.metrics.close()
-        close = getattr(self.env_runner, "close", None)
-        if callable(close):
-            close()
+        for owner in (self.rollout_generator, self.env_runner):
+            close = getattr(owner, "close", None)
+            if callable(close):
+                close()
 
 
 def _seed_everything(seed: int) -> None:

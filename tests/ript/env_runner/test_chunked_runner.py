@@ -23,10 +23,18 @@ def _stats() -> NormStats:
 
 
 class FakeVectorEnv:
-    """n envs; env i reports done after ``success_at[i]`` steps (wait steps included)."""
+    """n envs; env i reports done after ``success_at[i]`` steps (wait steps included).
 
-    def __init__(self, n, success_at=None, fail_at_step_call=None, error=EOFError):
+    With ``on_demand`` it declares ``renders_on_demand`` like LiberoVectorEnv: a call with
+    ``render=False`` returns observations without camera images, and every call's flag is logged
+    in ``render_log`` as (method, steps taken by env 0 after the call, render). Without it, the
+    runner must never pass the flag (LIBERO's own vector envs would reject it).
+    """
+
+    def __init__(self, n, success_at=None, fail_at_step_call=None, error=EOFError, on_demand=False):
         self.n = n
+        self.renders_on_demand = on_demand
+        self.render_log = []
         self.success_at = success_at or {}
         self.fail_at_step_call = fail_at_step_call  # raise on this (1-based) step() call
         self.error = error
@@ -38,25 +46,35 @@ class FakeVectorEnv:
     def __len__(self):
         return self.n
 
-    def _obs(self, i):
+    def _obs(self, i, render=True):
         img = np.full((4, 4, 3), self.steps[i] % 255, dtype=np.uint8)
         img[0, 0] = 7  # not constant, so the rotation is observable
-        return {"agentview_image": img, "robot0_eye_in_hand_image": img.copy(),
-                "robot0_eef_pos": np.array([float(self.steps[i]), 0.0, 1.0]),
-                "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
-                "robot0_gripper_qpos": np.array([0.04, -0.04])}
+        obs = {"robot0_eef_pos": np.array([float(self.steps[i]), 0.0, 1.0]),
+               "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
+               "robot0_gripper_qpos": np.array([0.04, -0.04])}
+        if render:
+            obs.update(agentview_image=img, robot0_eye_in_hand_image=img.copy())
+        return obs
 
-    def reset(self, id=None):  # noqa: A002
+    def _render_flag(self, method, kw):
+        assert self.renders_on_demand or not kw, f"{method}{kw} sent to an env without render on demand"
+        render = kw.get("render", True)
+        self.render_log.append((method, int(self.steps[0]), render))
+        return render
+
+    def reset(self, id=None, **kw):  # noqa: A002
         ids = range(self.n) if id is None else id
         for i in ids:
             self.steps[i] = 0
             self.executed[i] = []
-        return [self._obs(i) for i in ids]
+        render = self._render_flag("reset", kw)
+        return [self._obs(i, render) for i in ids]
 
-    def set_init_state(self, states, id=None):  # noqa: A002
-        return [self._obs(i) for i in (range(self.n) if id is None else id)]
+    def set_init_state(self, states, id=None, **kw):  # noqa: A002
+        render = self._render_flag("set_init_state", kw)
+        return [self._obs(i, render) for i in (range(self.n) if id is None else id)]
 
-    def step(self, actions, id=None):  # noqa: A002
+    def step(self, actions, id=None, **kw):  # noqa: A002
         self.step_calls += 1
         if self.fail_at_step_call is not None and self.step_calls >= self.fail_at_step_call:
             raise self.error("worker died")
@@ -67,7 +85,8 @@ class FakeVectorEnv:
             self.steps[i] += 1
             self.executed[i].append(np.asarray(a))
             dones.append(self.steps[i] >= self.success_at.get(i, 10**9))
-        return [self._obs(i) for i in ids], np.asarray(dones, float), np.asarray(dones), [{}] * len(ids)
+        render = self._render_flag("step", kw)
+        return [self._obs(i, render) for i in ids], np.asarray(dones, float), np.asarray(dones), [{}] * len(ids)
 
     def close(self):
         self.closed = True
@@ -189,7 +208,10 @@ def test_run_reports_rates_and_protocol():
     assert result["rollout/overall_success_rate"] == 0.5 and result["rollout/num_episodes"] == 8
     assert result["rollout/protocol"] == "replan_5_of_50"
     assert FakeRunner(max_len=5).run(FakePolicy(), num_trials_per_task=1)["rollout/protocol"] == "open_loop_50"
-    assert all(env.closed for env in runner.created)
+    # one pooled env per task, kept alive after the evaluation until the runner is closed
+    assert len(runner.created) == 2 and not any(env.closed for env in runner.created)
+    runner.close()
+    assert all(env.closed for env in runner.created) and runner.env_pool == {}
 
 
 def test_run_saves_videos_through_callback():
@@ -302,3 +324,103 @@ def test_frames_are_resized_to_the_policys_image_size():
     ep = _run(FakeRunner(max_len=50), policy)[0][2]
     assert seen[0].shape == (2, 3, 8, 8)
     np.testing.assert_array_equal(ep.chunk_observations[0].images["base_0_rgb"], seen[0][0])
+
+
+# ---------------------------------------------------------------------------- render on demand
+
+
+def _steps_rendered(env):
+    """Env steps (counted with the settle steps) whose observation came with images."""
+    return [n for method, n, render in env.render_log if method == "step" and render]
+
+
+def test_images_are_asked_for_only_where_the_policy_reads_the_observation():
+    runner = FakeRunner(env_kwargs_per_creation=[{"on_demand": True}], max_len=120)
+    policy = FakePolicy()
+    out = _run(runner, policy)
+    env = runner.created[0]
+    # the last settle step (obs of chunk 0) and the steps ending at chunk starts 50 and 100;
+    # the reset and set_init_state observations are overwritten by the settle steps.
+    assert _steps_rendered(env) == [WAIT, WAIT + 50, WAIT + 100]
+    assert [(m, r) for m, _, r in env.render_log[:2]] == [("reset", False), ("set_init_state", False)]
+    assert policy.calls == [2, 2, 2] and all(ep.valid and ep.num_steps == 120 for _, _, ep in out)
+    assert runner.timing["rendered_vector_steps"] == 2
+
+
+def test_replan_and_no_settle_steps_render_where_each_chunk_starts():
+    runner = FakeRunner(env_kwargs_per_creation=[{"on_demand": True}], max_len=12, num_steps_wait=0)
+    _run(runner, FakePolicy(), replan_steps=5)
+    env = runner.created[0]
+    # without settle steps chunk 0 reads the set_init_state observation; the step ending at
+    # t = 12 = max_len starts no chunk, so it is not rendered
+    assert [(m, r) for m, _, r in env.render_log[:2]] == [("reset", False), ("set_init_state", True)]
+    assert _steps_rendered(env) == [5, 10]
+    runner = FakeRunner(env_kwargs_per_creation=[{"on_demand": True}], max_len=12, num_steps_wait=0)
+    _run(runner, FakePolicy(), random_init=True)
+    assert runner.created[0].render_log[0] == ("reset", 0, True)  # random init reads the reset obs
+
+
+def test_video_episodes_and_the_off_switch_render_every_step():
+    saved = []
+    runner = FakeRunner(env_kwargs_per_creation=[{"on_demand": True}], max_len=6)
+    runner.run(FakePolicy(), n_video=1, num_trials_per_task=2,
+               save_video_fn=lambda frames, task, idx, ok: saved.append(len(frames)))
+    assert saved == [6] and _steps_rendered(runner.created[0]) == [WAIT] + list(range(WAIT + 1, WAIT + 7))
+    runner = FakeRunner(env_kwargs_per_creation=[{"on_demand": True}], max_len=60, render_on_demand=False)
+    _run(runner, FakePolicy())
+    assert all(render for _, _, render in runner.created[0].render_log)
+
+
+# ---------------------------------------------------------------------------- env pool
+
+
+def test_pool_reuses_one_env_per_task_until_closed():
+    runner = FakeRunner(max_len=5, tasks=("task_a", "task_b"))
+    env_a, _, _ = runner.create_env("task_a")
+    assert runner.create_env("task_a")[0] is env_a
+    _run(runner, FakePolicy())  # no created_env: takes the pooled one, leaves it open
+    runner.run(FakePolicy(), num_trials_per_task=2)
+    assert [len(runner.created), runner.created[0].closed] == [2, False]  # task_a + task_b
+    assert env_a.inner is runner.created[0] and set(runner.env_pool) == {"task_a", "task_b"}
+    runner.close()
+    assert all(env.closed for env in runner.created)
+    assert runner.create_env("task_a")[0] is not env_a  # a run after close() builds anew
+
+
+def test_without_reuse_every_use_builds_and_closes_its_env():
+    runner = FakeRunner(max_len=5, reuse_envs=False)
+    runner.run(FakePolicy(), num_trials_per_task=2)
+    _run(runner, FakePolicy())
+    assert len(runner.created) == 2 and all(env.closed for env in runner.created)
+    assert runner.env_pool == {}
+
+
+def test_pooled_env_is_rebuilt_in_place_after_a_fault():
+    runner = FakeRunner(env_kwargs_per_creation=[{"fail_at_step_call": 2}, {}], max_len=5)
+    pooled, _, _ = runner.create_env("task_a")
+    assert all(ep.valid for _, _, ep in _run(runner, FakePolicy()))
+    assert runner.created[0].closed and pooled.inner is runner.created[1]
+    assert runner.create_env("task_a")[0] is pooled and runner.env_pool["task_a"] is pooled
+
+
+def test_pool_bound_closes_the_least_recently_used_task_and_rebuilds_it_on_return():
+    runner = FakeRunner(max_len=5, tasks=("task_a", "task_b", "task_c"), max_pooled_tasks=2)
+    env_a, _, _ = runner.create_env("task_a")
+    env_b, _, _ = runner.create_env("task_b")
+    first_a = env_a.inner
+    # the generator keeps its handle and passes it back: that use counts (a is now the newest)
+    _run(runner, FakePolicy(), created_env=env_a)
+    env_c, _, _ = runner.create_env("task_c")  # over the bound: b (least recently used) closes
+    assert runner.created[1].closed and env_b.inner is None
+    assert not first_a.closed and env_a.inner is first_a and env_c.inner is not None
+    # b comes back through the generator's handle: rebuilt, and a (now the oldest) closes
+    states = runner._init_states("task_b")[:2]
+    assert all(ep.valid for _, _, ep in runner.run_policy_in_env("task_b", FakePolicy(), states,
+                                                                 created_env=env_b))
+    assert first_a.closed and env_a.inner is None and env_b.inner is runner.created[-1]
+    assert len(runner.created) == 4 and runner.timing["pool_evictions"] == 2
+    assert sum(env.inner is not None for env in runner.env_pool.values()) == 2
+    runner.close()
+    assert all(env.closed for env in runner.created)
+    with pytest.raises(ValueError, match="max_pooled_tasks"):
+        FakeRunner(max_pooled_tasks=0)
