@@ -80,11 +80,11 @@ def test_real_env_reset_to_shipped_state_step_and_render(norm_stats):
         env.close()
     for key in ("agentview_image", "robot0_eye_in_hand_image"):
         img = obs[key]
-        assert img.shape == (128, 128, 3) and img.dtype == np.uint8
+        assert img.shape == (256, 256, 3) and img.dtype == np.uint8  # openpi's render size, the default
         assert img.std() > 5.0, f"{key} looks constant: the renderer produced no scene"
     assert not dones[0] and rewards[0] == 0.0
     pi0_obs, raw = env_obs_to_pi0_observation([obs], [runner._task_description(TASK)], norm_stats)
-    assert pi0_obs["image.left_wrist_0_rgb"].shape == (1, 3, 128, 128)
+    assert pi0_obs["image.left_wrist_0_rgb"].shape == (1, 3, 256, 256)  # no image_size: kept as rendered
     assert pi0_obs["prompt"] == ["put the bowl on the stove"]
     assert np.all(np.isfinite(raw)) and 0.5 < raw[0, 2] < 1.5  # eef height above the table
 
