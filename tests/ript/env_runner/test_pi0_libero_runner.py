@@ -24,7 +24,12 @@ TASK = "put_the_bowl_on_the_stove"  # a libero_goal task
 
 
 class ZeroPolicy:
-    """Stands in for PI0_OFT_Policy: normalised all-zero chunks (= the stats' mean action)."""
+    """Stands in for PI0_OFT_Policy: normalised all-zero chunks (= the stats' mean action).
+
+    Like the real policy it declares its input size; the runner resizes the 256-px renders to it.
+    """
+
+    image_size = 64
 
     def __init__(self, norm_stats):
         self.norm_stats = norm_stats
@@ -32,7 +37,7 @@ class ZeroPolicy:
 
     def select_action(self, obs, cfg_scale=1.0):
         b = len(obs["prompt"])
-        assert obs["image.base_0_rgb"].shape == (b, 3, 128, 128)
+        assert obs["image.base_0_rgb"].shape == (b, 3, 64, 64)
         self.calls.append(b)
         return np.zeros((b, 50, 7), np.float32)
 
@@ -106,7 +111,7 @@ def test_real_parallel_rollout_records_chunks(parallel_runner, norm_stats):
         assert ep.sampled_chunks.shape == (2, 50, 7)
         np.testing.assert_allclose(ep.actions[0], norm_stats.action_mean, atol=1e-5)
         np.testing.assert_array_equal(ep.init_state, state)
-        assert ep.chunk_observations[1].images["base_0_rgb"].shape == (3, 128, 128)
+        assert ep.chunk_observations[1].images["base_0_rgb"].shape == (3, 64, 64)
         assert ep.task_id == runner.benchmark.get_task_names().index(TASK)
     # the two envs started from different shipped states, so they saw different scenes
     assert not np.array_equal(out[0][2].chunk_observations[0].images["base_0_rgb"],
