@@ -204,3 +204,40 @@ def test_training_time_is_a_true_beta_1_5_1_scaled_into_0_001_1():
     assert time.min() >= 0.001 and time.max() <= 1.0
     assert abs(time.mean().item() - 0.6004) < 3e-3
     assert abs(time.median().item() - 0.6303) < 5e-3
+
+
+# ------------------------------------------------------------------- branch-gap diagnostic
+
+
+def test_cfg_velocities_are_the_two_branches_at_one_noisy_action_and_equal_at_zero_init():
+    # PI0Policy.cfg_velocities feeds train/branch_gap: v_pos and v_uncond must be the model's two
+    # branch velocities at the same x_t = t*noise + (1-t)*actions, sliced to the real action dims.
+    from openpi_pytorch_ori.pi0 import PI0Policy
+
+    n = 2
+    torch.manual_seed(0)
+    policy = PI0Policy(PI0Config.preset("tiny"))
+    cfg, gen = policy.config, torch.Generator().manual_seed(3)
+    batch = {
+        "image.base_0_rgb": torch.randint(0, 256, (n, 3, 56, 56), dtype=torch.uint8, generator=gen),
+        "state": torch.randn(n, 8, generator=gen),
+        "prompt": ["pick up the bowl", "open the drawer"],
+        "action": torch.randn(n, cfg.chunk_size, 7, generator=gen),
+    }
+    noise = torch.randn(n, cfg.chunk_size, cfg.max_action_dim, generator=gen)
+    time = torch.tensor([0.3, 0.8])
+    v_pos, v_uncond = policy.cfg_velocities(batch, noise=noise, time=time)
+    assert v_pos.shape == v_uncond.shape == (n, cfg.chunk_size, 7)
+    assert torch.equal(v_pos, v_uncond)  # zero-initialised cond_embed: one function
+    with torch.no_grad():
+        policy.model.cond_embed.weight.normal_(std=0.5)
+    v_pos, v_uncond = policy.cfg_velocities(batch, noise=noise, time=time)
+    inputs = policy._prepare_observation(batch)
+    actions, _ = policy.prepare_action(batch)
+    x_t = time[:, None, None] * noise + (1 - time[:, None, None]) * actions
+    with torch.no_grad():
+        expected_pos = policy.model.predict_velocity(*inputs, x_t, time, is_positive=1)[..., :7]
+        expected_uncond = policy.model.predict_velocity(*inputs, x_t, time, is_positive=0)[..., :7]
+    torch.testing.assert_close(v_pos, expected_pos)
+    torch.testing.assert_close(v_uncond, expected_uncond)
+    assert not torch.allclose(v_pos, v_uncond)
