@@ -97,17 +97,66 @@ def wrap_half_turn(angle: float) -> float:
     return float(np.pi / 2 if np.isclose(a, -np.pi / 2) else a)
 
 
+HAND_HALF_LENGTH = 0.10  # Panda hand collision box, half extent along the finger axis (measured contacts)
+HAND_HALF_WIDTH = 0.03  # ... and across it
+HAND_ABOVE_GRIP = 0.03  # hand bottom above the grip site: neighbours taller than grasp z + this are obstacles
+MAX_GRASP_WIDTH = 0.065  # widest object section the open fingers (~7.8 cm apart) close around safely
+
+
+def hand_clearance(closing_angle: float, center_xy: np.ndarray, obstacle_xy: np.ndarray,
+                   half_length: float = HAND_HALF_LENGTH, half_width: float = HAND_HALF_WIDTH) -> float:
+    """Smallest distance (m, negative = overlap) from the hand's footprint -- a rectangle at
+    ``center_xy`` long along ``closing_angle`` -- to obstacle points (N, 2); inf without obstacles.
+    Distance is the larger of the two axis gaps (a cheap, conservative-enough box distance)."""
+    pts = np.asarray(obstacle_xy, np.float64).reshape(-1, 2) - np.asarray(center_xy, np.float64)
+    if pts.size == 0:
+        return float("inf")
+    u = np.array([np.cos(closing_angle), np.sin(closing_angle)])
+    v = np.array([-u[1], u[0]])
+    gap = np.maximum(np.abs(pts @ u) - half_length, np.abs(pts @ v) - half_width)  # (N,)
+    return float(gap.min())
+
+
+def choose_closing_angle(object_xy: np.ndarray, obstacle_xy: np.ndarray, min_clearance: float = 0.01,
+                         max_width: float = MAX_GRASP_WIDTH, max_tilt: float = np.deg2rad(60),
+                         step: float = np.deg2rad(5)) -> float:
+    """Finger closing direction (rad, in (-pi/2, pi/2]) for an object with footprint points (N, 2).
+
+    Candidates turn away from the object's narrow axis in ``step`` increments up to ``max_tilt``;
+    a candidate must span at most ``max_width`` of the object (the fingers must fit around it). The
+    first one (smallest turn) whose hand footprint keeps ``min_clearance`` from the obstacles wins;
+    if none does, the feasible one with the largest clearance. A flat box next to a tall can is the
+    case that needs it: closing straight across the box lands the wide hand on the can.
+    """
+    pts = np.asarray(object_xy, np.float64).reshape(-1, 2)
+    center = 0.5 * (pts.min(axis=0) + pts.max(axis=0))
+    narrow = narrow_axis_angle(pts)
+    turns = [0.0] + [sign * k * step for k in range(1, int(max_tilt / step) + 1) for sign in (1, -1)]
+    best, best_clearance = narrow, -np.inf
+    for turn in turns:
+        angle = wrap_half_turn(narrow + turn)
+        u = np.array([np.cos(angle), np.sin(angle)])
+        if np.ptp(pts @ u) > max_width:
+            continue
+        clearance = hand_clearance(angle, center, obstacle_xy)
+        if clearance >= min_clearance:
+            return angle
+        if clearance > best_clearance:
+            best, best_clearance = angle, clearance
+    return best
+
+
 def yaw_matrix(angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def grasp_orientation(start_rot: np.ndarray, narrow_angle: float, max_turn: float = np.pi / 2) -> np.ndarray:
+def grasp_orientation(start_rot: np.ndarray, closing_angle: float, max_turn: float = np.pi / 2) -> np.ndarray:
     """Target eef rotation (3, 3): ``start_rot`` turned about world z so the fingers close along
-    ``narrow_angle``. The fingers close along the eef's y axis; the smaller of the two turns that
+    ``closing_angle``. The fingers close along the eef's y axis; the smaller of the two turns that
     align it (mod pi) is taken, capped at ``max_turn``."""
     closing = np.asarray(start_rot, np.float64)[:, 1]
-    turn = wrap_half_turn(narrow_angle - float(np.arctan2(closing[1], closing[0])))
+    turn = wrap_half_turn(closing_angle - float(np.arctan2(closing[1], closing[0])))
     return yaw_matrix(float(np.clip(turn, -max_turn, max_turn))) @ start_rot
 
 
@@ -171,7 +220,7 @@ class SceneState:
 
     object_low: np.ndarray  # (3,) box of the object being picked
     object_high: np.ndarray  # (3,)
-    object_narrow_angle: float  # rad, narrowest horizontal direction of the object
+    object_closing_angle: float  # rad, direction the fingers should close along (choose_closing_angle)
     basket_low: np.ndarray  # (3,)
     basket_high: np.ndarray  # (3,)
     eef_pos: np.ndarray  # (3,)
@@ -233,8 +282,16 @@ def object_box(env: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
 def read_scene(env: Any, obs: dict, object_name: str, basket_name: str) -> SceneState:
     corners = object_corners(env, object_name)
     basket_low, basket_high = object_box(env, basket_name)
+    grasp_z = grasp_height(corners[:, 2].min(), corners[:, 2].max())
+    obstacles = []  # footprints of neighbours tall enough to meet the hand at the grasp height
+    for name in env.env.objects_dict:
+        if name != object_name:
+            other = object_corners(env, name)
+            if other[:, 2].max() > grasp_z + HAND_ABOVE_GRIP:
+                obstacles.append(other[:, :2])
+    obstacle_xy = np.concatenate(obstacles) if obstacles else np.zeros((0, 2))
     return SceneState(object_low=corners.min(axis=0), object_high=corners.max(axis=0),
-                      object_narrow_angle=narrow_axis_angle(corners[:, :2]),
+                      object_closing_angle=choose_closing_angle(corners[:, :2], obstacle_xy),
                       basket_low=basket_low, basket_high=basket_high,
                       eef_pos=np.asarray(obs["robot0_eef_pos"], np.float64),
                       eef_quat=np.asarray(obs["robot0_eef_quat"], np.float64),
@@ -336,7 +393,7 @@ class LiberoObjectExpert:
             logger.debug("expert phase %s timed out; retreating", plan.phase)
             self._goto("retreat")
         if plan.target_rot is None:  # the object's yaw is read once, before it is touched
-            plan.target_rot = (grasp_orientation(plan.start_rot, scene.object_narrow_angle) if cfg.align_yaw
+            plan.target_rot = (grasp_orientation(plan.start_rot, scene.object_closing_angle) if cfg.align_yaw
                                else plan.start_rot)
         target, gripper = self._phase_target(scene)
         action = np.zeros(7)
@@ -455,26 +512,38 @@ def settle(env: Any, num_steps_wait: int) -> dict:
     return obs
 
 
+def observe_with_cameras(env: Any) -> dict:
+    """The current observation with both camera images, rendered now, cameras off again after.
+
+    A forced re-observation of the current sim state, so the images belong exactly to this step
+    (re-enabling an observable before a step would sample it at whichever sub-step its timer fires).
+    """
+    set_cameras_enabled(env, True)
+    try:
+        return env.env._get_observations(force_update=True)
+    finally:
+        set_cameras_enabled(env, False)
+
+
 def run_expert_episode(env: Any, expert: LiberoObjectExpert, init_state: np.ndarray, max_steps: int = 280,
-                       num_steps_wait: int = 10, before_step: Any = None) -> ExpertEpisode:
+                       num_steps_wait: int = 10, on_observation: Any = None) -> ExpertEpisode:
     """Reset ``env`` to ``init_state``, settle, and let ``expert`` act until success or ``max_steps``.
 
-    ``before_step(t, env)`` (optional) is called before the env step whose observation is
-    ``observations[t + 1]``; demo recording uses it to switch the cameras on for chosen steps only.
+    ``on_observation(t, env, obs) -> obs`` (optional) may replace ``observations[t]`` before the
+    expert sees it; demo recording uses it to render the cameras at chosen steps only.
     """
     env.reset()
     obs = env.set_init_state(init_state)
-    if before_step is not None:
-        before_step(-1, env)  # the last settle step yields observations[0]
-    obs = settle(env, num_steps_wait) if num_steps_wait > 0 else obs
+    if num_steps_wait > 0:
+        obs = settle(env, num_steps_wait)
     expert.reset(obs)
     observations, actions, success = [], [], False
     for t in range(max_steps):
+        if on_observation is not None:
+            obs = on_observation(t, env, obs)
         action = expert.act(obs)
         observations.append(obs)
         actions.append(action)
-        if before_step is not None:
-            before_step(t, env)
         obs, _, done, _ = env.step(action)
         if done:
             success = True
@@ -486,8 +555,9 @@ def run_expert_episode(env: Any, expert: LiberoObjectExpert, init_state: np.ndar
 
 __all__ = [
     "CAMERA_OBSERVABLES", "ExpertConfig", "ExpertEpisode", "LiberoObjectExpert", "MISTAKES", "NOOP_ACTION",
-    "PHASES", "SceneState", "WORKSPACE_HIGH", "WORKSPACE_LOW", "box_corners_world", "carry_height",
+    "PHASES", "SceneState", "WORKSPACE_HIGH", "WORKSPACE_LOW", "box_corners_world", "carry_height", "choose_closing_angle", "hand_clearance",
     "grasp_height", "grasp_orientation", "inside_workspace", "make_libero_object_env", "move_action",
+    "observe_with_cameras",
     "narrow_axis_angle", "object_box", "object_corners", "wrap_half_turn", "yaw_matrix",
     "quat_xyzw_to_matrix", "read_scene", "release_height", "rotation_action", "run_expert_episode",
     "set_cameras_enabled", "settle", "task_object_names", "world_box",
