@@ -85,7 +85,7 @@ def record_demonstrations(task_id: int, init_state_ids: Sequence[int], expert_co
     try:
         for i in tqdm(init_state_ids, desc=f"demos task {task_id}", disable=not progress, leave=False):
             ep = run_expert_episode(env, expert, init_states[i], max_steps=max_steps, num_steps_wait=num_steps_wait,
-                                    on_observation=render_at_image_steps)
+                                    on_observation=render_at_image_steps, stop_when_done=True)
             demo = episode_to_demo(ep, task_name, task_id, description, init_states[i], image_stride)
             demo["init_state_index"] = int(i)
             demos.append(demo)

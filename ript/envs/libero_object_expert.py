@@ -526,8 +526,13 @@ def observe_with_cameras(env: Any) -> dict:
 
 
 def run_expert_episode(env: Any, expert: LiberoObjectExpert, init_state: np.ndarray, max_steps: int = 280,
-                       num_steps_wait: int = 10, on_observation: Any = None) -> ExpertEpisode:
+                       num_steps_wait: int = 10, on_observation: Any = None,
+                       stop_when_done: bool = False) -> ExpertEpisode:
     """Reset ``env`` to ``init_state``, settle, and let ``expert`` act until success or ``max_steps``.
+
+    ``stop_when_done`` also ends the episode when the expert has finished (released and retreated)
+    without success -- after a mistake -- instead of idling to ``max_steps`` (demos: idle steps
+    would only teach the policy to idle).
 
     ``on_observation(t, env, obs) -> obs`` (optional) may replace ``observations[t]`` before the
     expert sees it; demo recording uses it to render the cameras at chosen steps only.
@@ -547,6 +552,8 @@ def run_expert_episode(env: Any, expert: LiberoObjectExpert, init_state: np.ndar
         obs, _, done, _ = env.step(action)
         if done:
             success = True
+            break
+        if stop_when_done and expert.phase == "done":
             break
     return ExpertEpisode(success=success, num_steps=len(actions), final_phase=expert.phase,
                          mistake=expert.plan.mistake, actions=np.asarray(actions, np.float32),
