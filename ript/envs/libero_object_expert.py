@@ -220,7 +220,7 @@ class SceneState:
 
     object_low: np.ndarray  # (3,) box of the object being picked
     object_high: np.ndarray  # (3,)
-    object_closing_angle: float  # rad, direction the fingers should close along (choose_closing_angle)
+    object_closing_angle: float | None  # rad, direction the fingers should close along (choose_closing_angle)
     basket_low: np.ndarray  # (3,)
     basket_high: np.ndarray  # (3,)
     eef_pos: np.ndarray  # (3,)
@@ -279,19 +279,28 @@ def object_box(env: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     return corners.min(axis=0), corners.max(axis=0)
 
 
-def read_scene(env: Any, obs: dict, object_name: str, basket_name: str) -> SceneState:
-    corners = object_corners(env, object_name)
-    basket_low, basket_high = object_box(env, basket_name)
-    grasp_z = grasp_height(corners[:, 2].min(), corners[:, 2].max())
-    obstacles = []  # footprints of neighbours tall enough to meet the hand at the grasp height
+def closing_angle_in_scene(env: Any, object_name: str, object_xyz: np.ndarray) -> float:
+    """:func:`choose_closing_angle` for ``object_name`` among the other objects of the scene,
+    counting as obstacles only those tall enough to meet the hand at the grasp height."""
+    grasp_z = grasp_height(object_xyz[:, 2].min(), object_xyz[:, 2].max())
+    obstacles = []
     for name in env.env.objects_dict:
         if name != object_name:
             other = object_corners(env, name)
             if other[:, 2].max() > grasp_z + HAND_ABOVE_GRIP:
                 obstacles.append(other[:, :2])
     obstacle_xy = np.concatenate(obstacles) if obstacles else np.zeros((0, 2))
+    return choose_closing_angle(object_xyz[:, :2], obstacle_xy)
+
+
+def read_scene(env: Any, obs: dict, object_name: str, basket_name: str,
+               with_closing_angle: bool = True) -> SceneState:
+    """The expert's view of one step; the closing angle (a scan of every object) only on request."""
+    corners = object_corners(env, object_name)
+    basket_low, basket_high = object_box(env, basket_name)
     return SceneState(object_low=corners.min(axis=0), object_high=corners.max(axis=0),
-                      object_closing_angle=choose_closing_angle(corners[:, :2], obstacle_xy),
+                      object_closing_angle=(closing_angle_in_scene(env, object_name, corners)
+                                            if with_closing_angle else None),
                       basket_low=basket_low, basket_high=basket_high,
                       eef_pos=np.asarray(obs["robot0_eef_pos"], np.float64),
                       eef_quat=np.asarray(obs["robot0_eef_quat"], np.float64),
@@ -387,7 +396,7 @@ class LiberoObjectExpert:
     def act(self, obs: dict) -> np.ndarray:
         """float64 (7,) action in [-1, 1] for the current observation."""
         cfg, plan = self.config, self.plan
-        scene = read_scene(self.env, obs, plan.pick, self.basket_name)
+        scene = read_scene(self.env, obs, plan.pick, self.basket_name, with_closing_angle=plan.target_rot is None)
         plan.phase_steps += 1
         if plan.phase_steps > cfg.max_phase_steps and plan.phase not in ("retreat", "done"):
             logger.debug("expert phase %s timed out; retreating", plan.phase)
@@ -562,7 +571,7 @@ def run_expert_episode(env: Any, expert: LiberoObjectExpert, init_state: np.ndar
 
 __all__ = [
     "CAMERA_OBSERVABLES", "ExpertConfig", "ExpertEpisode", "LiberoObjectExpert", "MISTAKES", "NOOP_ACTION",
-    "PHASES", "SceneState", "WORKSPACE_HIGH", "WORKSPACE_LOW", "box_corners_world", "carry_height", "choose_closing_angle", "hand_clearance",
+    "PHASES", "SceneState", "WORKSPACE_HIGH", "WORKSPACE_LOW", "box_corners_world", "carry_height", "choose_closing_angle", "closing_angle_in_scene", "hand_clearance",
     "grasp_height", "grasp_orientation", "inside_workspace", "make_libero_object_env", "move_action",
     "observe_with_cameras",
     "narrow_axis_angle", "object_box", "object_corners", "wrap_half_turn", "yaw_matrix",

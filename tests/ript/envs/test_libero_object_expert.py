@@ -10,8 +10,11 @@ import pytest
 from ript.envs.libero_object_expert import (
     ExpertConfig,
     LiberoObjectExpert,
+    MAX_GRASP_WIDTH,
     box_corners_world,
     carry_height,
+    choose_closing_angle,
+    hand_clearance,
     grasp_height,
     grasp_orientation,
     inside_workspace,
@@ -63,6 +66,23 @@ def test_narrow_axis_of_rotated_rectangle():
     assert abs(wrap_half_turn(narrow_axis_angle(rect) - np.pi / 2)) < 1e-9
     turned = rect @ yaw_matrix(np.pi / 6)[:2, :2].T
     assert narrow_axis_angle(turned) == pytest.approx(-np.pi / 3)
+
+
+def test_closing_angle_turns_the_hand_off_a_tall_neighbour():
+    # Cream-cheese-like box, 8 cm along x and 4 cm along y: fingers close along y (pi/2) when free.
+    box = np.array([[x, y] for x in (-0.04, 0.04) for y in (-0.02, 0.02)])
+    assert abs(wrap_half_turn(choose_closing_angle(box, np.zeros((0, 2))) - np.pi / 2)) < 1e-9
+    # A tomato-sauce can diagonally below it (the measured layout of LIBERO-Object task 1, init
+    # state 1, relative to the box centre): the hand (10 cm half-length along the finger axis) would
+    # land on it (clearance -1.6 cm), so the fingers turn as far as the box allows (20 degrees: its
+    # section along the fingers reaches MAX_GRASP_WIDTH), where the hand no longer touches the can.
+    can = np.array([[dx, dy] for dx in (0.014, 0.077) for dy in (-0.131, -0.069)])
+    assert hand_clearance(np.pi / 2, np.zeros(2), can) < 0
+    angle = choose_closing_angle(box, can)
+    assert angle == pytest.approx(np.pi / 2 - np.deg2rad(20))
+    assert hand_clearance(angle, np.zeros(2), can) > 0
+    direction = np.array([np.cos(angle), np.sin(angle)])
+    assert np.ptp(box @ direction) <= MAX_GRASP_WIDTH
 
 
 def test_grasp_orientation_turns_the_finger_axis_onto_the_narrow_axis():
