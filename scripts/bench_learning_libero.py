@@ -60,6 +60,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--demos-per-state", type=int, default=1)
     g.add_argument("--demo-noise", type=float, default=0.2, help="expert action noise std")
     g.add_argument("--demo-mistake-prob", type=float, default=0.2)
+    g.add_argument("--clean-labels", action="store_true",
+                   help="label with the expert's pre-noise actions (DART); default: the executed actions")
     g.add_argument("--camera-size", type=int, default=128, help="task=libero_object_rl's camera_size")
     g = p.add_argument_group("SFT")
     g.add_argument("--sft-steps", type=int, default=300)
@@ -71,6 +73,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--init-states-per-round", type=int, default=4)
     g.add_argument("--rloo", type=int, default=4)
     g.add_argument("--rl-lr", type=float, default=1e-4)
+    g.add_argument("--mini-batch-size", type=int, default=16)
+    g.add_argument("--weight-mode", default="binary", help="the reach benchmark's setting (docs/learning.md)")
+    g.add_argument("--num-epochs", type=int, default=4, help="passes over each round's windows")
+    g.add_argument("--short-window", default="pad", choices=["pad", "skip"])
     g.add_argument("--rl-override", action="append", default=[], help="extra Hydra override (repeatable)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-states", type=int, default=50, help="evaluate on the first N of the 50 states")
@@ -142,7 +148,7 @@ def demos_stage(args: argparse.Namespace, task_id: int, train_rows: list[int], w
     config = ExpertConfig(action_noise=args.demo_noise, mistake_prob=args.demo_mistake_prob)
     rows = [r for r in train_rows for _ in range(args.demos_per_state)]
     demos = record_demonstrations(task_id, rows, config, seed=args.seed, camera_size=args.camera_size,
-                                  image_stride=args.sft_stride)
+                                  image_stride=args.sft_stride, clean_labels=args.clean_labels)
     save_demonstrations(demos, work / "demos.pkl")
     write_norm_stats_json(norm_stats_from_demonstrations(demos), work / "norm_stats.json")
     info = {"num_demos": len(demos), "demo_success_rate": float(np.mean([d["success"] for d in demos])),
@@ -185,7 +191,9 @@ def rl_overrides(args: argparse.Namespace, task_name: str, work: Path, run_dir: 
         f"training.n_steps={args.rl_steps}", f"training.save_every_n_steps={args.rl_steps}",
         "training.keep_last_checkpoints=1", f"train_dataloader.batch_size={args.init_states_per_round}",
         f"algo.rloo_batch_size={args.rloo}", "algo.num_parallel_envs=1",
-        f"algo.lr={args.rl_lr}", f"algo.header_lr={args.rl_lr}",
+        f"algo.lr={args.rl_lr}", f"algo.header_lr={args.rl_lr}", f"algo.mini_batch_size={args.mini_batch_size}",
+        f"algo.weight_mode={args.weight_mode}", f"algo.short_window={args.short_window}",
+        f"+algo.rl_optimizer_factory.num_epochs={args.num_epochs}",
         "rollout.enabled=false", "logging.mode=disabled", "algo.rollout_generator_factory.use_tqdm=false",
         *args.rl_override,
     ]

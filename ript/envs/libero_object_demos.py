@@ -41,8 +41,13 @@ STATE_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 
 
 def episode_to_demo(episode: Any, task_name: str, task_id: int, task_description: str, init_state: np.ndarray,
-                    image_stride: int) -> dict[str, Any]:
-    """An :class:`~ript.envs.libero_object_expert.ExpertEpisode` in the demo dict format."""
+                    image_stride: int, clean_labels: bool = False) -> dict[str, Any]:
+    """An :class:`~ript.envs.libero_object_expert.ExpertEpisode` in the demo dict format.
+
+    ``clean_labels``: ``actions`` are the expert's actions before the action noise (DART: the
+    noise widens the visited states, the labels stay the expert's intent); ``executed_actions``
+    always holds what ran. Default: the executed actions, as a recorded dataset would hold.
+    """
     demo: dict[str, Any] = {key: np.stack([np.asarray(o[key], np.float64) for o in episode.observations])
                             for key in STATE_KEYS}
     for key in CAMERA_OBSERVABLES:
@@ -52,7 +57,9 @@ def episode_to_demo(episode: Any, task_name: str, task_id: int, task_description
         if missing:
             raise ValueError(f"demo of {task_name!r} has no {key!r} at image steps {missing[:5]}; were the "
                              f"cameras rendered every image_stride={image_stride} steps?")
-    demo.update(actions=np.asarray(episode.actions, np.float32), task_name=task_name, task_id=int(task_id),
+    labels = episode.clean_actions if clean_labels else episode.actions
+    demo.update(actions=np.asarray(labels, np.float32), executed_actions=np.asarray(episode.actions, np.float32),
+                task_name=task_name, task_id=int(task_id),
                 task_description=task_description, init_state=np.asarray(init_state).copy(),
                 success=bool(episode.success), mistake=episode.mistake, image_stride=int(image_stride))
     return demo
@@ -61,12 +68,13 @@ def episode_to_demo(episode: Any, task_name: str, task_id: int, task_description
 def record_demonstrations(task_id: int, init_state_ids: Sequence[int], expert_config: ExpertConfig | None = None,
                           seed: int = 0, camera_size: int = 128, image_stride: int = 10, max_steps: int = 280,
                           num_steps_wait: int = 10, env: Any = None, benchmark: Any = None,
-                          progress: bool = True) -> list[dict[str, Any]]:
+                          progress: bool = True, clean_labels: bool = False) -> list[dict[str, Any]]:
     """One expert demo per shipped init state ``init_state_ids`` of LIBERO-Object task ``task_id``.
 
     Settle steps and the step budget match :class:`~ript.env_runner.pi0_libero_runner.Pi0LiberoRunner`
     (``num_steps_wait`` no-ops, then ``max_steps`` policy steps), so ``observations[0]`` is what the
     runner's first chunk sees. Pass ``env``/``benchmark`` to reuse an env (cameras off).
+    ``clean_labels``: see :func:`episode_to_demo`.
     """
     if image_stride < 1:
         raise ValueError(f"image_stride={image_stride} must be >= 1")
@@ -86,7 +94,7 @@ def record_demonstrations(task_id: int, init_state_ids: Sequence[int], expert_co
         for i in tqdm(init_state_ids, desc=f"demos task {task_id}", disable=not progress, leave=False):
             ep = run_expert_episode(env, expert, init_states[i], max_steps=max_steps, num_steps_wait=num_steps_wait,
                                     on_observation=render_at_image_steps, stop_when_done=True)
-            demo = episode_to_demo(ep, task_name, task_id, description, init_states[i], image_stride)
+            demo = episode_to_demo(ep, task_name, task_id, description, init_states[i], image_stride, clean_labels)
             demo["init_state_index"] = int(i)
             demos.append(demo)
     finally:

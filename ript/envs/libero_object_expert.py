@@ -373,6 +373,7 @@ class LiberoObjectExpert:
         self.rng = np.random.default_rng(seed)
         self.object_name, self.basket_name, self.distractors = task_object_names(env)
         self.plan = _EpisodePlan(pick=self.object_name)
+        self.last_clean_action = np.zeros(7)  # the last action before noise (DART-style labels)
 
     @property
     def phase(self) -> str:
@@ -409,6 +410,8 @@ class LiberoObjectExpert:
         action[:3] = move_action(scene.eef_pos, target, cfg.gain)
         if cfg.hold_orientation:
             action[3:6] = rotation_action(scene.eef_quat, plan.target_rot, gain=0.5)
+        action[6] = gripper
+        self.last_clean_action = action.copy()
         if cfg.action_noise > 0 and plan.phase != "done":
             action[:6] += self.rng.normal(0.0, cfg.action_noise, 6)
         action[:6] = np.clip(action[:6], -1.0, 1.0)
@@ -488,7 +491,8 @@ class ExpertEpisode:
     num_steps: int  # policy steps taken (settle steps not counted)
     final_phase: str
     mistake: str
-    actions: np.ndarray  # float32 (T, 7)
+    actions: np.ndarray  # float32 (T, 7) executed (noisy) actions
+    clean_actions: np.ndarray  # float32 (T, 7) the same before the action noise
     observations: list[dict]  # T env observation dicts (whatever keys the env returned)
 
 
@@ -551,13 +555,14 @@ def run_expert_episode(env: Any, expert: LiberoObjectExpert, init_state: np.ndar
     if num_steps_wait > 0:
         obs = settle(env, num_steps_wait)
     expert.reset(obs)
-    observations, actions, success = [], [], False
+    observations, actions, clean_actions, success = [], [], [], False
     for t in range(max_steps):
         if on_observation is not None:
             obs = on_observation(t, env, obs)
         action = expert.act(obs)
         observations.append(obs)
         actions.append(action)
+        clean_actions.append(expert.last_clean_action)
         obs, _, done, _ = env.step(action)
         if done:
             success = True
@@ -566,7 +571,7 @@ def run_expert_episode(env: Any, expert: LiberoObjectExpert, init_state: np.ndar
             break
     return ExpertEpisode(success=success, num_steps=len(actions), final_phase=expert.phase,
                          mistake=expert.plan.mistake, actions=np.asarray(actions, np.float32),
-                         observations=observations)
+                         clean_actions=np.asarray(clean_actions, np.float32), observations=observations)
 
 
 __all__ = [

@@ -18,7 +18,7 @@ def recorded():
 
     # Task 0 (alphabet soup), shipped init state 0, a little noise: ~120 steps, 13 rendered steps.
     return record_demonstrations(0, [0], ExpertConfig(action_noise=0.1), seed=0, camera_size=64,
-                                 image_stride=IMAGE_STRIDE, progress=False)
+                                 image_stride=IMAGE_STRIDE, progress=False, clean_labels=True)
 
 
 @pytest.mark.slow
@@ -28,6 +28,11 @@ def test_recorded_demo_layout(recorded):
     assert demo["success"] and demo["task_id"] == 0 and demo["init_state_index"] == 0
     assert "alphabet soup" in demo["task_description"]
     assert demo["actions"].shape == (num_steps, 7) and demo["actions"].dtype == np.float32
+    # DART labels: the expert's pre-noise actions; the noise (std 0.1) is in what was executed.
+    noise = demo["executed_actions"][:, :6] - demo["actions"][:, :6]
+    unclipped = np.abs(demo["executed_actions"][:, :6]) < 1.0
+    assert 0.07 < noise[unclipped].std() < 0.13
+    np.testing.assert_array_equal(demo["executed_actions"][:, 6], demo["actions"][:, 6])  # gripper: no noise
     assert demo["robot0_eef_pos"].shape == (num_steps, 3) and demo["robot0_gripper_qpos"].shape == (num_steps, 2)
     for key in ("agentview_image", "robot0_eye_in_hand_image"):
         rendered = [t for t, img in enumerate(demo[key]) if img is not None]
