@@ -60,6 +60,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--demos-per-state", type=int, default=1)
     g.add_argument("--demo-noise", type=float, default=0.2, help="expert action noise std")
     g.add_argument("--demo-mistake-prob", type=float, default=0.2)
+    g.add_argument("--carry-clearance", type=float, default=0.05,
+                   help="expert: object bottom above the basket rim while carrying (larger = more tolerant demos)")
     g.add_argument("--clean-labels", action="store_true",
                    help="label with the expert's pre-noise actions (DART); default: the executed actions")
     g.add_argument("--camera-size", type=int, default=128, help="task=libero_object_rl's camera_size")
@@ -145,7 +147,8 @@ def demos_stage(args: argparse.Namespace, task_id: int, train_rows: list[int], w
     from ript.envs.libero_object_expert import ExpertConfig
 
     t0 = time.time()
-    config = ExpertConfig(action_noise=args.demo_noise, mistake_prob=args.demo_mistake_prob)
+    config = ExpertConfig(action_noise=args.demo_noise, mistake_prob=args.demo_mistake_prob,
+                          carry_clearance=args.carry_clearance)
     rows = [r for r in train_rows for _ in range(args.demos_per_state)]
     demos = record_demonstrations(task_id, rows, config, seed=args.seed, camera_size=args.camera_size,
                                   image_stride=args.sft_stride, clean_labels=args.clean_labels)

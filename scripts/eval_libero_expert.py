@@ -28,13 +28,15 @@ def main() -> None:
     parser.add_argument("--init-state-offset", type=int, default=0)
     parser.add_argument("--action-noise", type=float, default=0.0)
     parser.add_argument("--mistake-prob", type=float, default=0.0)
+    parser.add_argument("--carry-clearance", type=float, default=0.05)
     parser.add_argument("--max-steps", type=int, default=280)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=str, default=None, help="JSON file for per-task results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    config = ExpertConfig(action_noise=args.action_noise, mistake_prob=args.mistake_prob)
+    config = ExpertConfig(action_noise=args.action_noise, mistake_prob=args.mistake_prob,
+                          carry_clearance=args.carry_clearance)
     _, bench = make_libero_object_env(0) if args.tasks is None else (None, None)
     task_ids = args.tasks if args.tasks is not None else list(range(bench.get_num_tasks()))
     results: dict = {"config": vars(args), "tasks": {}}
