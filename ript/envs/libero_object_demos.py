@@ -84,7 +84,8 @@ def record_demonstrations(task_id: int, init_state_ids: Sequence[int], expert_co
     task_name = benchmark.get_task_names()[task_id]
     description = benchmark.get_task(task_id).language
     init_states = benchmark.get_task_init_states(task_id)
-    expert = LiberoObjectExpert(env, expert_config, seed=int(np.random.SeedSequence([seed, task_id]).generate_state(1)[0]))
+    expert_seed = int(np.random.SeedSequence([seed, task_id]).generate_state(1)[0])
+    expert = LiberoObjectExpert(env, expert_config, seed=expert_seed)
 
     def render_at_image_steps(t: int, env_: Any, obs: dict) -> dict:
         return observe_with_cameras(env_) if t % image_stride == 0 else obs

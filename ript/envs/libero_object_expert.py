@@ -575,11 +575,11 @@ def run_expert_episode(env: Any, expert: LiberoObjectExpert, init_state: np.ndar
 
 
 __all__ = [
-    "CAMERA_OBSERVABLES", "ExpertConfig", "ExpertEpisode", "LiberoObjectExpert", "MISTAKES", "NOOP_ACTION",
-    "PHASES", "SceneState", "WORKSPACE_HIGH", "WORKSPACE_LOW", "box_corners_world", "carry_height", "choose_closing_angle", "closing_angle_in_scene", "hand_clearance",
-    "grasp_height", "grasp_orientation", "inside_workspace", "make_libero_object_env", "move_action",
-    "observe_with_cameras",
-    "narrow_axis_angle", "object_box", "object_corners", "wrap_half_turn", "yaw_matrix",
-    "quat_xyzw_to_matrix", "read_scene", "release_height", "rotation_action", "run_expert_episode",
-    "set_cameras_enabled", "settle", "task_object_names", "world_box",
+    "box_corners_world", "CAMERA_OBSERVABLES", "carry_height", "choose_closing_angle",
+    "closing_angle_in_scene", "ExpertConfig", "ExpertEpisode", "grasp_height", "grasp_orientation",
+    "hand_clearance", "inside_workspace", "LiberoObjectExpert", "make_libero_object_env", "MISTAKES",
+    "move_action", "narrow_axis_angle", "NOOP_ACTION", "object_box", "object_corners",
+    "observe_with_cameras", "PHASES", "quat_xyzw_to_matrix", "read_scene", "release_height",
+    "rotation_action", "run_expert_episode", "SceneState", "set_cameras_enabled", "settle",
+    "task_object_names", "WORKSPACE_HIGH", "WORKSPACE_LOW", "world_box", "wrap_half_turn", "yaw_matrix",
 ]

@@ -41,7 +41,8 @@ def test_world_box_of_rotated_geom():
     low, high = world_box(aabb, np.array([[1.0, 2.0, 3.0]]), yaw_matrix(np.pi / 2).reshape(1, 9))
     np.testing.assert_allclose(low, [0.95, 1.9, 2.7], atol=1e-12)
     np.testing.assert_allclose(high, [1.05, 2.3, 3.3], atol=1e-12)
-    assert box_corners_world(np.tile(aabb, (2, 1)), np.zeros((2, 3)), np.tile(np.eye(3).ravel(), (2, 1))).shape == (16, 3)
+    two_geoms = box_corners_world(np.tile(aabb, (2, 1)), np.zeros((2, 3)), np.tile(np.eye(3).ravel(), (2, 1)))
+    assert two_geoms.shape == (16, 3)
 
 
 def test_heights_tall_short_and_carry():
