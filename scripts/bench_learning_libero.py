@@ -1,0 +1,262 @@
+"""Real LIBERO-Object: scripted demos -> SFT of the tiny PI0 -> CFG-Flow RL -> evaluation.
+
+For one LIBERO-Object task (name or index) and seed:
+
+  1. ``demos``: the scripted expert (``ript.envs.libero_object_expert``, with action noise and
+     mistakes) records ``--demos-per-state`` demos from each *training* init state; norm stats
+     (absolute / LIBERO-delta actions) are computed from them.
+  2. ``sft``: ``ript.algos.sft_warm_start`` trains the tiny PI0 on the demos' windows.
+  3. ``eval``: the SFT policy on all 50 shipped init states (reported: held-out part and all 50).
+  4. ``rl``: CFG-Flow RL through the training entry point (``train_ript_openvla_oft.run_training``
+     on ``task=libero_object_rl`` restricted to this task, ``algo.policy.pretrained_path=<SFT
+     weights>``, the demos' norm stats, the init-state dataset's training split), then the same
+     evaluation of its final checkpoint.
+
+The train / held-out split is ``LiberoInitStateDataset``'s (``num_val`` states held out,
+permutation seeded by ``--split-seed``), so demos, RL rollouts and evaluation agree.
+
+Rendering: until the runner renders only at chunk starts itself (issue 13), evaluation and RL use
+``ChunkStartRenderLiberoRunner`` (same runner code, cameras rendered only where a chunk starts).
+
+Example (one task, one seed; each stage reads the previous stages' files from --work-dir)::
+
+    PYTHONPATH=$PWD nice python scripts/bench_learning_libero.py --task 0 --seed 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+for p in (REPO_ROOT, REPO_ROOT / "scripts"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import numpy as np  # noqa: E402
+
+logger = logging.getLogger("bench_learning_libero")
+
+BENCHMARK = "libero_object"
+RUNNER_TARGET = "ript.env_runner.chunk_start_render.ChunkStartRenderLiberoRunner"
+STAGES = ("demos", "sft", "eval", "rl")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, help="LIBERO-Object task name or index (0..9)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", default=None, help="default: runs/bench_learning_libero/task<i>_seed<s>")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--num-val", type=int, default=25, help="held-out init states (of 50)")
+    p.add_argument("--split-seed", type=int, default=0)
+    g = p.add_argument_group("demos")
+    g.add_argument("--demos-per-state", type=int, default=1)
+    g.add_argument("--demo-noise", type=float, default=0.2, help="expert action noise std")
+    g.add_argument("--demo-mistake-prob", type=float, default=0.2)
+    g.add_argument("--carry-clearance", type=float, default=0.05,
+                   help="expert: object bottom above the basket rim while carrying (larger = more tolerant demos)")
+    g.add_argument("--clean-labels", action="store_true",
+                   help="label with the expert's pre-noise actions (DART); default: the executed actions")
+    g.add_argument("--camera-size", type=int, default=128, help="task=libero_object_rl's camera_size")
+    g = p.add_argument_group("SFT")
+    g.add_argument("--sft-steps", type=int, default=300)
+    g.add_argument("--sft-batch-size", type=int, default=16)
+    g.add_argument("--sft-lr", type=float, default=1e-3)
+    g.add_argument("--sft-stride", type=int, default=10, help="window stride (the demos' image stride)")
+    g = p.add_argument_group("RL (through run_training)")
+    g.add_argument("--rl-steps", type=int, default=8, help="training.n_steps (RIPT rounds)")
+    g.add_argument("--init-states-per-round", type=int, default=4)
+    g.add_argument("--rloo", type=int, default=4)
+    g.add_argument("--rl-lr", type=float, default=1e-4)
+    g.add_argument("--mini-batch-size", type=int, default=16)
+    g.add_argument("--weight-mode", default="binary", help="the reach benchmark's setting (docs/learning.md)")
+    g.add_argument("--num-epochs", type=int, default=4, help="passes over each round's windows")
+    g.add_argument("--short-window", default="pad", choices=["pad", "skip"])
+    g.add_argument("--rl-override", action="append", default=[], help="extra Hydra override (repeatable)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-states", type=int, default=50, help="evaluate on the first N of the 50 states")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ helpers
+def task_identity(task: str) -> tuple[int, str]:
+    from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner
+
+    names = list(Pi0LiberoRunner._load_benchmark(BENCHMARK).get_task_names())
+    if task.isdigit() and int(task) < len(names):
+        return int(task), names[int(task)]
+    if task not in names:
+        raise ValueError(f"--task {task!r} is neither an index < {len(names)} nor a task name of {BENCHMARK}: {names}")
+    return names.index(task), task
+
+
+def split_rows(num_states: int, num_val: int, seed: int) -> tuple[list[int], list[int]]:
+    """(train rows, held-out rows) exactly as LiberoInitStateDataset(num_val=..., seed=...) splits."""
+    from ript.datasets.init_state_dataset import _split_rows
+
+    train, val = _split_rows(num_states, num_val, seed)
+    return [int(i) for i in train], [int(i) for i in val]
+
+
+def make_policy(norm_stats_path: Path, pretrained_path: Path | None = None) -> Any:
+    from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
+
+    return PI0_OFT_Policy(norm_stats_path=str(norm_stats_path), preset="tiny", dtype="float32",
+                          freeze_vision_encoder=False,
+                          pretrained_path=None if pretrained_path is None else str(pretrained_path))
+
+
+def evaluate(policy: Any, task_name: str, rows: Sequence[int], val_rows: Sequence[int], seed: int,
+             camera_size: int) -> dict[str, Any]:
+    """Success per shipped init state (cfg 1, open loop 50, the suite's 280 steps)."""
+    from ript.env_runner.chunk_start_render import ChunkStartRenderLiberoRunner
+
+    runner = ChunkStartRenderLiberoRunner(benchmark_name=BENCHMARK, task_names_to_use=[task_name],
+                                          num_parallel_envs=1, open_loop=50, n_action_steps=50,
+                                          action_mode="absolute", camera_height=camera_size,
+                                          camera_width=camera_size, seed=seed, hard_reset=False)
+    states = runner._init_states(task_name)
+    policy.eval()
+    t0 = time.time()
+    per_state = {}
+    for row in rows:
+        (success, _, ep), = list(runner.run_policy_in_env(task_name, policy, [states[row]], cfg_scale=1.0))
+        per_state[int(row)] = bool(success) if ep.valid else None
+        logger.info("eval state %d: %s (%d steps)", row, success, ep.num_steps)
+    held = [per_state[r] for r in rows if r in set(val_rows) and per_state[r] is not None]
+    every = [v for v in per_state.values() if v is not None]
+    out = {"heldout_success": float(np.mean(held)) if held else None, "heldout_episodes": len(held),
+           "all_success": float(np.mean(every)) if every else None, "all_episodes": len(every),
+           "per_state": per_state, "time_s": time.time() - t0}
+    logger.info("eval: held-out %s over %d, all %s over %d (%.0f s)", out["heldout_success"], len(held),
+                out["all_success"], len(every), out["time_s"])
+    return out
+
+
+# ------------------------------------------------------------------------------ stages
+def demos_stage(args: argparse.Namespace, task_id: int, train_rows: list[int], work: Path) -> dict[str, Any]:
+    from ript.algos.sft_warm_start import norm_stats_from_demonstrations, write_norm_stats_json
+    from ript.envs.libero_object_demos import record_demonstrations, save_demonstrations
+    from ript.envs.libero_object_expert import ExpertConfig
+
+    t0 = time.time()
+    config = ExpertConfig(action_noise=args.demo_noise, mistake_prob=args.demo_mistake_prob,
+                          carry_clearance=args.carry_clearance)
+    rows = [r for r in train_rows for _ in range(args.demos_per_state)]
+    demos = record_demonstrations(task_id, rows, config, seed=args.seed, camera_size=args.camera_size,
+                                  image_stride=args.sft_stride, clean_labels=args.clean_labels)
+    save_demonstrations(demos, work / "demos.pkl")
+    write_norm_stats_json(norm_stats_from_demonstrations(demos), work / "norm_stats.json")
+    info = {"num_demos": len(demos), "demo_success_rate": float(np.mean([d["success"] for d in demos])),
+            "mean_steps": float(np.mean([len(d["actions"]) for d in demos])), "time_s": time.time() - t0}
+    logger.info("demos: %s", info)
+    return info
+
+
+def sft_stage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import torch
+
+    from openpi_pytorch_ori.pi0.checkpoint import save_pi0_weights
+    from ript.algos.sft_warm_start import demonstration_windows, sft_warm_start
+    from ript.envs.libero_object_demos import load_demonstrations
+
+    t0 = time.time()
+    demos = load_demonstrations(work / "demos.pkl")
+    torch.manual_seed(args.seed)
+    policy = make_policy(work / "norm_stats.json")
+    windows = demonstration_windows(demos, policy.norm_stats, stride=args.sft_stride, action_mode="absolute")
+    losses = sft_warm_start(policy, windows, num_steps=args.sft_steps, batch_size=args.sft_batch_size,
+                            lr=args.sft_lr, seed=args.seed)
+    save_pi0_weights(policy.pi0, work / "sft" / "model.safetensors")
+    info = {"num_windows": len(windows), "loss_first": losses[0], "loss_last20": float(np.mean(losses[-20:])),
+            "loss_curve": losses, "time_s": time.time() - t0}
+    logger.info("SFT: %d windows, loss %.4f -> %.4f, %.0f s", len(windows), losses[0], info["loss_last20"],
+                info["time_s"])
+    return info
+
+
+def rl_overrides(args: argparse.Namespace, task_name: str, work: Path, run_dir: Path) -> list[str]:
+    return [
+        "task=libero_object_rl", f"task.task_names_to_use=[{task_name}]", f"seed={args.seed}",
+        f"output_dir={run_dir}", f"task.env_runner._target_={RUNNER_TARGET}", "++task.env_runner.hard_reset=false",
+        f"++task.dataset.num_val={args.num_val}", f"++task.dataset.seed={args.split_seed}",
+        f"task.camera_size={args.camera_size}",
+        f"algo.policy.pretrained_path={work / 'sft' / 'model.safetensors'}",
+        f"algo.policy.norm_stats_path={work / 'norm_stats.json'}", "algo.policy.preset=tiny",
+        "algo.policy.dtype=float32", "algo.policy.freeze_vision_encoder=false", "algo.action_mode=absolute",
+        f"training.n_steps={args.rl_steps}", f"training.save_every_n_steps={args.rl_steps}",
+        "training.keep_last_checkpoints=1", f"train_dataloader.batch_size={args.init_states_per_round}",
+        f"algo.rloo_batch_size={args.rloo}", "algo.num_parallel_envs=1",
+        f"algo.lr={args.rl_lr}", f"algo.header_lr={args.rl_lr}", f"algo.mini_batch_size={args.mini_batch_size}",
+        f"algo.weight_mode={args.weight_mode}", f"algo.short_window={args.short_window}",
+        f"+algo.rl_optimizer_factory.num_epochs={args.num_epochs}",
+        "rollout.enabled=false", "logging.mode=disabled", "algo.rollout_generator_factory.use_tqdm=false",
+        *args.rl_override,
+    ]
+
+
+def rl_stage(args: argparse.Namespace, task_name: str, work: Path) -> tuple[dict[str, Any], Any]:
+    from eval_cfg_sweep import compose_config, load_policy_and_config
+    from train_ript_openvla_oft import run_training
+
+    run_dir = work / "rl"
+    shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: never mix two runs
+    t0 = time.time()
+    run_training(compose_config(None, rl_overrides(args, task_name, work, run_dir)))
+    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    policy, _, _ = load_policy_and_config(run_dir)
+    keys = ("step", "rollout/mean_scores", "rollout/valid_episodes", "rollout/non_zero_adv_ratio",
+            "train/windows_used", "train/positive_window_ratio", "train/step_time_s")
+    info = {"curve": [{k: r.get(k) for k in keys if k in r} for r in curve], "time_s": time.time() - t0}
+    logger.info("RL: %d rounds in %.0f s", len(curve), info["time_s"])
+    return info, policy
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    task_id, task_name = task_identity(args.task)
+    work = Path(args.work_dir or REPO_ROOT / "runs" / "bench_learning_libero" / f"task{task_id}_seed{args.seed}")
+    work.mkdir(parents=True, exist_ok=True)
+    results_path = work / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.update(task_id=task_id, task_name=task_name, seed=args.seed, args=vars(args))
+    train_rows, val_rows = split_rows(50, args.num_val, args.split_seed)
+    results.update(train_rows=train_rows, val_rows=val_rows)
+    eval_rows = list(range(min(50, args.eval_states)))
+
+    def save() -> None:
+        results_path.write_text(json.dumps(results, indent=1) + "\n")
+
+    if "demos" in args.stages:
+        results["demos"] = demos_stage(args, task_id, train_rows, work)
+        save()
+    if "sft" in args.stages:
+        results["sft"] = sft_stage(args, work)
+        save()
+    if "eval" in args.stages:
+        policy = make_policy(work / "norm_stats.json", work / "sft" / "model.safetensors")
+        results["sft_eval"] = evaluate(policy, task_name, eval_rows, val_rows, args.seed, args.camera_size)
+        save()
+    if "rl" in args.stages:
+        results["rl"], policy = rl_stage(args, task_name, work)
+        save()
+        results["rl_eval"] = evaluate(policy, task_name, eval_rows, val_rows, args.seed, args.camera_size)
+        save()
+    for key in ("sft_eval", "rl_eval"):
+        if key in results:
+            r = results[key]
+            print(f"{key}: held-out {r['heldout_success']} ({r['heldout_episodes']} eps), "
+                  f"all {r['all_success']} ({r['all_episodes']} eps)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
