@@ -15,8 +15,8 @@ For one LIBERO-Object task (name or index) and seed:
 The train / held-out split is ``LiberoInitStateDataset``'s (``num_val`` states held out,
 permutation seeded by ``--split-seed``), so demos, RL rollouts and evaluation agree.
 
-Rendering: until the runner renders only at chunk starts itself (issue 13), evaluation and RL use
-``ChunkStartRenderLiberoRunner`` (same runner code, cameras rendered only where a chunk starts).
+Rendering: evaluation and RL use the standard ``Pi0LiberoRunner``, which renders the cameras only
+where the policy looks (``render_on_demand``).
 
 Example (one task, one seed; each stage reads the previous stages' files from --work-dir)::
 
@@ -43,7 +43,6 @@ import numpy as np  # noqa: E402
 logger = logging.getLogger("bench_learning_libero")
 
 BENCHMARK = "libero_object"
-RUNNER_TARGET = "ript.env_runner.chunk_start_render.ChunkStartRenderLiberoRunner"
 STAGES = ("demos", "sft", "eval", "rl")
 
 
@@ -116,12 +115,13 @@ def make_policy(norm_stats_path: Path, pretrained_path: Path | None = None) -> A
 def evaluate(policy: Any, task_name: str, rows: Sequence[int], val_rows: Sequence[int], seed: int,
              camera_size: int) -> dict[str, Any]:
     """Success per shipped init state (cfg 1, open loop 50, the suite's 280 steps)."""
-    from ript.env_runner.chunk_start_render import ChunkStartRenderLiberoRunner
+    from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner
 
-    runner = ChunkStartRenderLiberoRunner(benchmark_name=BENCHMARK, task_names_to_use=[task_name],
-                                          num_parallel_envs=1, open_loop=50, n_action_steps=50,
-                                          action_mode="absolute", camera_height=camera_size,
-                                          camera_width=camera_size, seed=seed, hard_reset=False)
+    # The runner renders the cameras only where the policy looks (render_on_demand, its default).
+    runner = Pi0LiberoRunner(benchmark_name=BENCHMARK, task_names_to_use=[task_name],
+                             num_parallel_envs=1, open_loop=50, n_action_steps=50,
+                             action_mode="absolute", camera_height=camera_size,
+                             camera_width=camera_size, seed=seed, hard_reset=False)
     states = runner._init_states(task_name)
     policy.eval()
     t0 = time.time()
@@ -185,7 +185,7 @@ def sft_stage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def rl_overrides(args: argparse.Namespace, task_name: str, work: Path, run_dir: Path) -> list[str]:
     return [
         "task=libero_object_rl", f"task.task_names_to_use=[{task_name}]", f"seed={args.seed}",
-        f"output_dir={run_dir}", f"task.env_runner._target_={RUNNER_TARGET}", "++task.env_runner.hard_reset=false",
+        f"output_dir={run_dir}", "++task.env_runner.hard_reset=false",
         f"++task.dataset.num_val={args.num_val}", f"++task.dataset.seed={args.split_seed}",
         f"task.camera_size={args.camera_size}",
         f"algo.policy.pretrained_path={work / 'sft' / 'model.safetensors'}",
