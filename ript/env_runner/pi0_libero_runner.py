@@ -74,8 +74,9 @@ def import_libero() -> Any:
     return libero_pkg
 
 
-class _LiberoEnvFn:
-    """Picklable env constructor, run inside the worker process (or in-process for one env)."""
+class LiberoEnvFn:
+    """Picklable LIBERO env constructor, run inside the worker process (or in-process for one env);
+    public so scripted experts build the same env as the runner."""
 
     def __init__(self, bddl_file: str, camera_height: int, camera_width: int, seed: int,
                  hard_reset: bool = True):
@@ -156,7 +157,7 @@ class _LiberoWorkerEnv:
     holds, with one in-process env). ``render=False`` on a request leaves the camera images out of
     the observation it returns and skips their rendering (physics, rewards and dones unchanged)."""
 
-    def __init__(self, env_fn: _LiberoEnvFn):
+    def __init__(self, env_fn: LiberoEnvFn):
         self.env = env_fn()
         self.cameras = CameraSwitch(self.env.env)
 
@@ -201,7 +202,7 @@ class _LiberoWorkerEnv:
         self.env.close()
 
 
-def _worker_main(conn: Any, env_fn: _LiberoEnvFn) -> None:
+def _worker_main(conn: Any, env_fn: LiberoEnvFn) -> None:
     """Worker process loop: build one LIBERO env, then serve reset/set_init_state/step/close."""
     try:
         env = _LiberoWorkerEnv(env_fn)
@@ -273,7 +274,7 @@ class LiberoVectorEnv:
 
     renders_on_demand = True  # RecoverableVectorEnv passes render=False only to envs that say so
 
-    def __init__(self, env_fns: Sequence[_LiberoEnvFn], use_subprocess: bool,
+    def __init__(self, env_fns: Sequence[LiberoEnvFn], use_subprocess: bool,
                  thread_env: dict[str, str] | None = None, timeout_s: float | None = 120.0,
                  start_timeout_s: float = 600.0):
         self.use_subprocess = use_subprocess
@@ -516,10 +517,10 @@ class Pi0LiberoRunner(ChunkedRunner):
         bddl = self.benchmark.get_task_bddl_file_path(self._task_id(task_name))
         # Thread limits only go to subprocess workers: in-process they would change the caller's env.
         thread_env = worker_thread_env() if (self.limit_worker_threads and self.use_subprocess) else None
-        fns = [_LiberoEnvFn(bddl, self.camera_height, self.camera_width, self.seed + i, self.hard_reset)
+        fns = [LiberoEnvFn(bddl, self.camera_height, self.camera_width, self.seed + i, self.hard_reset)
                for i in range(n)]
         return LiberoVectorEnv(fns, use_subprocess=self.use_subprocess, thread_env=thread_env,
                                timeout_s=self.step_timeout_s)
 
 
-__all__ = ["LiberoVectorEnv", "Pi0LiberoRunner", "SUITE_MAX_STEPS", "import_libero"]
+__all__ = ["LiberoEnvFn", "LiberoVectorEnv", "Pi0LiberoRunner", "SUITE_MAX_STEPS", "import_libero"]

@@ -505,14 +505,14 @@ def make_libero_object_env(task_id: int, camera_size: int = 128, seed: int = 0, 
     init state set right after overwrites the sim state anyway. ``cameras=False`` switches the
     camera observables off (see :func:`set_cameras_enabled`).
     """
-    from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner, _LiberoEnvFn
+    from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner, LiberoEnvFn
 
     bench = Pi0LiberoRunner._load_benchmark(benchmark_name)
     num_tasks = bench.get_num_tasks()
     if not 0 <= task_id < num_tasks:
         raise ValueError(f"task_id={task_id} out of range for {benchmark_name!r} ({num_tasks} tasks: "
                          f"{list(bench.get_task_names())})")
-    env = _LiberoEnvFn(bench.get_task_bddl_file_path(task_id), camera_size, camera_size, seed, hard_reset)()
+    env = LiberoEnvFn(bench.get_task_bddl_file_path(task_id), camera_size, camera_size, seed, hard_reset)()
     set_cameras_enabled(env, cameras)
     return env, bench
 
