@@ -98,9 +98,9 @@ def task_identity(task: str) -> tuple[int, str]:
 
 def split_rows(num_states: int, num_val: int, seed: int) -> tuple[list[int], list[int]]:
     """(train rows, held-out rows) exactly as LiberoInitStateDataset(num_val=..., seed=...) splits."""
-    from ript.datasets.init_state_dataset import _split_rows
+    from ript.datasets.init_state_dataset import split_train_val_rows
 
-    train, val = _split_rows(num_states, num_val, seed)
+    train, val = split_train_val_rows(num_states, num_val, seed)
     return [int(i) for i in train], [int(i) for i in val]
 
 

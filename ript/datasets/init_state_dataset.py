@@ -156,7 +156,7 @@ def _find_demo_file(demo_hdf5_dir: str, bench: Any, task_idx: int) -> str:
     )
 
 
-def _split_rows(n: int, num_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_train_val_rows(n: int, num_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train_rows, val_rows): a seeded permutation, so every rank draws the same split."""
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[num_val:]), np.sort(perm[:num_val])
@@ -214,7 +214,7 @@ class LiberoInitStateDataset(InitStateDataset):
                     f"num_val={n_val} held-out states for task {name!r} leaves no training "
                     f"states (it has {len(states)}); lower num_val/val_fraction"
                 )
-            tr_rows, va_rows = _split_rows(len(states), n_val, seed)
+            tr_rows, va_rows = split_train_val_rows(len(states), n_val, seed)
             train.append((idx, name, states[tr_rows]))
             held.append((idx, name, states[va_rows]))
         if split == "val" and all(len(s) == 0 for _, _, s in held):
