@@ -325,8 +325,11 @@ class CFGFlowOptimizerPI0:
             return self.config.n_action_steps
         return int(model_steps) if model_steps is not None else 50
 
-    def make_windows(self, episodes: Sequence[Episode], weights: torch.Tensor, model: Any) -> tuple[list[Window], int]:
-        """Cut every valid episode into windows carrying its weight; (windows, n_short_skipped)."""
+    def make_windows(self, episodes: Sequence[Episode], weights: torch.Tensor, model: Any,
+                     first_index: int = 0) -> tuple[list[Window], int]:
+        """Cut every valid episode into windows carrying its weight; (windows, n_short_skipped).
+
+        Episode ``i`` gets ``episode_index = first_index + i``, which seeds its windows' noise."""
         c = self.config
         n_steps = self._n_action_steps(model)
         windows: list[Window] = []
@@ -336,7 +339,8 @@ class CFGFlowOptimizerPI0:
                 continue
             ws, skipped = cut_windows(
                 ep, float(weights[i]), model.norm_stats, window_stride=c.window_stride, window_mode=c.window_mode,
-                short_window=c.short_window, n_action_steps=n_steps, action_mode=c.action_mode, episode_index=i,
+                short_window=c.short_window, n_action_steps=n_steps, action_mode=c.action_mode,
+                episode_index=first_index + i,
             )
             windows.extend(ws)
             n_skipped += skipped
@@ -347,18 +351,13 @@ class CFGFlowOptimizerPI0:
         ``success_replay_weight``), then store this round's successes. Returns windows added."""
         if self.replay is None:
             return 0
-        c = self.config
         replayed = self.replay.replay(episodes, self.round)
-        n_before = len(windows)
-        for j, ep in enumerate(replayed):
-            ws, _ = cut_windows(
-                ep, c.success_replay_weight, model.norm_stats, window_stride=c.window_stride,
-                window_mode=c.window_mode, short_window=c.short_window, n_action_steps=self._n_action_steps(model),
-                action_mode=c.action_mode, episode_index=len(episodes) + j,  # distinct noise seeds
-            )
-            windows.extend(ws)
+        weights = torch.full((len(replayed),), self.config.success_replay_weight)
+        # Indices after this round's episodes: replayed windows draw their own noise seeds.
+        replay_windows, _ = self.make_windows(replayed, weights, model, first_index=len(episodes))
+        windows.extend(replay_windows)
         self.replay.add(episodes, self.round)
-        return len(windows) - n_before
+        return len(replay_windows)
 
     @torch.no_grad()
     def _diagnostics(self, model: Any, episodes: Sequence[Episode], scored: _Scored,
