@@ -147,18 +147,21 @@ def _resolve(cfg: DictConfig) -> None:
         raise ConfigError(f"the config does not resolve: {error}") from error
 
 
-def check_eval_config(cfg: DictConfig) -> None:
-    """The checks that apply to a stand-alone evaluation (scripts/eval_cfg_sweep.py)."""
-    _resolve(cfg)
+def _check_policy_and_protocol(cfg: DictConfig) -> None:
+    """What training and a stand-alone evaluation both need: paths, statistics, protocol."""
     check_paths(cfg)
     check_norm_stats_convention(cfg)
     check_eval_protocol(cfg)
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """The checks that apply to a stand-alone evaluation (scripts/eval_cfg_sweep.py)."""
+    _resolve(cfg)
+    _check_policy_and_protocol(cfg)
 
 
 def check_config(cfg: DictConfig, world_size: int = 1) -> None:
     """All pre-flight checks; raises :class:`ConfigError`."""
     _resolve(cfg)
     check_hyperparameters(cfg, world_size)
-    check_paths(cfg)
-    check_norm_stats_convention(cfg)
-    check_eval_protocol(cfg)
+    _check_policy_and_protocol(cfg)
