@@ -10,6 +10,10 @@ Presets:
   * ``tiny``: a CPU-sized model (2 layers, widths of tens, 56 px images) that runs a training
     step in a fraction of a second; it defaults to the tokenizer shipped in
     ``openpi_pytorch_ori/pi0/assets/tiny_tokenizer``.
+  * ``small``: PI0's architecture at 8.0 M parameters and 112 px (SigLIP-style tower 192 wide x 6
+    layers, Gemma stream 256 wide and expert 128 wide x 4 layers, 4 heads of 64), the smallest
+    size measured to see a LIBERO scene well enough to learn a task from a few demos; it also
+    uses the shipped tiny tokenizer (docs/learning_libero.md has its speed and success).
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ class PI0Config:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "PI0Config":
-        """Build a named preset ("full" or "tiny"), then apply keyword overrides.
+        """Build a named preset ("full", "small" or "tiny"), then apply keyword overrides.
 
         Sub-config overrides may be dicts, merged field by field:
         ``PI0Config.preset("tiny", vlm={"num_hidden_layers": 1}, expert={"num_hidden_layers": 1})``.
@@ -297,4 +301,22 @@ def _tiny_preset() -> PI0Config:
     )
 
 
-_PRESETS = {"full": _full_preset, "tiny": _tiny_preset}
+def _small_preset() -> PI0Config:
+    # Sized by measurement on LIBERO-Object (docs/learning_libero.md): 112 px gives 64 tokens per
+    # camera, enough to place a bottle; 8 M parameters keep CPU rollouts simulator-bound
+    # (~70 ms per select_action at batch 1 on 2 cores) and SFT on one GPU to minutes.
+    return PI0Config(
+        vision=VisionConfig(hidden_size=192, intermediate_size=768, num_hidden_layers=6,
+                            num_attention_heads=3, patch_size=14, image_size=112),
+        vlm=GemmaStreamConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=64, vocab_size=512),
+        expert=GemmaStreamConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                                 num_attention_heads=4, num_key_value_heads=1, head_dim=64, vocab_size=512),
+        tokenizer_max_length=24,
+        tokenizer_path=str(TINY_TOKENIZER_DIR),
+        resize_imgs_with_padding=(112, 112),
+        proj_width=128,
+    )
+
+
+_PRESETS = {"full": _full_preset, "tiny": _tiny_preset, "small": _small_preset}

@@ -76,7 +76,7 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         device_id: int | str | None = None,
         norm_stats_path: str | None = None,
         pretrained_path: str | None = None,
-        preset: Literal["full", "tiny"] | None = None,
+        preset: Literal["full", "small", "tiny"] | None = None,
         tokenizer_path: str | None = None,
         strict_load: bool = False,
         dtype: Literal["float32", "bfloat16"] | None = None,
