@@ -29,11 +29,23 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
+
+try:  # a progress bar where tqdm is installed; the GPU machine may lack it
+    from tqdm import tqdm
+except ImportError:  # pragma: no cover - exercised only without tqdm
+    def tqdm(iterable: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[no-redef]
+        class _Bar:
+            def __iter__(self) -> Any:
+                return iter(iterable)
+
+            def set_postfix(self, **_: Any) -> None:
+                pass
+
+        return _Bar()
 
 from ript.algos.rl_optimizers.cfg_flow_math import (
     STEP_OBSERVATIONS_KEY,
@@ -130,7 +142,11 @@ def demo_to_episode(demo: Mapping[str, Any], norm_stats: NormStats, window_start
     other window starts go to ``extra["step_observations"]`` (only the entries that a window reads
     are filled, to keep memory small). Observations go through the runner's
     ``env_obs_to_pi0_observation``, so images are rotated and the state normalised identically.
+    A demo with ``images_converted`` (recorded with ``image_size``: its frames are already the
+    runner's conversion, flipped and resized) is not rotated or resized again.
     """
+    if demo.get("images_converted"):
+        rotate_images_180 = False
     num_steps = len(demo["actions"])
     chunk_starts = list(range(0, num_steps, n_action_steps))
     needed = sorted(set(chunk_starts) | {int(t) for t in window_starts if 0 <= t < num_steps})
@@ -211,11 +227,21 @@ def _lr_at(step: int, num_steps: int, lr: float, warmup: int, min_lr_ratio: floa
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _batch_order(num_windows: int, batch_size: int, gen: torch.Generator, order: list[int]) -> tuple[list[int], list[int]]:
+    """The next batch's window indices (reshuffled epochs from ``gen``) and what is left of ``order``."""
+    if len(order) < batch_size:
+        order = order + torch.randperm(num_windows, generator=gen).tolist()
+    return order[:batch_size], order[batch_size:]
+
+
 def sft_warm_start(policy: Any, windows: Sequence[Window], num_steps: int = 300, batch_size: int = 16,
                    lr: float = 1e-3, uncond_weight: float = 0.1, seed: int = 0, grad_norm_clip: float = 1.0,
                    weight_decay: float = 1e-4, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
-                   progress: bool = True) -> list[float]:
-    """Flow-matching SFT of ``policy`` on ``windows``; returns the per-step loss curve.
+                   progress: bool = True, start_step: int = 0, optimizer_state: Mapping[str, Any] | None = None,
+                   checkpoint_every: int = 0, on_checkpoint: Callable[[int, torch.optim.Optimizer, list[float]], None]
+                   | None = None, autocast_dtype: torch.dtype | None = None,
+                   on_log: Callable[[int, float], None] | None = None) -> list[float]:
+    """Flow-matching SFT of ``policy`` on ``windows``; returns the per-step loss curve (steps run here).
 
     Loss per batch: ``mean_i (w_i * L_pos_i + uncond_weight * L_uncond_i)``, ``w_i`` the window's
     weight (1 for every demo, or 0 for failed ones: see :func:`demonstration_windows`), via
@@ -224,23 +250,37 @@ def sft_warm_start(policy: Any, windows: Sequence[Window], num_steps: int = 300,
     reshuffles from a generator seeded by ``seed``; noise/time per (step, slot) from
     ``draw_noise_time``, so the run is deterministic given ``seed`` (on one device and thread
     setting). All trainable parameters share one AdamW (warm-up + cosine).
+
+    Resuming: ``start_step`` > 0 with the saved ``optimizer_state`` (and the weights already in
+    ``policy``) continues the same run -- the batch order is replayed up to ``start_step`` (it
+    depends only on ``seed``, the number of windows and ``batch_size``), noise/time are per step,
+    so an interrupted-and-resumed run takes the steps an uninterrupted one would.
+    ``on_checkpoint(step, optimizer, losses)`` is called after every ``checkpoint_every``-th step
+    (``step`` = steps done) and after the last one. ``autocast_dtype`` (e.g. ``torch.bfloat16`` on
+    cuda) runs the forward under autocast; weights and optimizer stay in their own dtype.
     """
     if num_steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"num_steps={num_steps}, batch_size={batch_size}, lr={lr}: all must be positive")
+    if not 0 <= start_step <= num_steps:
+        raise ValueError(f"start_step={start_step} must be in [0, num_steps={num_steps}]")
     if not windows:
         raise ValueError("sft_warm_start needs at least one window (see demonstration_windows)")
     policy.train()
     optimizer = _sft_optimizer(policy, lr, weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     noise_dim = int(policy.config.max_action_dim)
+    device = getattr(policy, "device", torch.device("cpu"))
     gen = torch.Generator().manual_seed(int(seed))
     order: list[int] = []
+    for _ in range(start_step):  # replay the batch order of the steps already taken
+        _, order = _batch_order(len(windows), batch_size, gen, order)
     losses: list[float] = []
-    bar = tqdm(range(num_steps), desc="sft", disable=not progress, leave=False)
+    bar = tqdm(range(start_step, num_steps), desc="sft", disable=not progress, leave=False,
+               initial=start_step, total=num_steps)
     for step in bar:
-        if len(order) < batch_size:
-            order += torch.randperm(len(windows), generator=gen).tolist()
-        idx, order = order[:batch_size], order[batch_size:]
+        idx, order = _batch_order(len(windows), batch_size, gen, order)
         batch = collate_windows([windows[i] for i in idx])
         weights = batch.pop("weights")  # (n,) conditional-branch weight of each window's demo
         seeds = [int(np.random.SeedSequence([seed, step, k]).generate_state(1)[0]) for k in range(len(idx))]
@@ -248,16 +288,25 @@ def sft_warm_start(policy: Any, windows: Sequence[Window], num_steps: int = 300,
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, num_steps, lr, warmup_steps, min_lr_ratio)
         optimizer.zero_grad(set_to_none=True)
-        out = policy.cfg_flow_losses(batch, noise=noise, time=time)
-        loss, _ = weighted_cfg_flow_loss(out["losses_pos"], out["losses_uncond"], weights, batch["action_is_pad"],
-                                         uncond_weight)
+        with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            out = policy.cfg_flow_losses(batch, noise=noise, time=time)
+        loss, _ = weighted_cfg_flow_loss(out["losses_pos"].float(), out["losses_uncond"].float(),
+                                         weights.to(out["losses_pos"].device),
+                                         batch["action_is_pad"].to(out["losses_pos"].device), uncond_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, grad_norm_clip)
         optimizer.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    logger.info("SFT: %d steps, loss %.4f -> %.4f (mean of last 20: %.4f)", num_steps, losses[0], losses[-1],
-                float(np.mean(losses[-20:])))
+        if on_log is not None:
+            on_log(step + 1, losses[-1])
+        done = step + 1
+        if on_checkpoint is not None and (done == num_steps or (checkpoint_every and done % checkpoint_every == 0)):
+            on_checkpoint(done, optimizer, losses)
+    if losses:
+        logger.info("SFT: steps %d..%d, loss %.4f -> %.4f (mean of last 20: %.4f)", start_step, num_steps,
+                    losses[0], losses[-1], float(np.mean(losses[-20:])))
     return losses
 
 
