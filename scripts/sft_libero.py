@@ -4,6 +4,7 @@
           (``split_train_val_rows(50, num_val, split_seed)``'s order, so ``--num-demos N`` later
           takes N distinct states), rendered and converted exactly as the runner shows the policy
           (camera 256 px -> the policy's input size), into one compressed pack (``ript.datasets.demo_pack``).
+  timing  ms per select_action (batch 1/8) and per SFT step (batch 16/32) of a preset.
   train   (torch + numpy + PIL + safetensors only: no LIBERO, robosuite or Hydra is imported):
           the first ``--num-demos`` demos of a pack -> norm stats (absolute actions) -> the project's
           ``sft_warm_start`` on the ``small`` PI0 -> ``model.safetensors`` + ``norm_stats.json`` +
@@ -178,6 +179,80 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
+# ------------------------------------------------------------------------------ timing
+def _synthetic_batch(batch_size: int, image_size: int, horizon: int = 50) -> dict[str, Any]:
+    """A PI0 training batch of random frames/states/labels (timing only)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    batch: dict[str, Any] = {f"image.{slot}": torch.randint(0, 256, (batch_size, 3, image_size, image_size),
+                                                             generator=g, dtype=torch.uint8)
+                             for slot in ("base_0_rgb", "left_wrist_0_rgb")}
+    batch["state"] = torch.randn(batch_size, 8, generator=g)
+    batch["prompt"] = ["pick up the ketchup and place it in the basket"] * batch_size
+    batch["action"] = torch.randn(batch_size, horizon, 7, generator=g)
+    batch["action_is_pad"] = torch.zeros(batch_size, horizon, dtype=torch.bool)
+    return batch
+
+
+def timing(args: argparse.Namespace) -> dict[str, Any]:
+    """ms per ``select_action`` (batch sizes ``--act-batches``) and per SFT step (``--train-batches``)."""
+    import torch
+
+    from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
+    from ript.algos.rl_optimizers.cfg_flow_math import weighted_cfg_flow_loss
+
+    policy = PI0_OFT_Policy(device_id=args.device, norm_stats_path=None, preset=args.preset, dtype="float32",
+                            freeze_vision_encoder=False)
+    cuda = policy.device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def clock(fn: Any, reps: int) -> float:
+        fn()  # warm-up
+        sync()
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        return 1000 * (time.perf_counter() - t) / reps
+
+    n_params = sum(p.numel() for p in policy.pi0.parameters())
+    out: dict[str, Any] = {"preset": args.preset, "device": str(policy.device), "parameters": n_params,
+                           "image_size": policy.image_size, "select_action_ms": {}, "train_step_ms": {}}
+    if cuda:
+        out["gpu"] = torch.cuda.get_device_name(policy.device)
+    for b in args.act_batches:
+        obs = {k: v for k, v in _synthetic_batch(b, policy.image_size).items() if k not in ("action", "action_is_pad")}
+        out["select_action_ms"][b] = round(clock(lambda: policy.select_action(obs), args.reps), 2)
+    params = [p for p in policy.pi0.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    amp = torch.bfloat16 if args.amp == "bf16" and cuda else None
+    policy.train()
+    for b in args.train_batches:
+        batch = _synthetic_batch(b, policy.image_size)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=policy.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                o = policy.cfg_flow_losses(batch)
+            loss, _ = weighted_cfg_flow_loss(o["losses_pos"].float(), o["losses_uncond"].float(),
+                                             torch.ones(b, device=policy.device),
+                                             batch["action_is_pad"].to(policy.device), 0.1)
+            loss.backward()
+            opt.step()
+
+        out["train_step_ms"][b] = round(clock(step, args.reps), 2)
+    logger.info("timing: %s", out)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out))
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,6 +271,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     r.add_argument("--image-size", type=int, default=112, help="the policy's input size (small preset: 112)")
     r.add_argument("--image-stride", type=int, default=10)
     add_train_parser(sub)
+    m = sub.add_parser("timing", help="ms per select_action / SFT step of a preset (random inputs)")
+    m.add_argument("--preset", default="small")
+    m.add_argument("--device", default="cuda")
+    m.add_argument("--act-batches", type=int, nargs="+", default=[1, 8])
+    m.add_argument("--train-batches", type=int, nargs="+", default=[16, 32])
+    m.add_argument("--reps", type=int, default=10)
+    m.add_argument("--amp", default="bf16", choices=["bf16", "none"])
+    m.add_argument("--out", default=None, help="write the numbers as JSON here")
     return p.parse_args(argv)
 
 
@@ -225,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "record":
         return record(args)
+    if args.command == "timing":
+        return timing(args)
     return train(args)
 
 
