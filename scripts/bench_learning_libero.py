@@ -1,11 +1,11 @@
-"""Real LIBERO-Object: scripted demos -> SFT of the tiny PI0 -> CFG-Flow RL -> evaluation.
+"""Real LIBERO-Object: scripted demos -> SFT of a small PI0 -> CFG-Flow RL -> evaluation.
 
 For one LIBERO-Object task (name or index) and seed:
 
   1. ``demos``: the scripted expert (``ript.envs.libero_object_expert``, with action noise and
      mistakes) records ``--demos-per-state`` demos from each *training* init state; norm stats
      (absolute / LIBERO-delta actions) are computed from them.
-  2. ``sft``: ``ript.algos.sft_warm_start`` trains the tiny PI0 on the demos' windows.
+  2. ``sft``: ``ript.algos.sft_warm_start`` trains the ``--preset`` PI0 (default ``small``) on the demos' windows.
   3. ``eval``: the SFT policy on all 50 shipped init states (reported: held-out part and all 50).
   4. ``rl``: CFG-Flow RL through the training entry point (``train_ript_openvla_oft.run_training``
      on ``task=libero_object_rl`` restricted to this task, ``algo.policy.pretrained_path=<SFT
@@ -63,7 +63,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="expert: object bottom above the basket rim while carrying (larger = more tolerant demos)")
     g.add_argument("--clean-labels", action="store_true",
                    help="label with the expert's pre-noise actions (DART); default: the executed actions")
-    g.add_argument("--camera-size", type=int, default=128, help="task=libero_object_rl's camera_size")
+    g.add_argument("--camera-size", type=int, default=256, help="task=libero_object_rl's camera_size")
+    g.add_argument("--preset", default="small", choices=["small", "tiny"],
+                   help="PI0 preset; demos are recorded at its input size, converted as the runner converts")
     g = p.add_argument_group("SFT")
     g.add_argument("--sft-steps", type=int, default=300)
     g.add_argument("--sft-batch-size", type=int, default=16)
@@ -104,10 +106,13 @@ def split_rows(num_states: int, num_val: int, seed: int) -> tuple[list[int], lis
     return [int(i) for i in train], [int(i) for i in val]
 
 
-def make_policy(norm_stats_path: Path, pretrained_path: Path | None = None) -> Any:
+PRESET_IMAGE_SIZE = {"small": 112, "tiny": 56}  # openpi_pytorch_ori/pi0/configuration_pi0.py presets
+
+
+def make_policy(norm_stats_path: Path, pretrained_path: Path | None = None, preset: str = "small") -> Any:
     from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
 
-    return PI0_OFT_Policy(norm_stats_path=str(norm_stats_path), preset="tiny", dtype="float32",
+    return PI0_OFT_Policy(norm_stats_path=str(norm_stats_path), preset=preset, dtype="float32",
                           freeze_vision_encoder=False,
                           pretrained_path=None if pretrained_path is None else str(pretrained_path))
 
@@ -151,7 +156,8 @@ def demos_stage(args: argparse.Namespace, task_id: int, train_rows: list[int], w
                           carry_clearance=args.carry_clearance)
     rows = [r for r in train_rows for _ in range(args.demos_per_state)]
     demos = record_demonstrations(task_id, rows, config, seed=args.seed, camera_size=args.camera_size,
-                                  image_stride=args.sft_stride, clean_labels=args.clean_labels)
+                                  image_stride=args.sft_stride, clean_labels=args.clean_labels,
+                                  image_size=PRESET_IMAGE_SIZE[args.preset])
     save_demonstrations(demos, work / "demos.pkl")
     write_norm_stats_json(norm_stats_from_demonstrations(demos), work / "norm_stats.json")
     info = {"num_demos": len(demos), "demo_success_rate": float(np.mean([d["success"] for d in demos])),
@@ -170,7 +176,7 @@ def sft_stage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     t0 = time.time()
     demos = load_demonstrations(work / "demos.pkl")
     torch.manual_seed(args.seed)
-    policy = make_policy(work / "norm_stats.json")
+    policy = make_policy(work / "norm_stats.json", preset=args.preset)
     windows = demonstration_windows(demos, policy.norm_stats, stride=args.sft_stride, action_mode="absolute")
     losses = sft_warm_start(policy, windows, num_steps=args.sft_steps, batch_size=args.sft_batch_size,
                             lr=args.sft_lr, seed=args.seed)
@@ -189,7 +195,7 @@ def rl_overrides(args: argparse.Namespace, task_name: str, work: Path, run_dir: 
         f"++task.dataset.num_val={args.num_val}", f"++task.dataset.seed={args.split_seed}",
         f"task.camera_size={args.camera_size}",
         f"algo.policy.pretrained_path={work / 'sft' / 'model.safetensors'}",
-        f"algo.policy.norm_stats_path={work / 'norm_stats.json'}", "algo.policy.preset=tiny",
+        f"algo.policy.norm_stats_path={work / 'norm_stats.json'}", f"algo.policy.preset={args.preset}",
         "algo.policy.dtype=float32", "algo.policy.freeze_vision_encoder=false", "algo.action_mode=absolute",
         f"training.n_steps={args.rl_steps}", f"training.save_every_n_steps={args.rl_steps}",
         "training.keep_last_checkpoints=1", f"train_dataloader.batch_size={args.init_states_per_round}",
@@ -242,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["sft"] = sft_stage(args, work)
         save()
     if "eval" in args.stages:
-        policy = make_policy(work / "norm_stats.json", work / "sft" / "model.safetensors")
+        policy = make_policy(work / "norm_stats.json", work / "sft" / "model.safetensors", args.preset)
         results["sft_eval"] = evaluate(policy, task_name, eval_rows, val_rows, args.seed, args.camera_size)
         save()
     if "rl" in args.stages:
