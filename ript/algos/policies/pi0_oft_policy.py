@@ -89,6 +89,9 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         compile_layers: bool = False,
     ) -> None:
         self.device = resolve_device(device_id)
+        # Scale of the sampler's initial flow noise (x_1 = T * eps); the rollout generator raises it
+        # for training rollouts (algo.rollout_noise_temperature), evaluation keeps 1.
+        self.noise_temperature = 1.0
         self.norm_stats: NormStats = self._load_norm_stats(norm_stats_path)
         self.config = self._build_config(
             preset, pretrained_path, dtype, gradient_checkpointing, freeze_vision_encoder,
@@ -211,7 +214,12 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         was_training = self.model.training
         self.model.eval()
         try:
-            actions = self.pi0.select_action(batch, cfg_scale=cfg_scale)  # (B, 50, max_action_dim)
+            noise = None
+            if self.noise_temperature != 1.0:
+                state = batch["state"]
+                shape = (state.shape[0], self.config.chunk_size, self.config.max_action_dim)
+                noise = self.noise_temperature * torch.randn(shape, dtype=torch.float32, device=self.device)
+            actions = self.pi0.select_action(batch, cfg_scale=cfg_scale, noise=noise)  # (B, 50, max_action_dim)
         finally:
             self.model.train(was_training)
         actions = actions[..., : self.norm_stats.action_dim].float()  # (B, 50, 7)
