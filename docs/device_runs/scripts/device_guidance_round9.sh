@@ -44,16 +44,18 @@ collect() {  # aggregate the seeds whose stage finished; copy results into $OUT 
 timeout $SFT_LIMIT $B --seeds $SEEDS --jobs $JOBS --stages sft --work-dir $W/sft --out-dir $W/sft > $W/sft.log 2>&1
 echo "sft done $(el) s"; collect sft
 REM=$(( END - $(el) ))
-timeout $REM $B --seeds $SEEDS --jobs $JOBS --sft-dir $W/sft --stages rl "${CHOSEN[@]}" \
+# setsid: each bench and its per-seed subprocesses form one process group, ended together at the deadline.
+setsid timeout $REM $B --seeds $SEEDS --jobs $JOBS --sft-dir $W/sft --stages rl "${CHOSEN[@]}" \
     --cfg-scales 1 1.5 2 3 --work-dir $W/rl --out-dir $W/rl > $W/rl.log 2>&1 &
 RL=$!
-timeout $REM $B --seeds $BC_SEEDS --jobs 3 --sft-dir $W/sft --stages bc "${CHOSEN[@]}" \
+setsid timeout $REM $B --seeds $BC_SEEDS --jobs 3 --sft-dir $W/sft --stages bc "${CHOSEN[@]}" \
     --cfg-scales 1 2 --work-dir $W/bc --out-dir $W/bc > $W/bc.log 2>&1 &
 BC=$!
 while kill -0 $RL 2>/dev/null || kill -0 $BC 2>/dev/null; do
   sleep 45; collect rl; collect bc; echo "$(el) s: rl seeds $(ls $W/rl/seed*/rl.json 2>/dev/null | wc -l), bc $(ls $W/bc/seed*/bc.json 2>/dev/null | wc -l)"
 done
 wait
+kill -- -$RL -$BC 2>/dev/null  # per-seed subprocesses the deadline left running
 echo "rl/bc done $(el) s"
 collect rl; collect bc
 tar czf $OUT/results.tgz $(find $W -name '*.json' -o -name '*.log' -o -name 'metrics.jsonl' -o -name '*.md' -o -name '*.png' | grep -v checkpoint)
