@@ -48,7 +48,8 @@ CURVE_KEYS = ("rollout/mean_scores", "rollout/mean_advantage", "loss/fm_loss")
 # Per-round diagnostics (docs/learning.md): kept in the curves and drawn in learning_diagnostics.png.
 DIAGNOSTIC_KEYS = ("train/positive_window_ratio", "train/branch_gap", "rollout/groups_mixed",
                    "rollout/groups_all_fail", "rollout/groups_all_success", "rollout/chunk_diversity",
-                   "train/weight_distance", "train/replayed_windows")
+                   "train/weight_distance", "train/replayed_windows", "train/failed_window_share",
+                   "train/failed_alpha_share")
 
 
 # ------------------------------------------------------------------------------ arguments
@@ -288,6 +289,8 @@ def aggregate(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
                 key: _mean_std_per_step([[row.get(key) for row in r[arm]["curve"]] for r in results])
                 for key in (*CURVE_KEYS, *DIAGNOSTIC_KEYS)}
             summary[f"{arm}_retention"] = _mean_std([retention(r[arm]) for r in results])
+            summary[f"{arm}_branch_gap_last"] = _mean_std([last_value(r[arm], "train/branch_gap") for r in results])
+            summary[f"{arm}_spread_ratio"] = _mean_std([spread_ratio(r[arm]) for r in results])
     summary["heldout_cfg1"] = {arm: _mean_std([r[arm]["eval"]["heldout"]["1"]["overall"] for r in results])
                                for arm in ("sft", "rl", "bc")
                                if all(arm in r and "heldout" in r[arm]["eval"] for r in results)}
@@ -313,6 +316,19 @@ def retention(arm_result: dict[str, Any], window: int = 5) -> float:
     round is taken from a moving average, so one lucky round does not set the bar."""
     best = float(np.nanmax(moving_average([row["rollout/mean_scores"] for row in arm_result["curve"]], window)))
     return arm_result["eval"]["scenes"]["1"]["overall"] / max(best, 1e-9)
+
+
+def last_value(arm_result: dict[str, Any], key: str) -> float:
+    """The metric at the last round that logged it (nan if none did)."""
+    vals = [row.get(key) for row in arm_result["curve"] if row.get(key) is not None]
+    return float(vals[-1]) if vals else float("nan")
+
+
+def spread_ratio(arm_result: dict[str, Any]) -> float:
+    """Last round's first-chunk spread of the K rollouts / the first round's (issue 20: >= 0.5)."""
+    vals = [row.get("rollout/chunk_diversity") for row in arm_result["curve"]
+            if row.get("rollout/chunk_diversity") is not None]
+    return float(vals[-1] / vals[0]) if len(vals) >= 2 and vals[0] > 0 else float("nan")
 
 
 def _mean_std_per_step(curves: list[list[float]]) -> dict[str, list[float]]:
@@ -451,6 +467,10 @@ def markdown_table(doc: dict[str, Any]) -> str:
         if f"{arm}_retention" in summary:
             vals = ", ".join(f"{v:.2f}" for v in summary[f"{arm}_retention"]["values"])
             lines.append(f"\n{label} retention (final cfg-1 success / best 5-round mean of training success): {vals}")
+        if f"{arm}_branch_gap_last" in summary:
+            gaps = ", ".join(f"{100 * v:.2f}" for v in summary[f"{arm}_branch_gap_last"]["values"])
+            spread = ", ".join(f"{v:.2f}" for v in summary[f"{arm}_spread_ratio"]["values"])
+            lines.append(f"\n{label} branch gap at the last round (%): {gaps}; K-rollout spread last/first round: {spread}")
     held = summary.get("heldout_cfg1", {})
     if held:
         lines += ["", "Unseen scenes (generalisation check, cfg 1): " + ", ".join(

@@ -110,6 +110,9 @@ class PI0Config:
     # Sinusoidal flow-time embedding periods (reference values).
     time_min_period: float = 4e-3
     time_max_period: float = 4.0
+    # CFG condition also as a zero-initialised per-layer scale/shift of the action expert's hidden
+    # states (modeling_pi0.PI0FlowMatching.cond_layer_mod); off = the seed's cond_embed path only.
+    cond_layer_modulation: bool = False
 
     def __post_init__(self) -> None:
         self.vision = _as_dataclass(VisionConfig, self.vision, "vision")

@@ -26,6 +26,7 @@ SigLIP). The joint forward, RoPE, masking and KV cache are written here:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,8 @@ from .configuration_pi0 import GemmaStreamConfig, PI0Config
 # Finite "minus infinity" of the reference: a query row with nothing to attend to then gets a
 # uniform softmax (finite garbage that never reaches a valid token) instead of NaN.
 MASKED_LOGIT = -2.3819763e38
+# (layer_idx, expert hidden (B, Ls, W)) -> modulated hidden: the per-layer CFG condition hook.
+SuffixModulation = Callable[[int, torch.Tensor], torch.Tensor]
 ROPE_BASE = 10_000.0  # the reference hard-codes this; the Gemma config's rope_theta is not read
 
 
@@ -349,13 +352,18 @@ class PaliGemmaWithExpert(nn.Module):
     def forward_joint(
         self, prefix_embs: torch.Tensor, suffix_embs: torch.Tensor,
         attention_mask: torch.Tensor, position_ids: torch.Tensor,
+        suffix_modulation: SuffixModulation | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Joint pass. prefix_embs (B, Lp, vlm_hidden), suffix_embs (B, Ls, expert_hidden),
         attention_mask (B, Lp+Ls, Lp+Ls) bool, position_ids (B, Lp+Ls)
-        -> (prefix_out (B, Lp, vlm_hidden), suffix_out (B, Ls, expert_hidden)) after final norms."""
+        -> (prefix_out (B, Lp, vlm_hidden), suffix_out (B, Ls, expert_hidden)) after final norms.
+        suffix_modulation(layer_idx, hidden) -> hidden: applied to the expert stream before each
+        layer (the per-layer CFG condition; None = nothing)."""
         plan = self.attention_plan(attention_mask, position_ids)
         hiddens = [prefix_embs.to(self.dtype), suffix_embs.to(self.dtype)]
         for layer_idx in range(len(self.language_model.layers)):
+            if suffix_modulation is not None:
+                hiddens[1] = suffix_modulation(layer_idx, hiddens[1])
             hiddens, _ = self._maybe_checkpointed_layer(layer_idx, hiddens, plan, None)
         return self.language_model.norm(hiddens[0]), self.expert_model.norm(hiddens[1])
 
@@ -383,6 +391,7 @@ class PaliGemmaWithExpert(nn.Module):
     def forward_suffix(
         self, suffix_embs: torch.Tensor, cache: PrefixKVCache,
         attention_mask: torch.Tensor, position_ids: torch.Tensor, plan: AttentionPlan | None = None,
+        suffix_modulation: SuffixModulation | None = None,
     ) -> torch.Tensor:
         """Expert-only pass. suffix_embs (B, Ls, expert_hidden); attention_mask (B, Ls, Lp+Ls) over
         [cached prefix | suffix]; position_ids (B, Ls) -> suffix_out (B, Ls, expert_hidden).
@@ -393,12 +402,15 @@ class PaliGemmaWithExpert(nn.Module):
         hiddens: list[torch.Tensor | None] = [None, suffix_embs.to(self.dtype)]
         for layer_idx in range(len(self.expert_model.layers)):
             past = (cache.key_states[layer_idx], cache.value_states[layer_idx])
+            if suffix_modulation is not None:
+                hiddens[1] = suffix_modulation(layer_idx, hiddens[1])
             hiddens, _ = self._maybe_checkpointed_layer(layer_idx, hiddens, plan, past)
         return self.expert_model.norm(hiddens[1])
 
     def forward_prefix_suffix_interleaved(
         self, prefix_embs: torch.Tensor, prefix_attention_mask: torch.Tensor, prefix_position_ids: torch.Tensor,
         suffix_embs: torch.Tensor, suffix_attention_mask: torch.Tensor, suffix_position_ids: torch.Tensor,
+        suffix_modulation: SuffixModulation | None = None,
     ) -> torch.Tensor:
         """`forward_prefix` + `forward_suffix` with their layers interleaved: VLM layer l over the
         prefix, then expert layer l over the suffix against [prefix keys/values of layer l | its own].
@@ -423,6 +435,8 @@ class PaliGemmaWithExpert(nn.Module):
         for layer_idx in range(num_layers):
             kv_only = layer_idx == num_layers - 1  # the last VLM layer feeds the suffix only its K/V
             prefix_hiddens, past = self._maybe_checkpointed_layer(layer_idx, prefix_hiddens, prefix_plan, None, kv_only)
+            if suffix_modulation is not None:
+                suffix_hiddens[1] = suffix_modulation(layer_idx, suffix_hiddens[1])
             suffix_hiddens, _ = self._maybe_checkpointed_layer(layer_idx, suffix_hiddens, suffix_plan, past)
         return self.expert_model.norm(suffix_hiddens[1])
 

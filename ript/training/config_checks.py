@@ -138,6 +138,42 @@ def check_hyperparameters(cfg: DictConfig, world_size: int) -> None:
               f"the global batch of init states must be a positive multiple of the world size {world_size}")
     if cfg.training.n_steps < 1:
         _fail("training.n_steps", cfg.training.n_steps, "must be >= 1")
+    check_cfg_flow_options(cfg)
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(key, value, "must be a number")
+    return float(value)
+
+
+def check_cfg_flow_options(cfg: DictConfig) -> None:
+    """The issue-19/20 options of the CFG-Flow optimizer (docs/learning.md), alone and together."""
+    algo = cfg.algo
+    choices = {"algo.episode_weighting": ("window", "episode"), "algo.uncond_scope": ("all", "successes")}
+    for key, allowed in choices.items():
+        value = OmegaConf.select(cfg, key, default=allowed[0])
+        if value not in allowed:
+            _fail(key, value, f"choose one of {list(allowed)}")
+    if _number("algo.anchor_l2", algo.get("anchor_l2", 0.0)) < 0:
+        _fail("algo.anchor_l2", algo.anchor_l2, "the anchor's coefficient must be >= 0 (0 = off)")
+    if _number("algo.cond_lr_scale", algo.get("cond_lr_scale", 1.0)) <= 0:
+        _fail("algo.cond_lr_scale", algo.cond_lr_scale, "a multiple of the condition's lr; use a value > 0 (1 = same)")
+    if _number("algo.rollout_noise_temperature", algo.get("rollout_noise_temperature", 1.0)) <= 0:
+        _fail("algo.rollout_noise_temperature", algo.rollout_noise_temperature,
+              "scales the rollouts' flow noise; use a value > 0 (1 = the policy's own)")
+    if algo.get("uncond_scope", "all") == "successes" and algo.cfg_uncond_weight == 0:
+        _fail("algo.uncond_scope", algo.uncond_scope,
+              "restricts the alpha term, but algo.cfg_uncond_weight=0 turns it off; drop one of the two")
+    clip = algo.get("clip_labels", False)
+    if not isinstance(clip, bool):
+        _fail("algo.clip_labels", clip, "must be true or false")
+    if clip and cfg.task.get("benchmark_name") is None:
+        _fail("algo.clip_labels", clip, f"clips labels to what LIBERO's controller executes, but task="
+                                        f"{cfg.task.get('name')} is not a LIBERO suite; drop it")
+    if algo.get("bc_ablation", False) and algo.get("uncond_scope", "all") == "successes":
+        _fail("algo.uncond_scope", algo.uncond_scope, "the BC ablation trains on every rollout by design; "
+                                                      "use algo.uncond_scope=all with algo.bc_ablation=true")
 
 
 def _resolve(cfg: DictConfig) -> None:

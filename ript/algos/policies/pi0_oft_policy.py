@@ -36,7 +36,10 @@ HEADER_MODULE_NAMES = (
     "action_time_mlp_in",
     "action_time_mlp_out",
     "cond_embed",
+    "cond_layer_mod",
 )
+# The CFG condition's own parameters (algo.cond_lr_scale moves them at a multiple of their lr).
+CONDITION_PARAM_NAMES = ("cond_embed", "cond_layer_mod")
 
 def resolve_device(device_id: int | str | None) -> torch.device:
     """``None``: this process's LOCAL_RANK GPU under torchrun, GPU 0, or the CPU."""
@@ -87,9 +90,16 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         overrides: Mapping[str, Any] | None = None,
         use_ddp: bool | None = None,
         compile_layers: bool = False,
+        cond_layer_modulation: bool = False,
     ) -> None:
         self.device = resolve_device(device_id)
+        # Scale of the sampler's initial flow noise (x_1 = T * eps); the rollout generator raises it
+        # for training rollouts (algo.rollout_noise_temperature), evaluation keeps 1.
+        self.noise_temperature = 1.0
         self.norm_stats: NormStats = self._load_norm_stats(norm_stats_path)
+        overrides = dict(overrides or {})
+        if cond_layer_modulation:
+            overrides.setdefault("cond_layer_modulation", True)
         self.config = self._build_config(
             preset, pretrained_path, dtype, gradient_checkpointing, freeze_vision_encoder,
             train_expert_only, attention_implementation, overrides,
@@ -176,6 +186,11 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         """The bare PI0Policy (DDP unwrapped)."""
         return unwrap(self.model)
 
+    def condition_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the CFG condition (cond_embed; cond_layer_mod when enabled)."""
+        return [p for name, p in self.pi0.named_parameters()
+                if any(part in CONDITION_PARAM_NAMES for part in name.split("."))]
+
     @property
     def n_action_steps(self) -> int:
         return self.config.n_action_steps
@@ -211,7 +226,12 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         was_training = self.model.training
         self.model.eval()
         try:
-            actions = self.pi0.select_action(batch, cfg_scale=cfg_scale)  # (B, 50, max_action_dim)
+            noise = None
+            if self.noise_temperature != 1.0:
+                state = batch["state"]
+                shape = (state.shape[0], self.config.chunk_size, self.config.max_action_dim)
+                noise = self.noise_temperature * torch.randn(shape, dtype=torch.float32, device=self.device)
+            actions = self.pi0.select_action(batch, cfg_scale=cfg_scale, noise=noise)  # (B, 50, max_action_dim)
         finally:
             self.model.train(was_training)
         actions = actions[..., : self.norm_stats.action_dim].float()  # (B, 50, 7)

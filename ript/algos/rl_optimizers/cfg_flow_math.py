@@ -34,6 +34,8 @@ WeightMode = Literal["clip", "std_normalized", "binary", "exp"]
 WindowMode = Literal["aligned", "stride", "last"]
 ShortWindow = Literal["skip", "pad"]
 ActionMode = Literal["relative", "absolute"]
+EpisodeWeighting = Literal["window", "episode"]
+UncondScope = Literal["all", "successes"]
 
 # Key in ``Episode.extra`` holding one ChunkObservation per executed step (length T). Runners
 # record only chunk-start observations by default; windows that start mid-chunk need this.
@@ -155,6 +157,8 @@ class Window:
     episode_index: int = -1
     start_step: int = 0
     task_name: str = ""
+    success: bool = False  # the episode's outcome (alpha scope, failure-share diagnostics)
+    uncond_weight: float | None = None  # this window's alpha; None = the optimizer's scalar alpha
 
 
 def window_starts(
@@ -206,13 +210,37 @@ def _observation_at(episode: "Episode", t: int, n_action_steps: int) -> "ChunkOb
     return step_obs[t]
 
 
+def clip_to_executed(env_actions: np.ndarray, arm_bound: float = 1.0) -> np.ndarray:
+    """What robosuite/LIBERO actually executes for a commanded env action (RL_LIBERO_FINDINGS #3).
+
+    The OSC controller clips the six arm dims to ``[-arm_bound, arm_bound]`` and the gripper
+    (dim 6) acts on the command's sign only, so an overshooting or near-zero sampled command was
+    executed as its clipped / signed version. Labels built from the clipped actions teach the
+    policy what ran, like the SFT labels (arm in [-1, 1], gripper exactly +-1). A gripper command
+    of exactly 0 stays 0. env_actions (..., 7) in env space (after unnormalising and, in relative
+    mode, adding the chunk-start state) -> same shape, float32.
+    """
+    a = np.array(env_actions, dtype=np.float32, copy=True)
+    if a.shape[-1] < 7:
+        raise ValueError(f"clip_to_executed needs 7-dim env actions (6 arm + gripper), got shape {a.shape}")
+    if arm_bound <= 0:
+        raise ValueError(f"arm_bound={arm_bound} must be > 0")
+    a[..., :6] = np.clip(a[..., :6], -arm_bound, arm_bound)
+    a[..., 6] = np.sign(a[..., 6])
+    return a
+
+
 def _labels(
-    episode: "Episode", t: int, raw_state: np.ndarray, norm_stats: Any, n_action_steps: int, action_mode: ActionMode
+    episode: "Episode", t: int, raw_state: np.ndarray, norm_stats: Any, n_action_steps: int, action_mode: ActionMode,
+    clip_labels: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Model-space labels of window [t, t+H) from the executed actions; edge-padded + pad mask."""
     from ript.env_runner.pi0_runner_utils import env_actions_to_model_chunk
 
     executed = np.asarray(episode.actions[t : t + n_action_steps], dtype=np.float32)  # (L, 7)
+    if clip_labels:
+        # In env space, before the inverse transform: relative labels are then (clipped - state).
+        executed = clip_to_executed(executed)  # (L, 7)
     real = env_actions_to_model_chunk(
         executed[None], np.asarray(raw_state, dtype=np.float32)[None], norm_stats, action_mode
     )[0]  # (L, 7)
@@ -238,6 +266,7 @@ def cut_windows(
     n_action_steps: int = 50,
     action_mode: ActionMode = "relative",
     episode_index: int = -1,
+    clip_labels: bool = False,
 ) -> tuple[list[Window], int]:
     """Cut one episode into training windows ``[t, t + n_action_steps)``.
 
@@ -248,6 +277,7 @@ def cut_windows(
     skipped, or with ``short_window="pad"`` kept with ``action_is_pad`` marking the missing steps.
     Windows that start mid-chunk (``window_mode="stride"`` with a stride that is not a multiple of
     the chunk length) need ``episode.extra["step_observations"]``; without it a ValueError says so.
+    ``clip_labels``: labels from :func:`clip_to_executed` actions (LIBERO's executed commands).
 
     Returns ``(windows, n_skipped_short)``. Invalid (padding) episodes give no windows.
     """
@@ -268,7 +298,7 @@ def cut_windows(
     windows = []
     for t in kept:
         obs = _observation_at(episode, t, n_action_steps)
-        action, is_pad = _labels(episode, t, obs.raw_state, norm_stats, n_action_steps, action_mode)
+        action, is_pad = _labels(episode, t, obs.raw_state, norm_stats, n_action_steps, action_mode, clip_labels)
         windows.append(
             Window(
                 images={k: np.asarray(v) for k, v in obs.images.items()},
@@ -280,6 +310,7 @@ def cut_windows(
                 episode_index=episode_index,
                 start_step=t,
                 task_name=episode.task_name,
+                success=bool(episode.success),
             )
         )
     return windows, n_skipped
@@ -308,6 +339,8 @@ def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
     batch["action"] = torch.from_numpy(np.stack([w.action for w in windows]).astype(np.float32))  # (N, H, 7)
     batch["action_is_pad"] = torch.from_numpy(np.stack([w.action_is_pad for w in windows]).astype(bool))  # (N, H)
     batch["weights"] = torch.tensor([w.weight for w in windows], dtype=torch.float32)  # (N,)
+    if all(w.uncond_weight is not None for w in windows):
+        batch["uncond_weights"] = torch.tensor([w.uncond_weight for w in windows], dtype=torch.float32)  # (N,)
     return batch
 
 
@@ -334,13 +367,16 @@ def weighted_cfg_flow_loss(
     losses_uncond: torch.Tensor,
     weights: torch.Tensor,
     action_is_pad: torch.Tensor,
-    uncond_weight: float = 0.1,
+    uncond_weight: float | torch.Tensor = 0.1,
     *,
     normalizer: float | None = None,
     window_mask: torch.Tensor | None = None,
     action_dim: int = 7,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """CFGRL loss ``sum_i (w_i * L_pos_i + alpha * L_uncond_i) / normalizer``.
+    """CFGRL loss ``sum_i (w_i * L_pos_i + alpha_i * L_uncond_i) / normalizer``.
+
+    ``uncond_weight`` is one alpha for every window, or a (N,) tensor of per-window alphas
+    (:func:`window_alphas`, :func:`episode_window_scales`).
 
     ``L_pos_i`` / ``L_uncond_i`` are per-window MSEs (:func:`masked_window_mse`) of the
     ``is_positive=1`` / ``=0`` branches. ``normalizer`` defaults to the number of counted
@@ -354,10 +390,15 @@ def weighted_cfg_flow_loss(
     term), ``fm_loss_pos_unweighted``, ``fm_loss_uncond`` (without alpha),
     ``positive_window_ratio`` and ``num_windows``.
     """
-    if uncond_weight < 0:
-        raise ValueError(f"cfg_uncond_weight={uncond_weight} must be >= 0")
     l_pos = masked_window_mse(losses_pos, action_is_pad, action_dim)  # (N,)
     l_unc = masked_window_mse(losses_uncond, action_is_pad, action_dim)  # (N,)
+    if isinstance(uncond_weight, torch.Tensor):
+        if uncond_weight.shape != l_unc.shape or bool((uncond_weight < 0).any()):
+            raise ValueError(f"per-window alphas must be >= 0 with shape {tuple(l_unc.shape)}, got "
+                             f"{tuple(uncond_weight.shape)}")
+        uncond_weight = uncond_weight.to(device=l_unc.device, dtype=l_unc.dtype)  # (N,)
+    elif uncond_weight < 0:
+        raise ValueError(f"cfg_uncond_weight={uncond_weight} must be >= 0")
     w = weights.to(device=l_pos.device, dtype=l_pos.dtype)  # (N,)
     keep = (torch.ones_like(w, dtype=torch.bool) if window_mask is None
             else window_mask.to(device=l_pos.device).bool())  # (N,)
@@ -382,6 +423,90 @@ def weighted_cfg_flow_loss(
             "num_windows": float(n),
         }
     return loss, metrics
+
+
+# ------------------------------------------------------- who counts how much (issue 19/20)
+def episode_window_scales(episode_index: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Per-window factors that give every episode the same total weight (RL_LIBERO_FINDINGS #1).
+
+    With per-window weighting an episode counts once per window, so a failed LIBERO episode that
+    runs the full 280 steps (~6 windows) counts twice a success (~3). Window i of episode e gets
+    ``n_bar / n_e``: n_e = windows of e, n_bar = N / E the mean windows per episode. Each
+    episode's windows then sum to n_bar and all N factors still sum to N, so the loss keeps its
+    scale. episode_index (N,) -> float32 (N,).
+    """
+    idx = torch.as_tensor(np.asarray(episode_index, dtype=np.int64) if not isinstance(episode_index, torch.Tensor)
+                          else episode_index.long())
+    if idx.numel() == 0:
+        return torch.zeros(0)
+    _, inverse, counts = torch.unique(idx, return_inverse=True, return_counts=True)
+    n_bar = idx.numel() / counts.numel()
+    return (n_bar / counts[inverse].double()).float()  # (N,)
+
+
+def window_alphas(success: Sequence[bool] | torch.Tensor, alpha: float, scope: UncondScope = "all") -> torch.Tensor:
+    """Per-window weight of the unconditional (alpha) term.
+
+    all: alpha for every window (CFGRL: the unconditional branch models all data).
+    successes: alpha for windows of successful (or replayed successful) episodes, 0 for failures:
+        the shared trunk is no longer pulled towards failed behaviour (issue 19's suspect #1).
+    success (N,) bool -> float32 (N,).
+    """
+    check_literal("uncond_scope", scope, UncondScope)
+    if alpha < 0:
+        raise ValueError(f"cfg_uncond_weight={alpha} must be >= 0")
+    ok = torch.as_tensor(np.asarray(success, dtype=bool) if not isinstance(success, torch.Tensor) else success.bool())
+    if scope == "all":
+        return torch.full(ok.shape, float(alpha))
+    return torch.where(ok, torch.tensor(float(alpha)), torch.tensor(0.0))
+
+
+def failed_weight_share(weights: torch.Tensor, success: torch.Tensor) -> float:
+    """Share of a loss term's total weight that sits on failed episodes' windows (0 if no weight).
+
+    The diagnostic issue 19 asks for: at success 0.25 with per-window weighting about half the
+    alpha term is failures."""
+    w = weights.detach().double()
+    total = float(w.sum())
+    return float(w[~success.bool()].sum()) / total if total > 0 else 0.0
+
+
+# ---------------------------------------------------------------- parameter-space terms
+def l2_anchor_(params: Sequence[torch.Tensor], reference: Sequence[torch.Tensor], coef: float) -> float:
+    """Add the gradient of ``coef/2 * ||theta - theta_0||^2`` to each parameter's grad, in place.
+
+    An anchor to the start (SFT) weights: it pulls every parameter back in proportion to how far
+    it moved, so RL on self-generated labels cannot drift far from a policy that worked (issue 19;
+    issue 20: a drifting policy is also one whose K rollouts collapse). Returns the penalty value.
+    """
+    if coef < 0:
+        raise ValueError(f"anchor_l2={coef} must be >= 0")
+    if len(params) != len(reference):
+        raise ValueError(f"{len(params)} parameters but {len(reference)} reference tensors")
+    penalty = 0.0
+    if coef == 0:
+        return penalty
+    for p, r in zip(params, reference):
+        diff = p.detach() - r.to(device=p.device, dtype=p.dtype)
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        p.grad.add_(diff, alpha=coef)
+        penalty += 0.5 * coef * float(diff.double().pow(2).sum())
+    return penalty
+
+
+def scale_update_(params: Sequence[torch.Tensor], before: Sequence[torch.Tensor], scale: float) -> None:
+    """``theta <- theta_before + scale * (theta - theta_before)``: multiply the last optimizer update.
+
+    For (Adam)W, whose update is ``lr * m / (sqrt(v) + eps) + lr * wd * theta``, this equals
+    running those parameters at ``scale * lr`` -- a separate learning rate for a few parameters
+    (the CFG condition) without a third optimizer, and it follows the group's lr schedule.
+    """
+    if scale <= 0:
+        raise ValueError(f"cond_lr_scale={scale} must be > 0")
+    with torch.no_grad():
+        for p, b in zip(params, before):
+            p.copy_(b + scale * (p - b))
 
 
 # --------------------------------------------------------------------------------- randomness

@@ -33,7 +33,9 @@ import torch.distributed as dist
 
 from ript.algos.rl_optimizers.cfg_flow_math import (
     ActionMode,
+    EpisodeWeighting,
     ShortWindow,
+    UncondScope,
     WeightMode,
     Window,
     WindowMode,
@@ -42,12 +44,17 @@ from ript.algos.rl_optimizers.cfg_flow_math import (
     collate_windows,
     cut_windows,
     draw_noise_time,
+    episode_window_scales,
+    failed_weight_share,
     first_chunk_diversity,
     group_outcomes,
     relative_branch_gap,
+    l2_anchor_,
     relative_weight_distance,
     rloo_advantages,
+    scale_update_,
     weighted_cfg_flow_loss,
+    window_alphas,
 )
 from ript.algos.rl_optimizers.success_replay import SuccessReplay
 from ript.types import Episode
@@ -98,12 +105,25 @@ class CFGFlowConfig:
     # windows (0 = off; one extra no-grad pass), and the weights' distance from the first round's.
     diagnostic_windows: int = 16
     track_weight_distance: bool = False
+    # Issue 19 ("RL does no harm") and issue 20 (guidance that matters); docs/learning.md.
+    episode_weighting: EpisodeWeighting = "window"  # "episode": every episode weighs the same in both terms
+    uncond_scope: UncondScope = "all"  # "successes": the alpha term sees successful (and replayed) episodes only
+    clip_labels: bool = False  # labels from the commands LIBERO executed (arm clipped to [-1, 1], gripper sign)
+    anchor_l2: float = 0.0  # coef of 0.5 * ||theta - theta_start||^2 added to the loss (0 = off)
+    cond_lr_scale: float = 1.0  # the CFG condition's parameters move at this multiple of their group's lr
 
     def __post_init__(self) -> None:
         check_literal("weight_mode", self.weight_mode, WeightMode)
         check_literal("window_mode", self.window_mode, WindowMode)
         check_literal("short_window", self.short_window, ShortWindow)
         check_literal("action_mode", self.action_mode, ActionMode)
+        check_literal("episode_weighting", self.episode_weighting, EpisodeWeighting)
+        check_literal("uncond_scope", self.uncond_scope, UncondScope)
+        _check(self.anchor_l2 >= 0, "anchor_l2", self.anchor_l2, "the anchor's coefficient must be >= 0 (0 = off)")
+        _check(self.cond_lr_scale > 0, "cond_lr_scale", self.cond_lr_scale,
+               "a multiple of the condition parameters' lr; use a value > 0 (1 = same lr)")
+        _check(not (self.uncond_scope == "successes" and self.cfg_uncond_weight == 0), "uncond_scope",
+               self.uncond_scope, "restricts the alpha term, but cfg_uncond_weight=0 turns it off; drop one of them")
         positive_ints = {
             "num_epochs": self.num_epochs, "mini_batch_size": self.mini_batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
@@ -222,6 +242,11 @@ class CFGFlowOptimizerPI0:
         success_replay_weight: float = 1.0,
         diagnostic_windows: int = 16,
         track_weight_distance: bool = False,
+        episode_weighting: EpisodeWeighting = "window",
+        uncond_scope: UncondScope = "all",
+        clip_labels: bool = False,
+        anchor_l2: float = 0.0,
+        cond_lr_scale: float = 1.0,
     ) -> None:
         self.config = CFGFlowConfig(
             num_epochs=num_epochs, mini_batch_size=mini_batch_size,
@@ -234,6 +259,8 @@ class CFGFlowOptimizerPI0:
             shuffle_windows=shuffle_windows, seeded_noise=seeded_noise, noise_dim=noise_dim,
             success_replay_per_state=success_replay_per_state, success_replay_weight=success_replay_weight,
             diagnostic_windows=diagnostic_windows, track_weight_distance=track_weight_distance,
+            episode_weighting=episode_weighting, uncond_scope=uncond_scope, clip_labels=clip_labels,
+            anchor_l2=anchor_l2, cond_lr_scale=cond_lr_scale,
         )
         self.rollout_generator = rollout_generator
         self.reward_function = reward_function
@@ -279,14 +306,22 @@ class CFGFlowOptimizerPI0:
         episodes, _task_ids, valid_mask, samples_checked = self.rollout_generator.generate_rollouts(
             model, batch, data_iterator, dataloader
         )
-        if self.config.track_weight_distance and self._start_weights is None:
+        needs_start = self.config.track_weight_distance or self.config.anchor_l2 > 0
+        if needs_start and self._start_weights is None:
+            # The first round's weights: the start (SFT) policy; the anchor pulls towards them.
             self._start_weights = [p.detach().clone() for p in _trainable(model)]
         scored = self.score_episodes(episodes, valid_mask)
         windows, n_skipped = self.make_windows(episodes, scored.weights, model)
         n_replayed = self._add_replayed_windows(episodes, windows, model)
+        self.assign_window_weights(windows)
         stats = self.train_on_windows(model, windows, optimizers)
         diagnostics = self._diagnostics(model, episodes, scored, windows)
         diagnostics["n_replayed_windows"] = float(n_replayed)
+        if windows:
+            success = torch.tensor([w.success for w in windows])
+            alphas = torch.tensor([w.uncond_weight for w in windows], dtype=torch.float64)
+            diagnostics["failed_window_share"] = float((~success).double().mean())
+            diagnostics["failed_alpha_share"] = failed_weight_share(alphas, success)
         metrics = self._round_metrics(episodes, scored, windows, n_skipped, stats, samples_checked, diagnostics)
         log_rank_zero(
             logger, "round %d: score %.3f, windows %d used / %d skipped, %d steps (%d non-finite skipped), "
@@ -340,11 +375,24 @@ class CFGFlowOptimizerPI0:
             ws, skipped = cut_windows(
                 ep, float(weights[i]), model.norm_stats, window_stride=c.window_stride, window_mode=c.window_mode,
                 short_window=c.short_window, n_action_steps=n_steps, action_mode=c.action_mode,
-                episode_index=first_index + i,
+                episode_index=first_index + i, clip_labels=c.clip_labels,
             )
             windows.extend(ws)
             n_skipped += skipped
         return windows, n_skipped
+
+    def assign_window_weights(self, windows: list[Window]) -> None:
+        """Per-window alpha (``uncond_scope``) and, with ``episode_weighting="episode"``, the
+        per-episode factors on both terms (:func:`episode_window_scales`), in place."""
+        c = self.config
+        if not windows:
+            return
+        alphas = window_alphas([w.success for w in windows], c.cfg_uncond_weight, c.uncond_scope)  # (N,)
+        scales = (episode_window_scales([w.episode_index for w in windows]) if c.episode_weighting == "episode"
+                  else torch.ones(len(windows)))  # (N,)
+        for w, a, f in zip(windows, alphas.tolist(), scales.tolist()):
+            w.weight = float(w.weight * f)
+            w.uncond_weight = float(a * f)
 
     def _add_replayed_windows(self, episodes: Sequence[Episode], windows: list[Window], model: Any) -> int:
         """Append windows of earlier successes of this round's init states (weight
@@ -381,6 +429,7 @@ class CFGFlowOptimizerPI0:
         if probe and hasattr(model, "cfg_velocities"):
             batch = collate_windows(probe)
             batch.pop("weights")
+            batch.pop("uncond_weights", None)
             # An epoch index no training pass uses: the probe's noise is its own, deterministic draw.
             noise, time = self._noise_time(model, probe, self.config.num_epochs, batch["action"].shape[1])
             v_pos, v_uncond = model.cfg_velocities(batch, noise=noise, time=time)
@@ -451,13 +500,14 @@ class CFGFlowOptimizerPI0:
         """Forward both CFG branches, weighted loss, backward. Returns whether the loss was finite."""
         batch = collate_windows(chunk)
         weights = batch.pop("weights")  # (n,)
+        alphas = batch.pop("uncond_weights", self.config.cfg_uncond_weight)  # (n,) or the scalar alpha
         noise, time = self._noise_time(model, chunk, epoch, batch["action"].shape[1])
         context = contextlib.nullcontext() if sync else model.no_grad_sync()
         with context:
             out = model.cfg_flow_losses(batch, noise=noise, time=time)
             loss, m = weighted_cfg_flow_loss(
                 out["losses_pos"], out["losses_uncond"], weights, batch["action_is_pad"],
-                self.config.cfg_uncond_weight, normalizer=normalizer, window_mask=mask,
+                alphas, normalizer=normalizer, window_mask=mask,
                 action_dim=self.config.action_dim,
             )
             loss.backward()
@@ -490,6 +540,9 @@ class CFGFlowOptimizerPI0:
         params = {g: [p for p in model.trainable_params[g] if p.requires_grad] for g in GROUPS}
         if _needs_manual_sync(model):
             _all_reduce_mean_grads([p for g in GROUPS for p in params[g]])
+        if self.config.anchor_l2 > 0 and self._start_weights is not None:
+            # After the cross-rank average: replicas are identical, so is the anchor's gradient.
+            stats.sums["anchor_penalty"] += l2_anchor_(_trainable(model), self._start_weights, self.config.anchor_l2)
         norms = {g: _grad_norm(params[g]) for g in GROUPS}
         local_ok = finite and all(np.isfinite(n) for n in norms.values())
         if not _all_ranks_true(local_ok):
@@ -508,10 +561,14 @@ class CFGFlowOptimizerPI0:
                 )
             return
         self.consecutive_nonfinite = 0
+        cond = _condition_params(model) if self.config.cond_lr_scale != 1.0 else []
+        before = [p.detach().clone() for p in cond]
         for group, opt in zip(GROUPS, optimizers):
             stats.grad_norms[group].append(norms[group])
             _clip_(params[group], norms[group], self.config.clip_for(group))
             opt.step()
+        if cond:
+            scale_update_(cond, before, self.config.cond_lr_scale)
         stats.steps_taken += 1
 
     # -------------------------------------------------------------------------- metrics
@@ -574,6 +631,11 @@ class CFGFlowOptimizerPI0:
             out["train/weight_distance"] = r["diag/weight_distance"]  # identical replicas
         if "diag/n_replayed_windows" in r:
             out["train/replayed_windows"] = r["diag/n_replayed_windows"] * world
+        for key in ("failed_window_share", "failed_alpha_share"):
+            if f"diag/{key}" in r:
+                out[f"train/{key}"] = r[f"diag/{key}"]  # mean over ranks
+        if r.get("loss_sum/anchor_penalty", 0.0) > 0:
+            out["loss/anchor_penalty"] = r["loss_sum/anchor_penalty"] / max(float(stats.steps_taken), 1.0)
         for group in GROUPS:  # post-sync norms are identical on all ranks
             norms = stats.grad_norms[group]
             out[f"train/grad_norm_{group}"] = float(np.mean(norms)) if norms else 0.0
@@ -587,6 +649,18 @@ class CFGFlowOptimizerPI0:
 # ------------------------------------------------------------------------------ grad helpers
 def _trainable(model: Any) -> list[torch.Tensor]:
     return [p for g in GROUPS for p in model.trainable_params[g] if p.requires_grad]
+
+
+def _condition_params(model: Any) -> list[torch.Tensor]:
+    """The CFG condition's trainable parameters (``model.condition_parameters()``)."""
+    getter = getattr(model, "condition_parameters", None)
+    if getter is None:
+        raise ValueError("cond_lr_scale != 1 needs a policy with condition_parameters() (PI0_OFT_Policy has it); "
+                         "use cond_lr_scale=1")
+    params = [p for p in getter() if p.requires_grad]
+    if not params:
+        raise ValueError("cond_lr_scale != 1 but the policy has no trainable condition parameters; use cond_lr_scale=1")
+    return params
 
 
 def _grad_norm(params: Sequence[torch.Tensor]) -> float:

@@ -20,6 +20,7 @@ fails (or succeeds) everywhere cannot spin forever; envs are created lazily per 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -51,6 +52,25 @@ def _to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+@contextlib.contextmanager
+def _noise_temperature(model: Any, temperature: float) -> Iterator[None]:
+    """Scale the policy's flow noise for the rollouts run inside (``model.noise_temperature``).
+
+    Temperature 1 leaves the model untouched, so policies without the attribute work as before."""
+    if temperature == 1.0:
+        yield
+        return
+    if not hasattr(model, "noise_temperature"):
+        raise ValueError(f"noise_temperature={temperature}: the policy {type(model).__name__} has no "
+                         "noise_temperature attribute to scale its sampling noise; use 1.0")
+    before = model.noise_temperature
+    model.noise_temperature = float(temperature)
+    try:
+        yield
+    finally:
+        model.noise_temperature = before
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -230,6 +250,10 @@ class RolloutGenerator:
             quota (default ``10 * demo_batch_size``).
         counter: the cross-rank counter; default :func:`make_global_counter` (process-group
             store under torchrun, a file otherwise).
+        cfg_scale: guidance scale of the training rollouts (``algo.cfg_scale``), passed to
+            ``run_policy_in_env``; 1 = conditional branch only.
+        noise_temperature: scale of the sampler's initial flow noise during training rollouts
+            (``algo.rollout_noise_temperature``); > 1 spreads the K rollouts of a group.
     """
 
     def __init__(
@@ -250,9 +274,12 @@ class RolloutGenerator:
         val_init_states: dict[str, np.ndarray] | None = None,
         skip_threshold: int = 3,
         seed: int | None = None,
+        cfg_scale: float = 1.0,
+        noise_temperature: float = 1.0,
     ) -> None:
         self._validate(rloo_batch_size, demo_batch_size, early_stop_percentage,
                        use_val_init, mix_val_init_in_rloo, max_sample_attempts)
+        self._validate_sampling(cfg_scale, noise_temperature)
         self.env_runner = env_runner
         self.rloo_batch_size = rloo_batch_size
         self.demo_batch_size = demo_batch_size
@@ -266,6 +293,11 @@ class RolloutGenerator:
         self.max_sample_attempts = max_sample_attempts or 10 * demo_batch_size
         self.val_init_states = val_init_states
         self.rng = np.random.default_rng(seed)
+        # Sampling of the training rollouts (docs/learning.md, issue 20): the guidance scale
+        # (algo.cfg_scale; 1 = conditional branch only) and the flow-noise temperature
+        # (x_1 = temperature * eps; 1 = the policy's own distribution).
+        self.cfg_scale = float(cfg_scale)
+        self.noise_temperature = float(noise_temperature)
 
         # Rank and world size are read once: construct the generator after setup_distributed().
         self.rank, self.world_size = du.get_rank(), du.get_world_size()
@@ -294,6 +326,13 @@ class RolloutGenerator:
             raise ValueError("mix_val_init_in_rloo=True needs use_val_init=True (it mixes held-out states)")
         if attempts is not None and attempts < 1:
             raise ValueError(f"max_sample_attempts={attempts} must be >= 1 or None")
+
+    @staticmethod
+    def _validate_sampling(cfg_scale: float, noise_temperature: float) -> None:
+        if cfg_scale < 0:
+            raise ValueError(f"cfg_scale={cfg_scale} must be >= 0 (1.0 = conditional policy only)")
+        if noise_temperature <= 0:
+            raise ValueError(f"noise_temperature={noise_temperature} must be > 0 (1.0 = the policy's own noise)")
 
     @property
     def global_threshold(self) -> int:
@@ -454,12 +493,16 @@ class RolloutGenerator:
         self, model: Any, task_name: str, init_states: np.ndarray, key: str | None
     ) -> list[Episode]:
         k = self.rloo_batch_size
-        rollouts = self.env_runner.run_policy_in_env(
-            task_name, model, all_init_states=init_states, created_env=self._env_for(task_name)
-        )
-        results = list(itertools.islice(rollouts, k))
-        if hasattr(rollouts, "close"):
-            rollouts.close()
+        # cfg_scale is passed only when it is not the default, so runners written against RIPT's
+        # signature (no cfg_scale argument) keep working at cfg 1.
+        kwargs = {"cfg_scale": self.cfg_scale} if self.cfg_scale != 1.0 else {}
+        with _noise_temperature(model, self.noise_temperature):
+            rollouts = self.env_runner.run_policy_in_env(
+                task_name, model, all_init_states=init_states, created_env=self._env_for(task_name), **kwargs
+            )
+            results = list(itertools.islice(rollouts, k))
+            if hasattr(rollouts, "close"):
+                rollouts.close()
         if len(results) != k:
             raise RuntimeError(
                 f"env runner yielded {len(results)} rollouts for task {task_name!r}, expected "

@@ -124,3 +124,32 @@ def test_compile_layers_is_off_by_default_and_on_when_asked(policy):
     pwe = compiled.pi0.model.paligemma_with_expert
     assert pwe.layers_compiled
     pwe.compile_layers(False)
+
+
+def test_noise_temperature_scales_the_sampler_noise(policy):
+    # select_action at temperature T draws eps and samples from T * eps: equal to PI0's sampler
+    # given that noise explicitly (same RNG state).
+    obs = observation(2)
+    shape = (2, policy.config.chunk_size, policy.config.max_action_dim)
+    policy.noise_temperature = 1.7
+    try:
+        torch.manual_seed(3)
+        got = policy.select_action(obs)
+    finally:
+        policy.noise_temperature = 1.0
+    torch.manual_seed(3)
+    noise = 1.7 * torch.randn(shape)
+    with torch.no_grad():
+        want = policy.pi0.select_action(policy._to_device_batch(obs), noise=noise)[..., :7]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_condition_parameters_and_the_per_layer_condition_join_the_header_group():
+    plain = PI0_OFT_Policy(device_id="cpu", norm_stats_path="builtin:reach", preset="tiny", dtype="float32")
+    assert [p.shape for p in plain.condition_parameters()] == [plain.pi0.model.cond_embed.weight.shape]
+    mod = PI0_OFT_Policy(device_id="cpu", norm_stats_path="builtin:reach", preset="tiny", dtype="float32",
+                         cond_layer_modulation=True)
+    names = {id(p) for p in mod.condition_parameters()}
+    assert id(mod.pi0.model.cond_layer_mod) in names and len(names) == 2
+    assert any(p is mod.pi0.model.cond_layer_mod for p in mod.trainable_params["header"])
+    assert "cond_layer_mod" in HEADER_MODULE_NAMES

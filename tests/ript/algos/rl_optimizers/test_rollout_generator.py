@@ -294,3 +294,58 @@ def test_two_rank_global_early_stop_and_zero_accept_rank_does_not_deadlock():
     for r in (r0, r1):
         assert r["r2"][1] == 4 or r["r2"][2]
     assert r0["mean"] == r1["mean"] == total / 2
+
+
+class _SamplingRecorder(FakeRunner):
+    """Records the cfg_scale each group was run with and the policy's noise temperature then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scales: list[float] = []
+        self.temperatures: list[float | None] = []
+
+    def run_policy_in_env(self, env_name, policy, all_init_states, render=False, created_env=None,
+                          random_init=False, cfg_scale=1.0):
+        self.scales.append(cfg_scale)
+        self.temperatures.append(getattr(policy, "noise_temperature", None))
+        yield from super().run_policy_in_env(env_name, policy, all_init_states, render, created_env, random_init)
+
+
+class _Policy:
+    noise_temperature = 1.0
+
+
+def test_training_rollouts_use_the_configured_cfg_scale_and_noise_temperature():
+    # RL_LIBERO_FINDINGS #8: algo.cfg_scale never reached run_policy_in_env (always cfg 1).
+    runner = _SamplingRecorder()
+    loader = _loader([MIXED, MIXED], batch_size=2)
+    gen = _gen(runner, demo=2, cfg_scale=2.5, noise_temperature=1.5)
+    policy = _Policy()
+    it = iter(loader)
+    gen.generate_rollouts(model=policy, batch=next(it), data_iterator=it, dataloader=loader)
+    assert runner.scales == [2.5, 2.5]
+    assert runner.temperatures == [1.5, 1.5]
+    assert policy.noise_temperature == 1.0  # restored after the rollouts (evaluation samples at 1)
+
+
+def test_default_sampling_leaves_runner_and_policy_alone():
+    runner = _SamplingRecorder()
+    loader = _loader([MIXED], batch_size=1)
+    gen = _gen(runner, demo=1)
+    it = iter(loader)
+    gen.generate_rollouts(model=None, batch=next(it), data_iterator=it, dataloader=loader)
+    assert runner.scales == [1.0] and runner.temperatures == [None]
+
+
+@pytest.mark.parametrize("kw", [{"cfg_scale": -1.0}, {"noise_temperature": 0.0}])
+def test_bad_sampling_options_are_refused(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        _gen(FakeRunner(), demo=1, **kw)
+
+
+def test_noise_temperature_needs_a_policy_that_can_scale_its_noise():
+    loader = _loader([MIXED], batch_size=1)
+    gen = _gen(FakeRunner(), demo=1, noise_temperature=2.0)
+    it = iter(loader)
+    with pytest.raises(ValueError, match="noise_temperature"):
+        gen.generate_rollouts(model=object(), batch=next(it), data_iterator=it, dataloader=loader)

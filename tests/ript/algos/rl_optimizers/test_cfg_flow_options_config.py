@@ -1,0 +1,78 @@
+"""The issue-19/20 options compose through Hydra, reach the optimizer / rollout generator / policy,
+and inconsistent combinations are refused by the pre-flight check with ``key=value: fix``."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
+from ript.algos.rl_optimizers.cfg_flow_optimizer_pi0 import CFGFlowOptimizerPI0
+from ript.algos.rl_optimizers.rollout_generator import RolloutGenerator
+from ript.training.config_checks import ConfigError, check_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[4] / "config"
+ALL_ON = ["task=reach_rl", "algo.episode_weighting=episode", "algo.uncond_scope=successes",
+          "algo.anchor_l2=0.01", "algo.cond_lr_scale=10", "algo.rollout_noise_temperature=1.3",
+          "algo.cfg_scale=2.0", "algo.policy.cond_layer_modulation=true"]
+
+
+@pytest.fixture(scope="module")
+def compose_cfg():
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        yield lambda overrides: compose("train_base_rl_openvla_oft",
+                                        overrides=["output_dir=/tmp/ript_cfg_opts_test", *overrides])
+
+
+def test_all_options_together_compose_pass_the_checks_and_reach_their_constructors(compose_cfg):
+    cfg = compose_cfg(ALL_ON)
+    check_config(cfg)
+    algo = OmegaConf.to_container(cfg.algo, resolve=True)
+    opt, gen, pol = algo["rl_optimizer_factory"], algo["rollout_generator_factory"], algo["policy"]
+    assert (opt["episode_weighting"], opt["uncond_scope"], opt["anchor_l2"], opt["cond_lr_scale"]) == \
+        ("episode", "successes", 0.01, 10)
+    assert gen["cfg_scale"] == 2.0 and gen["noise_temperature"] == 1.3 and pol["cond_layer_modulation"] is True
+    for node, cls in ((opt, CFGFlowOptimizerPI0), (gen, RolloutGenerator), (pol, PI0_OFT_Policy)):
+        params = inspect.signature(cls).parameters
+        assert all(k in params for k in node if not k.startswith("_")), cls
+
+
+def test_defaults_keep_the_seed_behaviour(compose_cfg):
+    cfg = compose_cfg(["task=reach_rl"])
+    algo = cfg.algo
+    assert (algo.episode_weighting, algo.uncond_scope, algo.clip_labels, algo.anchor_l2, algo.cond_lr_scale,
+            algo.rollout_noise_temperature, algo.cfg_scale, algo.policy.cond_layer_modulation) == \
+        ("window", "all", False, 0.0, 1.0, 1.0, 1.0, False)
+
+
+def test_clip_labels_composes_on_libero(compose_cfg):
+    cfg = compose_cfg(["task=libero_goal_rl", "algo.clip_labels=true"])
+    from ript.training.config_checks import check_cfg_flow_options
+
+    check_cfg_flow_options(cfg)
+    assert OmegaConf.to_container(cfg.algo.rl_optimizer_factory, resolve=True)["clip_labels"] is True
+
+
+BAD = [
+    (["algo.episode_weighting=trajectory"], "algo.episode_weighting='trajectory'", "choose one of"),
+    (["algo.uncond_scope=demos"], "algo.uncond_scope='demos'", "choose one of"),
+    (["algo.uncond_scope=successes", "algo.cfg_uncond_weight=0"], "algo.uncond_scope='successes'", "drop one"),
+    (["algo.uncond_scope=successes", "algo.bc_ablation=true"], "algo.uncond_scope='successes'", "uncond_scope=all"),
+    (["algo.anchor_l2=-1"], "algo.anchor_l2=-1", ">= 0"),
+    (["algo.anchor_l2=abc"], "algo.anchor_l2='abc'", "must be a number"),
+    (["algo.cond_lr_scale=0"], "algo.cond_lr_scale=0", "> 0"),
+    (["algo.rollout_noise_temperature=0"], "algo.rollout_noise_temperature=0", "> 0"),
+    (["algo.clip_labels=true"], "algo.clip_labels=True", "not a LIBERO suite"),
+]
+
+
+@pytest.mark.parametrize("overrides,key_value,fix", BAD, ids=[b[1] for b in BAD])
+def test_inconsistent_options_are_refused_with_key_value_and_fix(compose_cfg, overrides, key_value, fix):
+    cfg = compose_cfg(["task=reach_rl", *overrides])
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    message = str(info.value)
+    assert message.startswith(key_value) and fix in message and "\n" not in message
