@@ -7,7 +7,7 @@ For one LIBERO-Object task (name or index) and seed:
      (absolute / LIBERO-delta actions) are computed from them.
   2. ``sft``: ``ript.algos.sft_warm_start`` trains the ``--preset`` PI0 (default ``small``) on the demos' windows.
   3. ``eval``: the SFT policy on all 50 shipped init states (reported: held-out part and all 50).
-  4. ``rl``: CFG-Flow RL through the training entry point (``train_ript_openvla_oft.run_training``
+  4. ``rl`` then ``rl_eval``: CFG-Flow RL through the training entry point (``train_ript_openvla_oft.run_training``
      on ``task=libero_object_rl`` restricted to this task, ``algo.policy.pretrained_path=<SFT
      weights>``, the demos' norm stats, the init-state dataset's training split), then the same
      evaluation of its final checkpoint.
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 logger = logging.getLogger("bench_learning_libero")
 
 BENCHMARK = "libero_object"
-STAGES = ("demos", "sft", "eval", "rl")
+STAGES = ("demos", "sft", "eval", "rl", "rl_eval")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -54,6 +54,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", default=None, help="default: runs/bench_learning_libero/task<i>_seed<s>")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--num-val", type=int, default=25, help="held-out init states (of 50)")
+    p.add_argument("--sft-dir", default=None,
+                   help="an SFT output dir (model.safetensors + norm_stats.json, e.g. scripts/sft_libero.py "
+                        "train --out); default: <work-dir>/sft and <work-dir>/norm_stats.json")
+    p.add_argument("--num-envs", type=int, default=1, help="parallel simulators for RL rounds and evaluation")
     p.add_argument("--split-seed", type=int, default=0)
     g = p.add_argument_group("demos")
     g.add_argument("--demos-per-state", type=int, default=1)
@@ -75,7 +79,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--rl-steps", type=int, default=8, help="training.n_steps (RIPT rounds)")
     g.add_argument("--init-states-per-round", type=int, default=4)
     g.add_argument("--rloo", type=int, default=4)
-    g.add_argument("--rl-lr", type=float, default=1e-4)
+    g.add_argument("--rl-lr", type=float, default=2.5e-5,
+                   help="1e-4 wrecked a few-demo start within a round; <= 2.5e-5 did not (docs/learning_libero.md)")
+    g.add_argument("--save-every", type=int, default=0,
+                   help="checkpoint every N rounds (0: at the end); rl_eval evaluates the newest one")
     g.add_argument("--mini-batch-size", type=int, default=16)
     g.add_argument("--weight-mode", default="binary", help="the reach benchmark's setting (docs/learning.md)")
     g.add_argument("--num-epochs", type=int, default=4, help="passes over each round's windows")
@@ -83,6 +90,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--rl-override", action="append", default=[], help="extra Hydra override (repeatable)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-states", type=int, default=50, help="evaluate on the first N of the 50 states")
+    g.add_argument("--eval-split", default="all", choices=["all", "heldout"],
+                   help="heldout: only the init states RL never trains on (the number to report)")
     return p.parse_args(argv)
 
 
@@ -118,23 +127,26 @@ def make_policy(norm_stats_path: Path, pretrained_path: Path | None = None, pres
 
 
 def evaluate(policy: Any, task_name: str, rows: Sequence[int], val_rows: Sequence[int], seed: int,
-             camera_size: int) -> dict[str, Any]:
+             camera_size: int, num_envs: int = 1) -> dict[str, Any]:
     """Success per shipped init state (cfg 1, open loop 50, the suite's 280 steps)."""
     from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner
 
     # The runner renders the cameras only where the policy looks (render_on_demand, its default).
     runner = Pi0LiberoRunner(benchmark_name=BENCHMARK, task_names_to_use=[task_name],
-                             num_parallel_envs=1, open_loop=50, n_action_steps=50,
+                             num_parallel_envs=num_envs, open_loop=50, n_action_steps=50,
                              action_mode="absolute", camera_height=camera_size,
                              camera_width=camera_size, seed=seed, hard_reset=False)
     states = runner._init_states(task_name)
     policy.eval()
     t0 = time.time()
     per_state = {}
-    for row in rows:
-        (success, _, ep), = list(runner.run_policy_in_env(task_name, policy, [states[row]], cfg_scale=1.0))
-        per_state[int(row)] = bool(success) if ep.valid else None
-        logger.info("eval state %d: %s (%d steps)", row, success, ep.num_steps)
+    for first in range(0, len(rows), num_envs):
+        group = list(rows[first:first + num_envs])
+        results = runner.run_policy_in_env(task_name, policy, [states[r] for r in group], cfg_scale=1.0)
+        for row, (success, _, ep) in zip(group, results):
+            per_state[int(row)] = bool(success) if ep.valid else None
+            logger.info("eval state %d: %s (%d steps)", row, success, ep.num_steps)
+    runner.close()
     held = [per_state[r] for r in rows if r in set(val_rows) and per_state[r] is not None]
     every = [v for v in per_state.values() if v is not None]
     out = {"heldout_success": float(np.mean(held)) if held else None, "heldout_episodes": len(held),
@@ -194,12 +206,12 @@ def rl_overrides(args: argparse.Namespace, task_name: str, work: Path, run_dir: 
         f"output_dir={run_dir}", "++task.env_runner.hard_reset=false",
         f"++task.dataset.num_val={args.num_val}", f"++task.dataset.seed={args.split_seed}",
         f"task.camera_size={args.camera_size}",
-        f"algo.policy.pretrained_path={work / 'sft' / 'model.safetensors'}",
-        f"algo.policy.norm_stats_path={work / 'norm_stats.json'}", f"algo.policy.preset={args.preset}",
+        f"algo.policy.pretrained_path={sft_weights(args, work)}",
+        f"algo.policy.norm_stats_path={sft_norm_stats(args, work)}", f"algo.policy.preset={args.preset}",
         "algo.policy.dtype=float32", "algo.policy.freeze_vision_encoder=false", "algo.action_mode=absolute",
-        f"training.n_steps={args.rl_steps}", f"training.save_every_n_steps={args.rl_steps}",
+        f"training.n_steps={args.rl_steps}", f"training.save_every_n_steps={args.save_every or args.rl_steps}",
         "training.keep_last_checkpoints=1", f"train_dataloader.batch_size={args.init_states_per_round}",
-        f"algo.rloo_batch_size={args.rloo}", "algo.num_parallel_envs=1",
+        f"algo.rloo_batch_size={args.rloo}", f"algo.num_parallel_envs={args.num_envs}",
         f"algo.lr={args.rl_lr}", f"algo.header_lr={args.rl_lr}", f"algo.mini_batch_size={args.mini_batch_size}",
         f"algo.weight_mode={args.weight_mode}", f"algo.short_window={args.short_window}",
         f"+algo.rl_optimizer_factory.num_epochs={args.num_epochs}",
@@ -208,21 +220,33 @@ def rl_overrides(args: argparse.Namespace, task_name: str, work: Path, run_dir: 
     ]
 
 
-def rl_stage(args: argparse.Namespace, task_name: str, work: Path) -> tuple[dict[str, Any], Any]:
-    from eval_cfg_sweep import compose_config, load_policy_and_config
+def sft_weights(args: argparse.Namespace, work: Path) -> Path:
+    return Path(args.sft_dir) / "model.safetensors" if args.sft_dir else work / "sft" / "model.safetensors"
+
+
+def sft_norm_stats(args: argparse.Namespace, work: Path) -> Path:
+    return Path(args.sft_dir) / "norm_stats.json" if args.sft_dir else work / "norm_stats.json"
+
+
+def rl_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """Every round's metrics (metrics.jsonl), as the training loop logged them."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def rl_stage(args: argparse.Namespace, task_name: str, work: Path) -> dict[str, Any]:
+    from eval_cfg_sweep import compose_config
     from train_ript_openvla_oft import run_training
 
     run_dir = work / "rl"
     shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: never mix two runs
     t0 = time.time()
     run_training(compose_config(None, rl_overrides(args, task_name, work, run_dir)))
-    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    policy, _, _ = load_policy_and_config(run_dir)
-    keys = ("step", "rollout/mean_scores", "rollout/valid_episodes", "rollout/non_zero_adv_ratio",
-            "train/windows_used", "train/positive_window_ratio", "train/step_time_s")
-    info = {"curve": [{k: r.get(k) for k in keys if k in r} for r in curve], "time_s": time.time() - t0}
-    logger.info("RL: %d rounds in %.0f s", len(curve), info["time_s"])
-    return info, policy
+    info = {"curve": rl_curve(run_dir), "time_s": time.time() - t0}
+    logger.info("RL: %d rounds in %.0f s", len(info["curve"]), info["time_s"])
+    return info
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -237,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     train_rows, val_rows = split_rows(50, args.num_val, args.split_seed)
     results.update(train_rows=train_rows, val_rows=val_rows)
     eval_rows = list(range(min(50, args.eval_states)))
+    if args.eval_split == "heldout":
+        eval_rows = [r for r in eval_rows if r in set(val_rows)]
 
     def save() -> None:
         results_path.write_text(json.dumps(results, indent=1) + "\n")
@@ -248,13 +274,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["sft"] = sft_stage(args, work)
         save()
     if "eval" in args.stages:
-        policy = make_policy(work / "norm_stats.json", work / "sft" / "model.safetensors", args.preset)
-        results["sft_eval"] = evaluate(policy, task_name, eval_rows, val_rows, args.seed, args.camera_size)
+        policy = make_policy(sft_norm_stats(args, work), sft_weights(args, work), args.preset)
+        results["sft_eval"] = evaluate(policy, task_name, eval_rows, val_rows, args.seed, args.camera_size,
+                                       args.num_envs)
         save()
     if "rl" in args.stages:
-        results["rl"], policy = rl_stage(args, task_name, work)
+        results["rl"] = rl_stage(args, task_name, work)
         save()
-        results["rl_eval"] = evaluate(policy, task_name, eval_rows, val_rows, args.seed, args.camera_size)
+    if "rl_eval" in args.stages:
+        from eval_cfg_sweep import load_policy_and_config
+
+        policy, _, _ = load_policy_and_config(work / "rl")  # the newest checkpoint of the run
+        results.setdefault("rl", {})["curve"] = rl_curve(work / "rl")
+        results["rl_eval"] = evaluate(policy, task_name, eval_rows, val_rows, args.seed, args.camera_size,
+                                      args.num_envs)
         save()
     for key in ("sft_eval", "rl_eval"):
         if key in results:
