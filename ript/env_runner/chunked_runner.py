@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -335,9 +335,12 @@ class ChunkedRunner:
 
     def run(self, policy: Any, n_video: int = 0, do_tqdm: bool = False,
             save_video_fn: Callable[..., Any] | None = None, cfg_scale: float = 1.0,
-            num_trials_per_task: int | None = None) -> dict[str, Any]:
+            num_trials_per_task: int | None = None,
+            init_states_by_task: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate on every task with its shipped init states; return ``rollout/...`` metrics.
 
+        ``init_states_by_task`` replaces a task's shipped states by the given ones (e.g. the
+        init-state dataset's held-out split); ``num_trials_per_task`` then takes the first N of those.
         Episodes dropped after repeated simulator faults are left out of the success rates and
         reported as ``rollout/num_env_faults``.
         """
@@ -345,7 +348,8 @@ class ChunkedRunner:
         results: dict[str, Any] = {}
         successes, faults, videos = [], 0, 0
         for task_name in self._task_names():
-            states = self._eval_init_states(task_name, num_trials_per_task)
+            given = None if init_states_by_task is None else init_states_by_task.get(task_name)
+            states = self._eval_init_states(task_name, num_trials_per_task, given)
             bar = _progress(len(states), f"eval {task_name}", do_tqdm)
             env, _, _ = self.create_env(task_name)
             task_successes = []
@@ -386,13 +390,14 @@ class ChunkedRunner:
         """Context around one task's evaluation on ``env`` (a backend may reseed pooled workers)."""
         return contextlib.nullcontext()
 
-    def _eval_init_states(self, task_name: str, num_trials: int | None) -> list:
-        states = list(self._init_states(task_name))
+    def _eval_init_states(self, task_name: str, num_trials: int | None, states: Any = None) -> list:
+        source = "ships" if states is None else "was given"
+        states = list(self._init_states(task_name) if states is None else states)
         if num_trials is None:
             return states
         if not 1 <= num_trials <= len(states):
             raise ValueError(f"num_trials_per_task ({num_trials}) must be in [1, {len(states)}] "
-                             f"(task {task_name!r} ships {len(states)} initial states)")
+                             f"(task {task_name!r} {source} {len(states)} initial states)")
         return states[:num_trials]
 
     def _save_video(self, ep: Episode, index: int, save_video_fn: Callable[..., Any] | None) -> None:

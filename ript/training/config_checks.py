@@ -31,7 +31,15 @@ def _check_path(key: str, value: Any, what: str) -> None:
 
 def check_paths(cfg: DictConfig) -> None:
     policy = cfg.algo.policy
-    _check_path("algo.policy.pretrained_path", policy.get("pretrained_path"), "the PI0 checkpoint")
+    pretrained_path = policy.get("pretrained_path")
+    if pretrained_path is not None and str(pretrained_path).startswith("builtin:"):
+        from ript.utils.assets import resolve_checkpoint_path
+
+        try:
+            pretrained_path = resolve_checkpoint_path(pretrained_path)
+        except FileNotFoundError as error:
+            _fail("algo.policy.pretrained_path", pretrained_path, str(error))
+    _check_path("algo.policy.pretrained_path", pretrained_path, "the PI0 checkpoint")
     _check_path("algo.policy.tokenizer_path", policy.get("tokenizer_path"), "the tokenizer directory")
     norm_stats_path = policy.get("norm_stats_path")
     if norm_stats_path is not None and str(norm_stats_path).startswith("builtin:"):
@@ -139,6 +147,18 @@ def check_hyperparameters(cfg: DictConfig, world_size: int) -> None:
     if cfg.training.n_steps < 1:
         _fail("training.n_steps", cfg.training.n_steps, "must be >= 1")
     check_cfg_flow_options(cfg)
+    check_eval_init_states(cfg)
+
+
+def check_eval_init_states(cfg: DictConfig) -> None:
+    """``rollout.init_states=heldout`` evaluates on the dataset's held-out split, which must exist."""
+    mode = OmegaConf.select(cfg, "rollout.init_states", default="shipped")
+    if mode not in ("shipped", "heldout"):
+        _fail("rollout.init_states", mode, "choose one of ['shipped', 'heldout']")
+    dataset = cfg.task.get("dataset") or {}
+    if mode == "heldout" and cfg.rollout.enabled and not (dataset.get("num_val") or dataset.get("val_fraction")):
+        _fail("rollout.init_states", mode, "needs held-out states: set ++task.dataset.num_val=N (or "
+                                           "val_fraction > 0), or evaluate with rollout.init_states=shipped")
 
 
 def _number(key: str, value: Any) -> float:

@@ -236,12 +236,28 @@ def evaluate(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
         local = run.env_runner.run(
             run.policy, n_video=cfg.rollout.n_video, do_tqdm=run.dist_info.rank == 0,
             cfg_scale=cfg.rollout.cfg_scale, num_trials_per_task=cfg.rollout.num_trials_per_task,
+            init_states_by_task=eval_init_states(cfg, run),
         )
     run.policy.train()
     merged = merge_eval_results(_gather_from_ranks(local))
     # The named protocol (eval=<name>) next to the runner's execution protocol (replan_5_of_50).
     merged["rollout/eval_protocol"] = str(cfg.rollout.get("protocol", "training"))
     return merged
+
+
+def eval_init_states(cfg: DictConfig, run: TrainingRun) -> dict[str, Any] | None:
+    """``rollout.init_states``: ``shipped`` (None: the runner's shipped states, first
+    ``num_trials_per_task`` of them) or ``heldout`` (the init-state dataset's held-out split, which
+    RL never trains on; ``task.dataset.num_val`` or ``val_fraction`` sets its size)."""
+    mode = cfg.rollout.get("init_states", "shipped")
+    if mode == "shipped":
+        return None
+    held_out = getattr(run.batches.dataset, "held_out_states_by_task", None) or {}
+    missing = [name for name in run.task_names if len(held_out.get(name, ())) == 0]
+    if missing:
+        raise ValueError(f"rollout.init_states={mode!r} but the dataset holds no states out for {missing}; "
+                         "set task.dataset.num_val (or val_fraction) > 0")
+    return {name: held_out[name] for name in run.task_names}
 
 
 def _gather_from_ranks(obj: Any) -> list[Any]:

@@ -22,7 +22,7 @@ from openpi_pytorch_ori.pi0.configuration_pi0 import PI0Config
 from openpi_pytorch_ori.pi0.modeling_pi0 import PI0Policy
 from openpi_pytorch_ori.pi0.tokenizer import load_tokenizer
 from ript.env_runner.pi0_runner_utils import NormStats, load_norm_stats
-from ript.utils.assets import resolve_norm_stats_path
+from ript.utils.assets import resolve_checkpoint_path, resolve_norm_stats_path
 from ript.utils.distributed import unwrap
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         # for training rollouts (algo.rollout_noise_temperature), evaluation keeps 1.
         self.noise_temperature = 1.0
         self.norm_stats: NormStats = self._load_norm_stats(norm_stats_path)
+        pretrained_path = resolve_checkpoint_path(pretrained_path)  # builtin:<name> -> ript/assets/checkpoints/<name>
         overrides = dict(overrides or {})
         if cond_layer_modulation:
             overrides.setdefault("cond_layer_modulation", True)
