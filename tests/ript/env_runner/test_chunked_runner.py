@@ -424,3 +424,14 @@ def test_pool_bound_closes_the_least_recently_used_task_and_rebuilds_it_on_retur
     assert all(env.closed for env in runner.created)
     with pytest.raises(ValueError, match="max_pooled_tasks"):
         FakeRunner(max_pooled_tasks=0)
+
+
+def test_run_evaluates_on_given_init_states():
+    # rollout.init_states=heldout hands the dataset's held-out states in place of the shipped ones
+    held_out = {"task_a": np.full((3, 3), 7.0, np.float32)}
+    result = FakeRunner(max_len=5).run(FakePolicy(), init_states_by_task=held_out)
+    assert result["rollout/num_episodes"] == 3  # all 3 given states, not the 4 shipped ones
+    result = FakeRunner(max_len=5).run(FakePolicy(), init_states_by_task=held_out, num_trials_per_task=2)
+    assert result["rollout/num_episodes"] == 2
+    with pytest.raises(ValueError, match="was given 3 initial states"):
+        FakeRunner(max_len=5).run(FakePolicy(), init_states_by_task=held_out, num_trials_per_task=4)

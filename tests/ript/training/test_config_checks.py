@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ript.training.config_checks import ConfigError, check_config
 
@@ -271,3 +271,25 @@ def test_unknown_protocol_lists_the_valid_ones(compose_cfg):
 
 def test_unresolvable_interpolation_is_a_config_error(compose_cfg):
     _raises_naming(compose_cfg("rollout.cfg_scale=${algo.no_such_key}"), "no_such_key", "algo")
+
+
+# --------------------------------------------------------------------------- evaluation init states, bundled checkpoints
+
+
+def test_unknown_eval_init_states(compose_cfg):
+    _raises_naming(compose_cfg("rollout.init_states=held"), "rollout.init_states", "held")
+
+
+def test_held_out_evaluation_needs_held_out_states(compose_cfg):
+    message = _raises_naming(compose_cfg("rollout.init_states=heldout"), "rollout.init_states", "heldout")
+    assert "num_val" in message
+    cfg = compose_cfg("rollout.init_states=heldout")
+    with open_dict(cfg):  # num_val is optional in task/*.yaml (++task.dataset.num_val=5 on the CLI)
+        cfg.task.dataset.num_val = 5
+    check_config(cfg)
+
+
+def test_unknown_bundled_checkpoint_lists_the_shipped_ones(compose_cfg):
+    message = _raises_naming(compose_cfg("algo.policy.pretrained_path=builtin:nope", "algo.action_mode=absolute"),
+                             "algo.policy.pretrained_path", "builtin:nope")
+    assert "pi0_small_libero_object_ketchup" in message

@@ -177,3 +177,27 @@ def test_merge_sums_env_fault_counts():
     results = [_rank_result({"a": 1.0}, 2), _rank_result({"b": 1.0}, 2)]
     results[0]["rollout/num_env_faults"], results[1]["rollout/num_env_faults"] = 1, 2
     assert merge_eval_results(results)["rollout/num_env_faults"] == 3
+
+
+# --------------------------------------------------------------------------- eval_init_states
+
+
+def _run_with_held_out(held_out):
+    from types import SimpleNamespace
+
+    dataset = SimpleNamespace(held_out_states_by_task=held_out)
+    return SimpleNamespace(batches=SimpleNamespace(dataset=dataset), task_names=["t0"])
+
+
+def test_eval_init_states_shipped_or_held_out():
+    from omegaconf import OmegaConf
+
+    from ript.training.loop import eval_init_states
+
+    held = {"t0": np.ones((2, 3)), "t1": np.zeros((2, 3))}
+    cfg = OmegaConf.create({"rollout": {"init_states": "shipped"}})
+    assert eval_init_states(cfg, _run_with_held_out(held)) is None  # the runner's shipped states
+    cfg.rollout.init_states = "heldout"
+    assert list(eval_init_states(cfg, _run_with_held_out(held))) == ["t0"]  # this rank's tasks only
+    with pytest.raises(ValueError, match="num_val"):
+        eval_init_states(cfg, _run_with_held_out({}))
