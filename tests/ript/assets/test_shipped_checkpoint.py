@@ -22,7 +22,7 @@ CKPT_DIR = CHECKPOINTS_DIR / NAME
 TASK = "pick_up_the_ketchup_and_place_it_in_the_basket"  # LIBERO-Object task 4
 # The tied VLM lm_head: the reference layout stores a copy of embed_tokens; it is read back into
 # embed_tokens (checkpoint.py), so the loader lists it as ignored, not unexpected.
-TIED_LM_HEAD = "model.paligemma_with_expert.paligemma.lm_head.weight"
+TIED_LM_HEAD = "model.paligemma_with_expert.paligemma.language_model.lm_head.weight"
 
 
 def _policy(**kwargs) -> PI0_OFT_Policy:
