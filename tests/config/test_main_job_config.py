@@ -42,7 +42,7 @@ def test_main_job_settings():
     assert algo.rl_optimizer_factory.clip_labels and algo.rl_optimizer_factory.episode_weighting == "episode"
     rollout = cfg.rollout
     assert rollout.enabled and rollout.eval_at_start and rollout.init_states == "heldout"
-    assert rollout.every_n_steps > cfg.training.n_steps  # evaluated before and after only
+    assert rollout.every_n_steps == cfg.training.n_steps  # evaluated before and after only
 
 
 def test_overrides_still_apply_on_top():
