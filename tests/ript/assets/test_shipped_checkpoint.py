@@ -67,11 +67,13 @@ def test_norm_stats_are_the_checkpoints_own(policy):
         np.testing.assert_array_equal(getattr(policy.norm_stats, field), getattr(on_disk, field))
 
 
-# LIBERO's OSC controller clips every command to [-1, 1] (robosuite's input_max/input_min). The
-# demos' arm labels saturate at +-1 (q01/q99 of dims 1, 2, 5 are exactly +-1), so a flow sample of
-# a saturated step may overshoot a little: 0.25 of slack over the controller's range; the gripper
-# (dim 6) is a sign for LIBERO and gets the same bound.
-ACTION_BOUND = 1.25
+# LIBERO's OSC controller clips every arm command to [-1, 1] (robosuite's input_max/input_min) and
+# reads the gripper command's sign. The demos' labels saturate at +-1 (q01/q99 of dims 1, 2, 5 and
+# of the gripper are exactly +-1), so a flow sample of a saturated step overshoots a little:
+# measured on the first 5 held-out states x 3 noise draws, arm dims reach 1.15 and the gripper
+# 1.20. Bounds: arm 1.25 (0.25 over the controller's range; a wrong action mode or stats give
+# ~0.8 m / ~3 rad, far outside), gripper 1.5 (only its sign acts).
+ARM_BOUND, GRIPPER_BOUND = 1.25, 1.5
 
 
 @pytest.mark.slow
@@ -100,4 +102,6 @@ def test_one_chunk_on_a_real_libero_object_observation(policy):
     norm_chunk = policy.select_action(pi0_obs).numpy()  # (1, 50, 7)
     env_chunk = model_chunk_to_env_actions(norm_chunk, raw, policy.norm_stats, "absolute")
     assert env_chunk.shape == (1, 50, 7) and np.all(np.isfinite(env_chunk))
-    assert np.abs(env_chunk).max() <= ACTION_BOUND, np.abs(env_chunk).max(axis=(0, 1))
+    peak = np.abs(env_chunk).max(axis=(0, 1))  # (7,)
+    assert peak[:6].max() <= ARM_BOUND and peak[6] <= GRIPPER_BOUND, peak
+    assert peak[6] > 0.5  # the gripper is commanded (open or closed), not left near 0
