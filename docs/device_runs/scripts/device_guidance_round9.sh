@@ -22,7 +22,7 @@ if [ -n "$SMOKE" ]; then  # local crash test: CPU, one seed, 2 rounds, tiny SFT 
   C="--device cpu --heldout-trials 0 --threads-per-job 1 --eval-repeats 1 --sft-steps 20 --rl-steps 2"
   SEEDS="30"; BC_SEEDS="30"; JOBS=1; SFT_LIMIT=300; END=900
 else
-  C="--device cuda --heldout-trials 0 --threads-per-job 1 --eval-repeats 4 --rl-steps 26"
+  C="--device cuda --heldout-trials 0 --threads-per-job 1 --eval-repeats 4 --rl-steps 24"
   SEEDS="30 31 32 33 34 35"; BC_SEEDS="30 31 32"; JOBS=6; SFT_LIMIT=165; END=505
 fi
 B="python scripts/bench_learning.py $C"
