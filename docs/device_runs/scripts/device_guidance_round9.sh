@@ -14,15 +14,15 @@ T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
 W=${W:-runs/bl9}
 rm -rf $W && mkdir -p $W $OUT
-# The chosen options (docs/learning.md, round 9): per-layer zero-init condition at 10x lr, the
-# training rollouts' flow noise at temperature 1.5 (keeps the K rollouts apart).
-CHOSEN=(--rl-override algo.policy.cond_layer_modulation=true --rl-override algo.cond_lr_scale=10
-        --rl-override algo.rollout_noise_temperature=1.5)
+# The chosen options (docs/learning.md, round 9, tuning seeds 10-12): the per-layer zero-init
+# condition at 10x the lr (branch gap 1.0-1.25 % vs 0.1-0.5 %, success as the defaults). The
+# rollout temperature 1.2 kept the K-rollout spread but cost ~8 points pooled, so it is left out.
+CHOSEN=(--rl-override algo.policy.cond_layer_modulation=true --rl-override algo.cond_lr_scale=10)
 if [ -n "$SMOKE" ]; then  # local crash test: CPU, one seed, 2 rounds, tiny SFT and evaluation
   C="--device cpu --heldout-trials 0 --threads-per-job 1 --eval-repeats 1 --sft-steps 20 --rl-steps 2"
   SEEDS="30"; BC_SEEDS="30"; JOBS=1; SFT_LIMIT=300; END=900
 else
-  C="--device cuda --heldout-trials 0 --threads-per-job 1 --eval-repeats 4 --rl-steps 26"
+  C="--device cuda --heldout-trials 0 --threads-per-job 1 --eval-repeats 4 --rl-steps 24"
   SEEDS="30 31 32 33 34 35"; BC_SEEDS="30 31 32"; JOBS=6; SFT_LIMIT=165; END=505
 fi
 B="python scripts/bench_learning.py $C"

@@ -1,0 +1,52 @@
+"""scripts/summarize_learning_libero.py: pooled held-out counts, Wilson intervals, the table and plot."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import summarize_learning_libero as summary_script  # noqa: E402
+
+
+def test_wilson_interval_matches_hand_computed_values():
+    # z = 1.96, n = 10: z^2/n = 0.38416, denominator 1.38416.
+    # 0/10: centre = (0 + 0.19208) / 1.38416 = 0.13877 = half width -> (0, 0.2775).
+    low, high = summary_script.wilson_interval(0, 10)
+    assert low == pytest.approx(0.0, abs=1e-9)
+    assert high == pytest.approx(0.2775, abs=1e-4)
+    # 5/10: centre 0.5; half = 1.96 * sqrt(0.025 + 0.009604) / 1.38416 = 0.2634.
+    low, high = summary_script.wilson_interval(5, 10)
+    assert (low, high) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+
+
+def _run_dir(root: Path, task_id: int, seed: int, start: float, after: float, curve: list[float]) -> Path:
+    run = root / f"rl_t{task_id}_s{seed}"
+    (run / "rl").mkdir(parents=True)
+    result = {"task_id": task_id, "task_name": f"task_{task_id}", "seed": seed,
+              "sft_eval": {"heldout_success": start, "heldout_episodes": 25},
+              "rl_eval": {"heldout_success": after, "heldout_episodes": 25}}
+    (run / "results.json").write_text(json.dumps(result))
+    (run / "rl" / "metrics.jsonl").write_text("".join(json.dumps({"rollout/mean_scores": c}) + "\n" for c in curve))
+    return run
+
+
+def test_runs_are_pooled_per_task_and_the_plot_is_written(tmp_path, capsys):
+    dirs = [_run_dir(tmp_path, 4, 11, 0.12, 0.16, [0.1, 0.2]),   # 3 -> 4 of 25
+            _run_dir(tmp_path, 4, 12, 0.20, 0.40, [0.2, 0.3]),   # 5 -> 10 of 25
+            _run_dir(tmp_path, 1, 11, 0.0, 0.0, [0.0])]
+    summary_script.main([str(d) for d in dirs] + ["--out-dir", str(tmp_path / "out")])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["4"]["start"] == [8, 50] and summary["4"]["rl"] == [14, 50]
+    assert summary["4"]["change_points"] == pytest.approx(12.0)
+    assert summary["1"]["start"] == [0, 25]
+    assert (tmp_path / "out" / "learning_libero.png").stat().st_size > 1000
+    assert "3→4, 5→10" in capsys.readouterr().out
+
+
+def test_unfinished_runs_are_refused(tmp_path):
+    run = tmp_path / "rl_t4_s11"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"task_id": 4, "task_name": "t", "seed": 11}))
+    with pytest.raises(SystemExit, match="no finished runs"):
+        summary_script.main([str(run)])
