@@ -43,8 +43,8 @@ class ZeroPolicy:
 
 
 @pytest.fixture(scope="module")
-def norm_stats(shared_fixtures_dir):
-    return load_norm_stats(shared_fixtures_dir / "libero_norm_stats_flat.json")
+def norm_stats(fixtures_dir):
+    return load_norm_stats(fixtures_dir / "libero_norm_stats_flat.json")
 
 
 @pytest.fixture(scope="module")

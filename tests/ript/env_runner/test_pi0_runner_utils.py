@@ -156,7 +156,7 @@ def test_env_obs_resized_after_the_flip_to_the_policy_size():
 
 
 @pytest.mark.slow
-def test_real_libero_256_render_converted_like_openpi(shared_fixtures_dir):
+def test_real_libero_256_render_converted_like_openpi(fixtures_dir):
     """A 256-px LIBERO-Goal render of a shipped init state: our converted frame matches PIL's
     resize of the same flipped frame (openpi's client), and PI0's own resize leaves it unchanged."""
     import torch
@@ -178,7 +178,7 @@ def test_real_libero_256_render_converted_like_openpi(shared_fixtures_dir):
         obs = env.set_init_state(suite.get_task_init_states(task_id)[0])
     finally:
         env.close()
-    stats = load_norm_stats(shared_fixtures_dir / "libero_norm_stats_flat.json")
+    stats = load_norm_stats(fixtures_dir / "libero_norm_stats_flat.json")
     pi0_obs, _ = env_obs_to_pi0_observation([obs], ["put the bowl on the stove"], stats, image_size=224)
     for key, slot in (("agentview_image", "base_0_rgb"), ("robot0_eye_in_hand_image", "left_wrist_0_rgb")):
         rendered = obs[key]
@@ -256,8 +256,8 @@ def test_load_flat_layout_with_action_key(tmp_path):
     np.testing.assert_array_equal(stats.action_std, 1.0 + np.arange(7))
 
 
-def test_load_shared_libero_fixture(shared_fixtures_dir):
-    stats = load_norm_stats(shared_fixtures_dir / "libero_norm_stats_flat.json")
+def test_load_shared_libero_fixture(fixtures_dir):
+    stats = load_norm_stats(fixtures_dir / "libero_norm_stats_flat.json")
     assert stats.state_dim == 8 and stats.action_dim == 7
     assert stats.action_q01 is not None and np.all(stats.action_q01 <= stats.action_q99)
     assert np.all(stats.state_std > 0)

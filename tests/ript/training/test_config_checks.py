@@ -71,8 +71,8 @@ def test_default_config_passes(compose_cfg):
     check_config(compose_cfg())
 
 
-def test_real_paths_and_world_size_pass(compose_cfg, tmp_path, shared_fixtures_dir):
-    norm_stats = shared_fixtures_dir / "libero_norm_stats_flat.json"
+def test_real_paths_and_world_size_pass(compose_cfg, tmp_path, fixtures_dir):
+    norm_stats = fixtures_dir / "libero_norm_stats_flat.json"
     ckpt, tok = tmp_path / "model.safetensors", tmp_path / "tokenizer"
     ckpt.write_bytes(b"")
     tok.mkdir()
@@ -212,8 +212,8 @@ def test_real_model_relative_with_bundled_stats_names_the_fix(tmp_path, real_mod
     assert "norm_stats.json" in message and "algo.action_mode=absolute" in message
 
 
-def test_real_model_relative_with_its_own_stats_passes(tmp_path, shared_fixtures_dir):
-    stats = shared_fixtures_dir / "libero_norm_stats_flat.json"
+def test_real_model_relative_with_its_own_stats_passes(tmp_path, fixtures_dir):
+    stats = fixtures_dir / "libero_norm_stats_flat.json"
     check_config(_hydra_compose("task=libero_goal_rl", f"algo.policy.pretrained_path={_fake_checkpoint(tmp_path)}",
                                 f"algo.policy.norm_stats_path={stats}"))
 
