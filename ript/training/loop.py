@@ -28,6 +28,7 @@ from ript.training.checkpointing import (
     restore_rng_state,
     save_checkpoint,
 )
+from ript.training.config_checks import building
 from ript.training.metrics_logger import MetricsLogger
 from ript.utils.distributed import DistInfo, is_dist_ready
 
@@ -134,36 +135,50 @@ def _limit_cpu_threads(cfg: DictConfig, dist_info: DistInfo) -> None:
     torch.set_num_threads(int(threads))
 
 
-def build_training_run(cfg: DictConfig, dist_info: DistInfo) -> TrainingRun:
-    """Dataset -> runner -> policy -> optimizers -> generator -> RL optimizer, then resume."""
+def build_training_run(cfg: DictConfig, dist_info: DistInfo, raw_cfg: DictConfig | None = None) -> TrainingRun:
+    """Dataset -> runner -> policy -> optimizers -> generator -> RL optimizer, then resume.
+
+    Bad input met while building a component (a ValueError/TypeError from its constructor) is
+    raised as a :class:`ConfigError` naming the key; ``raw_cfg`` (the config before resolution,
+    default ``cfg``) lets the message name the key the user set rather than the interpolated one.
+    """
     _seed_everything(cfg.seed + dist_info.rank)
     _limit_cpu_threads(cfg, dist_info)
     if cfg.training.get("deterministic", False):
         torch.use_deterministic_algorithms(True, warn_only=True)
     run_dir = Path(cfg.output_dir)
-    all_tasks = instantiate(cfg.task.dataset).task_names
-    task_names = split_tasks_across_ranks(list(all_tasks), dist_info.rank, dist_info.world_size)
-    dataset = instantiate(cfg.task.dataset, task_names_to_use=task_names)
-    env_runner = instantiate(cfg.algo.env_runner, task_names_to_use=task_names)
-    policy = instantiate(cfg.algo.policy)
-    optimizers = [
-        instantiate(cfg.algo.optimizer_factory)(params=policy.trainable_params["model"]),
-        instantiate(cfg.algo.header_optimizer_factory)(params=policy.trainable_params["header"]),
-    ]
-    schedulers = [instantiate(cfg.algo.scheduler_factory)(optimizer=opt) for opt in optimizers]
-    rollout_generator = instantiate(cfg.algo.rollout_generator_factory)(
-        env_runner=env_runner, task_names_to_use=task_names,
-        demo_batch_size=cfg.train_dataloader.batch_size // dist_info.world_size,
-    )
-    rl_optimizer = instantiate(cfg.algo.rl_optimizer_factory)(
-        rollout_generator=rollout_generator, reward_function=instantiate(cfg.algo.reward_function),
-    )
+    raw_cfg = cfg if raw_cfg is None else raw_cfg
+    with building(raw_cfg, "task.dataset"):
+        all_tasks = instantiate(cfg.task.dataset).task_names
+        task_names = split_tasks_across_ranks(list(all_tasks), dist_info.rank, dist_info.world_size)
+        dataset = instantiate(cfg.task.dataset, task_names_to_use=task_names)
+    with building(raw_cfg, "algo.env_runner"):
+        env_runner = instantiate(cfg.algo.env_runner, task_names_to_use=task_names)
+    with building(raw_cfg, "algo.policy"):
+        policy = instantiate(cfg.algo.policy)
+    with building(raw_cfg, "algo.optimizer_factory"):
+        model_optimizer = instantiate(cfg.algo.optimizer_factory)(params=policy.trainable_params["model"])
+    with building(raw_cfg, "algo.header_optimizer_factory"):
+        header_optimizer = instantiate(cfg.algo.header_optimizer_factory)(params=policy.trainable_params["header"])
+    optimizers = [model_optimizer, header_optimizer]
+    with building(raw_cfg, "algo.scheduler_factory"):
+        schedulers = [instantiate(cfg.algo.scheduler_factory)(optimizer=opt) for opt in optimizers]
+    with building(raw_cfg, "algo.rollout_generator_factory"):
+        rollout_generator = instantiate(cfg.algo.rollout_generator_factory)(
+            env_runner=env_runner, task_names_to_use=task_names,
+            demo_batch_size=cfg.train_dataloader.batch_size // dist_info.world_size,
+        )
+    with building(raw_cfg, "algo.rl_optimizer_factory"):
+        rl_optimizer = instantiate(cfg.algo.rl_optimizer_factory)(
+            rollout_generator=rollout_generator, reward_function=instantiate(cfg.algo.reward_function),
+        )
     metrics = MetricsLogger(
         run_dir, enabled=dist_info.rank == 0, wandb_mode=cfg.logging.mode, project=cfg.logging.project,
         run_name=cfg.logging.name, config=OmegaConf.to_container(cfg, resolve=True),
     )
-    batches = StepBatchStream(dataset, cfg.train_dataloader.batch_size // dist_info.world_size,
-                              seed=cfg.seed, rank=dist_info.rank, shuffle=cfg.train_dataloader.shuffle)
+    with building(raw_cfg, "train_dataloader"):
+        batches = StepBatchStream(dataset, cfg.train_dataloader.batch_size // dist_info.world_size,
+                                  seed=cfg.seed, rank=dist_info.rank, shuffle=cfg.train_dataloader.shuffle)
     run = TrainingRun(cfg, dist_info, run_dir, policy, env_runner, rollout_generator, rl_optimizer,
                       optimizers, schedulers, batches, metrics, task_names)
     _maybe_resume(run)

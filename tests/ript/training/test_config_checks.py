@@ -4,8 +4,8 @@ Each bad value is an override of the real composed config, and must raise Config
 key and the value before any model or simulator is built. These tests only compose YAML and read
 small JSON files, so they run in well under a second each.
 
-Not covered here because config_checks does not own them: unknown task names / benchmarks are
-rejected by LiberoInitStateDataset (which needs LIBERO to list the valid names).
+Unknown task names / benchmarks are rejected by LiberoInitStateDataset (which needs LIBERO to list
+the valid names) while the run is built; tests/test_train_config_errors.py covers that message.
 """
 from __future__ import annotations
 
@@ -271,3 +271,61 @@ def test_unknown_protocol_lists_the_valid_ones(compose_cfg):
 
 def test_unresolvable_interpolation_is_a_config_error(compose_cfg):
     _raises_naming(compose_cfg("rollout.cfg_scale=${algo.no_such_key}"), "no_such_key", "algo")
+
+
+# --------------------------------------------------------------------------- value types
+
+
+@pytest.mark.parametrize("key, value, kind", [
+    ("algo.cfg_scale", "abc", "a number"),
+    ("rollout.cfg_scale", "[1, 2]", "a number"),
+    ("algo.rloo_batch_size", "2.5", "an integer"),
+    ("training.n_steps", "ten", "an integer"),
+    ("training.resume", "maybe", "true or false"),
+    ("algo.num_parallel_envs", "two", "an integer"),  # read by a component, not by the checks
+])
+def test_a_value_of_the_wrong_type_is_a_config_error(compose_cfg, key, value, kind):
+    message = _raises_naming(compose_cfg(f"{key}={value}"), key, value)
+    assert kind in message and "shipped default" in message
+
+
+def test_right_types_pass_including_an_int_for_a_float(compose_cfg):
+    check_config(compose_cfg("algo.cfg_scale=2", "training.resume=false", "algo.rloo_batch_size=3"))
+
+
+# --------------------------------------------------------------------------- errors while building
+
+
+class _Raises:
+    def __init__(self, error):
+        raise error
+
+
+def test_component_error_names_the_key_the_user_sets(compose_cfg):
+    """``algo.env_runner.num_parallel_envs`` is ``${algo.num_parallel_envs}``: the message names the
+    latter, with its value, followed by the component's own message."""
+    from hydra.utils import instantiate
+
+    from ript.training.config_checks import building
+
+    raw = compose_cfg("algo.num_parallel_envs=0")
+    with pytest.raises(ConfigError) as info:
+        with building(raw, "algo.env_runner"):
+            instantiate({"_target_": f"{__name__}._Raises",
+                         "error": ValueError("Runner config: num_parallel_envs (0) must be >= 1")})
+    assert str(info.value) == "algo.num_parallel_envs=0: Runner config: num_parallel_envs (0) must be >= 1"
+
+
+def test_component_error_without_a_named_argument_names_the_component(compose_cfg):
+    from ript.training.config_checks import component_config_error
+
+    error = component_config_error(compose_cfg(), "algo.env_runner", TypeError("something else is wrong"))
+    assert str(error).startswith("algo.env_runner (ript.env_runner.pi0_libero_runner.Pi0LiberoRunner): ")
+
+
+def test_other_errors_while_building_keep_their_traceback(compose_cfg):
+    from ript.training.config_checks import building
+
+    with pytest.raises(RuntimeError, match="simulator crashed"):
+        with building(compose_cfg(), "algo.env_runner"):
+            raise RuntimeError("simulator crashed")
