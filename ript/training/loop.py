@@ -215,12 +215,16 @@ def train_one_step(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
     if run.dist_info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.dist_info.device)
     started = time.perf_counter()
+    rebuilds_before = env_rebuilds(run.env_runner)
     data_iterator = run.batches.for_step(run.step)
     batch = next(data_iterator)
     metrics = run.rl_optimizer.optimize(run.policy, batch, run.optimizers, data_iterator, run.batches)
     for scheduler in run.schedulers:
         scheduler.step()
     metrics = dict(metrics)
+    # Recovered faults leave no dropped episode (rollout/env_faults stays 0); count the rebuilds,
+    # summed over ranks, so a long run's simulator health is in metrics.jsonl.
+    metrics["rollout/env_rebuilds"] = float(sum(_gather_from_ranks(env_rebuilds(run.env_runner) - rebuilds_before)))
     metrics["train/step_time_s"] = time.perf_counter() - started
     metrics["train/lr_model"] = run.optimizers[0].param_groups[0]["lr"]
     metrics["train/lr_header"] = run.optimizers[1].param_groups[0]["lr"]
@@ -231,6 +235,12 @@ def train_one_step(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
     if cfg.training.get("log_param_checksum", False):
         metrics.update(_param_checksums_across_ranks(run))
     return metrics
+
+
+def env_rebuilds(env_runner: Any) -> int:
+    """Simulator envs the runner has rebuilt after a fault so far (0 for runners that do not count)."""
+    counts = getattr(env_runner, "fault_counts", None)
+    return int(counts.get("env_recreated", 0)) if counts is not None else 0
 
 
 def _param_checksums_across_ranks(run: TrainingRun) -> dict[str, float]:
@@ -247,11 +257,13 @@ def _param_checksums_across_ranks(run: TrainingRun) -> dict[str, float]:
 def evaluate(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
     """Each rank evaluates its own tasks; results are merged so rank zero logs every task."""
     run.policy.eval()
+    rebuilds_before = env_rebuilds(run.env_runner)
     with preserved_rng_state():
         local = run.env_runner.run(
             run.policy, n_video=cfg.rollout.n_video, do_tqdm=run.dist_info.rank == 0,
             cfg_scale=cfg.rollout.cfg_scale, num_trials_per_task=cfg.rollout.num_trials_per_task,
         )
+    local = dict(local, **{"rollout/num_env_rebuilds": env_rebuilds(run.env_runner) - rebuilds_before})
     run.policy.train()
     merged = merge_eval_results(_gather_from_ranks(local))
     # The named protocol (eval=<name>) next to the runner's execution protocol (replan_5_of_50).
@@ -273,16 +285,17 @@ def merge_eval_results(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
 
     A task evaluated on several ranks (fewer tasks than ranks) gets the mean of their rates: every
     rank runs the same number of trials per task, so that is its episode-weighted rate too.
-    Env-fault counts are summed so no rank's faults disappear from the log.
+    Env-fault and env-rebuild counts are summed so no rank's faults disappear from the log.
     """
     merged: dict[str, Any] = {}
     per_task: dict[str, list[float]] = {}
-    total_episodes, total_successes, faults = 0, 0.0, 0
+    total_episodes, total_successes, faults, rebuilds = 0, 0.0, 0, 0
     for result in per_rank:
         episodes = int(result.get("rollout/num_episodes", 0))
         total_episodes += episodes
         total_successes += float(result.get("rollout/overall_success_rate", 0.0)) * episodes
         faults += int(result.get("rollout/num_env_faults", 0))
+        rebuilds += int(result.get("rollout/num_env_rebuilds", 0))
         for key, value in result.items():
             if key.startswith("rollout/success_rate/"):
                 per_task.setdefault(key, []).append(float(value))
@@ -292,5 +305,6 @@ def merge_eval_results(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
     merged.update({key: sum(rates) / len(rates) for key, rates in per_task.items()})
     merged["rollout/num_episodes"] = total_episodes
     merged["rollout/num_env_faults"] = faults
+    merged["rollout/num_env_rebuilds"] = rebuilds
     merged["rollout/overall_success_rate"] = total_successes / max(total_episodes, 1)
     return merged

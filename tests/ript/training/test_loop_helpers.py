@@ -177,3 +177,11 @@ def test_merge_sums_env_fault_counts():
     results = [_rank_result({"a": 1.0}, 2), _rank_result({"b": 1.0}, 2)]
     results[0]["rollout/num_env_faults"], results[1]["rollout/num_env_faults"] = 1, 2
     assert merge_eval_results(results)["rollout/num_env_faults"] == 3
+
+
+def test_merge_sums_env_rebuild_counts():
+    # Recovered faults (rebuilt workers, no dropped sample) are summed over ranks too.
+    results = [_rank_result({"a": 1.0}, 2), _rank_result({"b": 1.0}, 2)]
+    results[0]["rollout/num_env_rebuilds"] = 2
+    assert merge_eval_results(results)["rollout/num_env_rebuilds"] == 2
+    assert merge_eval_results(results[1:])["rollout/num_env_rebuilds"] == 0
