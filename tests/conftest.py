@@ -13,3 +13,4 @@ FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 def fixtures_dir() -> Path:
     """``tests/fixtures``: the PI0 parity weights and LIBERO norm stats (see its README)."""
     return FIXTURES_DIR
+

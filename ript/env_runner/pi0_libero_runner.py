@@ -94,9 +94,11 @@ class Pi0LiberoRunner(ChunkedRunner):
         self.step_timeout_s = step_timeout_s
         # robosuite's hard reset rebuilds the MuJoCo model on every reset (LIBERO's default, what
         # RIPT/openpi ran): 2-10 s per reset on 2 loaded cores. A soft reset takes ~10 ms and
-        # (grippers' command zeroed, _LiberoWorkerEnv) rolls out identically on the scenes tested,
-        # but not on all: in libero_10's KITCHEN_SCENE6 a randomly placed fixture lands 1.6 cm
-        # elsewhere (the two paths draw numpy's RNG differently), so hard stays the default.
+        # (LiberoEnv: gripper command and solver warm start reset) rolls out bit for bit like a hard
+        # one on most scenes, but not on all: where LIBERO's reset places fixtures at random (not
+        # part of the init state), a hard reset redraws them every episode and a soft one keeps
+        # them -- libero_spatial's wooden cabinet and stove, the microwave of KITCHEN_SCENE6/7
+        # (libero_10, libero_90). So hard stays the default (docs/benchmarks.md, "Soft reset").
         self.hard_reset = hard_reset
 
     # ------------------------------------------------------------------ construction helpers

@@ -59,6 +59,16 @@ def parallel_runner():
     runner.close()
 
 
+@pytest.fixture(scope="module")
+def libero_goal_256():
+    """One in-process env at the runner's default 256-px render size, shared by the tests that read
+    such a render (closed with the module, before later tests fork)."""
+    runner = Pi0LiberoRunner("libero_goal", task_names_to_use=[TASK], num_parallel_envs=1)
+    env, _, _ = runner.create_env(TASK)
+    yield runner, env
+    runner.close()
+
+
 def test_config_errors_list_valid_names():
     with pytest.raises(ValueError, match="libero_spatial"):
         Pi0LiberoRunner("libero_gaol")
@@ -71,19 +81,16 @@ def test_config_errors_list_valid_names():
 
 
 @pytest.mark.slow
-def test_real_env_reset_to_shipped_state_step_and_render(norm_stats):
-    runner = Pi0LiberoRunner("libero_goal", task_names_to_use=[TASK], num_parallel_envs=1)
+def test_real_env_reset_to_shipped_state_step_and_render(libero_goal_256, norm_stats):
+    runner, env = libero_goal_256  # num_parallel_envs=1: one env, in-process
+    assert runner.task_names == [TASK] and not runner.use_subprocess
     init_states = runner._init_states(TASK)
     assert init_states.ndim == 2 and len(init_states) == 50  # LIBERO ships 50 per task
-    env, _, _ = runner.create_env(TASK)
-    try:
-        env.reset(id=[0])
-        obs = env.set_init_state(init_states[:1], id=[0])[0]
-        for _ in range(3):
-            step_obs, rewards, dones, _ = env.step(np.array([[0, 0, 0, 0, 0, 0, -1.0]]), id=[0])
-        obs = step_obs[0]
-    finally:
-        env.close()
+    env.reset(id=[0])
+    obs = env.set_init_state(init_states[:1], id=[0])[0]
+    for _ in range(3):
+        step_obs, rewards, dones, _ = env.step(np.array([[0, 0, 0, 0, 0, 0, -1.0]]), id=[0])
+    obs = step_obs[0]
     for key in ("agentview_image", "robot0_eye_in_hand_image"):
         img = obs[key]
         assert img.shape == (256, 256, 3) and img.dtype == np.uint8  # openpi's render size, the default
@@ -93,6 +100,31 @@ def test_real_env_reset_to_shipped_state_step_and_render(norm_stats):
     assert pi0_obs["image.left_wrist_0_rgb"].shape == (1, 3, 256, 256)  # no image_size: kept as rendered
     assert pi0_obs["prompt"] == ["put the bowl on the stove"]
     assert np.all(np.isfinite(raw)) and 0.5 < raw[0, 2] < 1.5  # eef height above the table
+
+
+@pytest.mark.slow
+def test_real_256_render_converted_like_openpi(libero_goal_256, norm_stats):
+    """A 256-px LIBERO-Goal render of a shipped init state: our converted frame matches PIL's
+    resize of the same flipped frame (openpi's client), and PI0's own resize leaves it unchanged."""
+    import torch
+
+    from openpi_pytorch_ori.pi0.modeling_pi0 import resize_with_pad
+
+    from PIL import Image
+
+    runner, env = libero_goal_256  # rendered at 256 px (openpi's size)
+    env.reset(id=[0])
+    obs = env.set_init_state(runner._init_states(TASK)[:1], id=[0])[0]
+    pi0_obs, _ = env_obs_to_pi0_observation([obs], ["put the bowl on the stove"], norm_stats, image_size=224)
+    for key, slot in (("agentview_image", "base_0_rgb"), ("robot0_eye_in_hand_image", "left_wrist_0_rgb")):
+        rendered = obs[key]
+        assert rendered.shape == (256, 256, 3) and rendered.std() > 5.0, f"{key}: no scene rendered"
+        ours = pi0_obs[f"image.{slot}"][0].astype(np.int16)  # (3, 224, 224)
+        flipped = Image.fromarray(np.ascontiguousarray(rendered[::-1, ::-1]))
+        reference = np.asarray(flipped.resize((224, 224), Image.BILINEAR)).transpose(2, 0, 1).astype(np.int16)
+        assert np.abs(ours - reference).max() <= 1, key
+        as_model_input = torch.from_numpy(pi0_obs[f"image.{slot}"]).float() / 127.5 - 1.0
+        torch.testing.assert_close(resize_with_pad(as_model_input, 224, 224), as_model_input, rtol=0, atol=0)
 
 
 @pytest.mark.slow
@@ -117,22 +149,6 @@ def test_real_parallel_rollout_records_chunks(parallel_runner, norm_stats):
     # the two envs started from different shipped states, so they saw different scenes
     assert not np.array_equal(out[0][2].chunk_observations[0].images["base_0_rgb"],
                               out[1][2].chunk_observations[0].images["base_0_rgb"])
-
-
-@pytest.mark.slow
-def test_killed_worker_is_recreated(parallel_runner, norm_stats):
-    runner, env = parallel_runner
-    runner.max_episode_length = 5  # a short episode: recovery, not the rollout, is under test
-    old_pids = env.worker_pids()
-    kill_env_worker(env, 1)
-    before = runner.fault_counts["env_errors"]
-    out = list(runner.run_policy_in_env(TASK, ZeroPolicy(norm_stats), runner._init_states(TASK)[:2],
-                                        created_env=env))
-    assert [ep.valid for _, _, ep in out] == [True, True]
-    assert all(ep.num_steps == 5 for _, _, ep in out)
-    assert runner.fault_counts["env_errors"] == before + 1
-    new_pids = env.inner.worker_pids()
-    assert not set(new_pids) & set(old_pids)
 
 
 def _process_exists(pid):
@@ -168,9 +184,11 @@ def test_worker_pool_lives_across_rounds_and_eval_and_is_rebuilt_after_a_fault(p
     assert result["rollout/num_episodes"] == 2 and env.worker_pids() == pids  # evaluation too
     assert generator.created_envs[TASK][0] is env and runner.env_pool[TASK] is env
 
+    # A killed worker: the fault rebuilds the pool's workers in place (new processes), the round's
+    # episodes are retried and come back valid and complete (asserted in rollout_round).
     faults = runner.fault_counts["env_errors"]
-    killed = kill_env_worker(env, 0)
-    rollout_round()  # the fault rebuilds the pool's workers in place; the round completes
+    killed = kill_env_worker(env, 1)
+    rollout_round()
     assert runner.fault_counts["env_errors"] == faults + 1
     rebuilt = env.worker_pids()
     assert len(rebuilt) == 2 and not set(rebuilt) & set(pids) and killed in pids
