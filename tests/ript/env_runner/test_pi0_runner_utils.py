@@ -1,4 +1,4 @@
-"""Spec tests for the pure-numpy PI0 <-> LIBERO conversions (SPEC §3, §4)."""
+"""Spec tests for the pure-numpy PI0 <-> LIBERO conversions (docs/ARCHITECTURE.md, "Observation conventions")."""
 from __future__ import annotations
 
 import json

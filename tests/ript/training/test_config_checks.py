@@ -119,7 +119,7 @@ def test_norm_stats_without_action_group(compose_cfg, tmp_path):
 
 @pytest.mark.parametrize("state_dim,action_dim,short", [(7, 7, "state.mean"), (8, 6, "actions.mean")])
 def test_norm_stats_with_too_few_dims(compose_cfg, tmp_path, state_dim, action_dim, short):
-    # PI0 on LIBERO needs 8 state dims and 7 action dims (SPEC section 3).
+    # PI0 on LIBERO needs 8 state dims and 7 action dims.
     path = _write_json(tmp_path / "norm_stats.json", _stats(state_dim, action_dim))
     message = _raises_naming(compose_cfg(f"algo.policy.norm_stats_path={path}"), "algo.policy.norm_stats_path", path)
     assert short in message and "dims" in message
