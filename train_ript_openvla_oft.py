@@ -9,6 +9,7 @@ runs rollout -> CFG-Flow update -> log -> save -> evaluate, ``cleanup`` closes e
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import signal
@@ -94,9 +95,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     _configure_logging(dist_info.rank)
     stop = StopRequest()
     run = None
+    raw_cfg = copy.deepcopy(cfg)  # before resolution: error messages name the key the user sets
     try:
         check_config(cfg, world_size=dist_info.world_size)
-        run = build_training_run(cfg, dist_info)
+        run = build_training_run(cfg, dist_info, raw_cfg=raw_cfg)
         stop.install()
         final_eval = train(cfg, run, stop)
         if dist_info.rank == 0 and final_eval:

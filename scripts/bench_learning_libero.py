@@ -97,9 +97,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------ helpers
 def task_identity(task: str) -> tuple[int, str]:
-    from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner
+    from ript.envs.libero_env import load_benchmark
 
-    names = list(Pi0LiberoRunner._load_benchmark(BENCHMARK).get_task_names())
+    names = list(load_benchmark(BENCHMARK).get_task_names())
     if task.isdigit() and int(task) < len(names):
         return int(task), names[int(task)]
     if task not in names:
@@ -136,7 +136,10 @@ def evaluate(policy: Any, task_name: str, rows: Sequence[int], val_rows: Sequenc
                              num_parallel_envs=num_envs, open_loop=50, n_action_steps=50,
                              action_mode="absolute", camera_height=camera_size,
                              camera_width=camera_size, seed=seed, hard_reset=False)
-    states = runner._init_states(task_name)
+    from ript.envs.libero_env import load_benchmark
+
+    benchmark = load_benchmark(BENCHMARK)
+    states = benchmark.get_task_init_states(list(benchmark.get_task_names()).index(task_name))
     policy.eval()
     t0 = time.time()
     per_state = {}

@@ -46,7 +46,7 @@ PEAK_BF16_TFLOPS = [
     ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0), ("A10G", 125.0), ("L40S", 362.0),
     ("RTX 4090", 165.2), ("A6000", 154.8),
 ]
-# The public PyTorch port on one H100 (docs/REFERENCE_BENCHMARK.md): the numbers to beat.
+# The public PyTorch port on one H100 (docs/reference_benchmark.md): the numbers to beat.
 REFERENCE_MS = {"select_action_b1": 343.0, "select_action_b8": 410.0, "train_plain": 298.0,
                 "train_cfg_naive": 554.0, "euler_step_b1": 28.0, "prefix_b1": 25.0}
 

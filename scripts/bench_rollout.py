@@ -212,12 +212,13 @@ def round_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def profile(args: argparse.Namespace) -> str:
-    from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner, LiberoEnvFn, _LiberoWorkerEnv
+    from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner
+    from ript.envs.libero_env import LiberoEnv, LiberoEnvFn
 
     size = max(int(s) for s in args.sizes.split(","))
     runner = Pi0LiberoRunner(args.benchmark, task_names_to_use=[args.task], num_parallel_envs=1)
     bddl = runner.benchmark.get_task_bddl_file_path(runner._task_id(args.task))
-    env = _LiberoWorkerEnv(LiberoEnvFn(bddl, size, size, seed=0))
+    env = LiberoEnv(LiberoEnvFn(bddl, size, size, seed=0))
     try:
         env.reset(render=False)
         env.set_init_state(runner._init_states(args.task)[0], render=False)

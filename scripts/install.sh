@@ -34,4 +34,34 @@ if ! "$python_bin" -c "import ript, openpi_pytorch_ori, hydra, libero, pytest" >
   echo "[install] installing ript-pi0 and its dependencies"
   "$python_bin" -m pip install -q -e "${repo_root}[test]"
 fi
+
+# Exact pins of setup.py (mujoco==3.2.3: the simulator openpi's numbers came from). pip keeps an
+# already-installed package of another version when nothing forces it, so check each pin whose
+# marker applies and install the pinned version over a mismatch.
+mismatched=$("$python_bin" - "${repo_root}/setup.py" <<'PY'
+import re
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from packaging.requirements import Requirement
+
+pattern = r"'([A-Za-z0-9_.-]+==[^']+)'" + '|' + r'"([A-Za-z0-9_.-]+==[^"]+)"'
+for single, double in re.findall(pattern, open(sys.argv[1]).read()):
+    req = Requirement(single or double)
+    if req.marker is not None and not req.marker.evaluate():
+        continue
+    try:
+        installed = version(req.name)
+    except PackageNotFoundError:
+        installed = None
+    if installed is None or installed not in req.specifier:
+        print(f"{req.name}{req.specifier}")
+PY
+)
+if [ -n "${mismatched}" ]; then
+  for pin in ${mismatched}; do
+    echo "[install] ${pin%%=*} is not at the pinned version; installing ${pin}"
+    "$python_bin" -m pip install -q "${pin}"
+  done
+fi
 echo "[install] done"

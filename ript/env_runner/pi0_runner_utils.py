@@ -3,7 +3,7 @@
 Nothing here imports a simulator or a model, so the optimizer can rebuild training labels with
 the exact inverse of what the runner executed (STYLE §2).
 
-Conventions (SPEC §4, docs/ARCHITECTURE.md):
+Conventions (docs/ARCHITECTURE.md, "Observation conventions"):
 
 * PI0 observation: ``image.base_0_rgb`` <- ``agentview_image``, ``image.left_wrist_0_rgb`` <-
   ``robot0_eye_in_hand_image``; uint8, channel-first, rotated 180 degrees because the LIBERO
@@ -114,7 +114,7 @@ def _stats_entry(entry: Any, path: str, key: str, want_dim: int, optional: bool 
 
 def load_norm_stats(path: str | os.PathLike, state_dim: int = STATE_DIM,
                     action_dim: int = ACTION_DIM) -> NormStats:
-    """Read a ``norm_stats.json`` in openpi's nested or the flat layout (SPEC §3).
+    """Read a ``norm_stats.json`` in openpi's nested or the flat layout.
 
     Nested: ``{"norm_stats": {"state": {mean, std, q01?, q99?}, "actions": {...}}}``.
     Flat: ``{"state": {...}, "action" | "actions": {...}}``. Statistics are sliced to

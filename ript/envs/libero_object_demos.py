@@ -14,7 +14,7 @@ holding uint8 (H, W, 3) arrays there and None elsewhere. Cut windows with the sa
 multiple of it); chunk starts (every ``n_action_steps``) must be multiples of it too.
 
 What the policy sees (``record_demonstrations(..., image_size=N)``, the default for new packs):
-the episode runs on the runner's own env wrapper (``_LiberoWorkerEnv``: its camera switch renders
+the episode runs on the runner's own env wrapper (``ript.envs.libero_env.LiberoEnv``: its camera switch renders
 on the *step* whose observation is read, so images and proprioception are sampled at the same
 sub-step as in a rollout, not re-observed afterwards) at the runner's camera size (256), and each
 rendered frame goes through the runner's conversion ``env_obs_to_pi0_observation(...,
@@ -91,7 +91,7 @@ def run_expert_episode_like_runner(worker_env: Any, expert: LiberoObjectExpert, 
                                    image_stride: int, max_steps: int = 280, num_steps_wait: int = 10) -> Any:
     """An expert episode stepped the way ``ChunkedLiberoRunner`` steps a rollout.
 
-    ``worker_env`` is the runner's ``_LiberoWorkerEnv`` (camera switch): reset and init state
+    ``worker_env`` is the runner's ``LiberoEnv`` (``ript.envs.libero_env``, camera switch): reset and init state
     without rendering, ``num_steps_wait`` no-ops rendering on the last one, then the cameras
     render on the env step whose returned observation is an image step (every ``image_stride``),
     exactly as the runner renders on the step before a chunk start. Stops at success or when the
@@ -137,7 +137,7 @@ def record_demonstrations(task_id: int, init_state_ids: Sequence[int], expert_co
     runner shows the policy -- the runner's env wrapper and rendering schedule (see
     :func:`run_expert_episode_like_runner`) at ``camera_size`` (use the task config's, 256), frames
     converted by the runner's conversion; the demo gets ``images_converted=True``. ``env`` must
-    then be a ``_LiberoWorkerEnv`` (or None). None: the older path (re-observed raw frames).
+    then be a ``LiberoEnv`` (or None). None: the older path (re-observed raw frames).
     """
     if image_stride < 1:
         raise ValueError(f"image_stride={image_stride} must be >= 1")
@@ -145,10 +145,10 @@ def record_demonstrations(task_id: int, init_state_ids: Sequence[int], expert_co
         raise ValueError(f"image_size={image_size} must be a positive number of pixels or None")
     own_env = env is None
     if own_env and image_size is not None:
-        from ript.env_runner.pi0_libero_runner import LiberoEnvFn, Pi0LiberoRunner, _LiberoWorkerEnv
+        from ript.envs.libero_env import LiberoEnv, LiberoEnvFn, load_benchmark
 
-        benchmark = Pi0LiberoRunner._load_benchmark("libero_object")
-        env = _LiberoWorkerEnv(LiberoEnvFn(benchmark.get_task_bddl_file_path(task_id), camera_size, camera_size,
+        benchmark = load_benchmark("libero_object")
+        env = LiberoEnv(LiberoEnvFn(benchmark.get_task_bddl_file_path(task_id), camera_size, camera_size,
                                            seed, hard_reset=False))
     elif own_env:
         env, benchmark = make_libero_object_env(task_id, camera_size=camera_size, seed=seed)

@@ -3,7 +3,7 @@
 It reads privileged simulator state -- the target object's and the basket's world-frame boxes,
 the end-effector position and the gripper -- and emits LIBERO's own 7-d OSC_POSE delta actions in
 ``[-1, 1]`` (1.0 asks for 5 cm / 0.5 rad in one control step; the gripper is -1 open, +1 close;
-see /work/shared/docs/LIBERO_NOTES.md). A small state machine drives it:
+see docs/libero_facts.md). A small state machine drives it:
 
     approach (above the object) -> descend -> grasp -> lift -> transport (above the basket)
     -> lower -> release -> retreat (done)
@@ -14,7 +14,7 @@ on the arm dims, and ``mistake_prob``, the chance that an episode contains one p
 
 Importing this module never imports ``libero`` (STYLE section 3): the functions that touch a
 simulator take the env object (an ``OffScreenRenderEnv``, made by
-:func:`ript.env_runner.pi0_libero_runner.import_libero`'s package). The geometry helpers are pure
+:class:`ript.envs.libero_env.LiberoEnvFn`). The geometry helpers are pure
 numpy and tested without a simulator.
 """
 from __future__ import annotations
@@ -499,15 +499,16 @@ class ExpertEpisode:
 def make_libero_object_env(task_id: int, camera_size: int = 128, seed: int = 0, hard_reset: bool = False,
                            cameras: bool = False, benchmark_name: str = "libero_object") -> tuple[Any, Any]:
     """``(env, benchmark)``: one LIBERO env of ``benchmark_name``'s task ``task_id``, built the way
-    the runner builds its envs (its picklable constructor, so ``libero`` stays imported only there).
+    the runner builds its envs (:class:`~ript.envs.libero_env.LiberoEnvFn`, so ``libero`` stays imported
+    only in :mod:`ript.envs.libero_env`).
 
     ``hard_reset=False`` skips robosuite's model rebuild on every reset (3-10 s here); the shipped
     init state set right after overwrites the sim state anyway. ``cameras=False`` switches the
     camera observables off (see :func:`set_cameras_enabled`).
     """
-    from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner, LiberoEnvFn
+    from ript.envs.libero_env import LiberoEnvFn, load_benchmark
 
-    bench = Pi0LiberoRunner._load_benchmark(benchmark_name)
+    bench = load_benchmark(benchmark_name)
     num_tasks = bench.get_num_tasks()
     if not 0 <= task_id < num_tasks:
         raise ValueError(f"task_id={task_id} out of range for {benchmark_name!r} ({num_tasks} tasks: "

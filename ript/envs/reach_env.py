@@ -14,7 +14,7 @@ World frame: x to the right, y up, both in ``[-arena_half_extent, arena_half_ext
 are top-down with row 0 at the top (largest y). (PI0's pipeline rotates them 180 degrees; the
 policy sees a consistent rotated view, which is all that matters.)
 
-Observation (the keys LIBERO's runner reads, SPEC section 4):
+Observation (the keys LIBERO's runner reads, docs/ARCHITECTURE.md "Observation conventions"):
   ``agentview_image``           uint8 (H, W, 3)  the whole table, top down
   ``robot0_eye_in_hand_image``  uint8 (H, W, 3)  agent-centred zoom ("wrist camera")
   ``robot0_eef_pos``            float64 (3,)     (x, y, eef_z); z never changes

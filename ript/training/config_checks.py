@@ -6,8 +6,10 @@ model loading or rollouts.
 """
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -60,8 +62,10 @@ def check_paths(cfg: DictConfig) -> None:
             _fail("algo.policy.norm_stats_path", norm_stats_path, f"unusable norm stats: {error}")
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+CONFIG_NAME = "train_base_rl_openvla_oft"
 # config/eval/<protocol>.yaml: the settings that make up each named evaluation protocol.
-EVAL_PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "config" / "eval"
+EVAL_PROTOCOL_DIR = CONFIG_DIR / "eval"
 
 
 def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -196,6 +200,60 @@ def check_cfg_flow_options(cfg: DictConfig) -> None:
                                                       "use algo.uncond_scope=all with algo.bc_ablation=true")
 
 
+def shipped_defaults(cfg: DictConfig) -> DictConfig:
+    """The shipped config for the same task and evaluation protocol, without the user's overrides
+    (unresolved). Composed with Hydra's compose API: inside the running app, or on its own."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    choices = {"task": OmegaConf.select(cfg, "task.name"), "eval": OmegaConf.select(cfg, "rollout.protocol")}
+    overrides = [f"{group}={name}" for group, name in choices.items()
+                 if isinstance(name, str) and (CONFIG_DIR / group / f"{name}.yaml").is_file()]
+    if GlobalHydra.instance().is_initialized():
+        return compose(CONFIG_NAME, overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(CONFIG_NAME, overrides=overrides)
+
+
+def _typed_leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(key, default) for the bool / int / float values of a shipped config (interpolations and
+    nulls say nothing about the type and are skipped)."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _typed_leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, (bool, int, float)):
+            yield f"{prefix}{key}", value
+
+
+def _type_name(default: Any) -> str | None:
+    return "true or false" if isinstance(default, bool) else "an integer" if isinstance(default, int) else "a number"
+
+
+def _has_type_of(value: Any, default: Any) -> bool:
+    if value is None:  # null: components that take a number decide whether "none" is allowed
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    return isinstance(value, (int, float))
+
+
+def check_value_types(cfg: DictConfig, defaults: DictConfig | None = None) -> None:
+    """A value whose type differs from the shipped default's (``algo.cfg_scale=abc``) is a config
+    error naming the key, before any check compares it with a number. Every key of the shipped
+    config is covered; keys a user adds with ``++`` are left to their consumers."""
+    defaults = shipped_defaults(cfg) if defaults is None else defaults
+    for key, default in _typed_leaves(OmegaConf.to_container(defaults, resolve=False)):
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        except OmegaConfBaseException:
+            continue  # an interpolation the user broke is reported by _resolve
+        if not _has_type_of(value, default):
+            _fail(key, value, f"must be {_type_name(default)} (the shipped default is {default!r}), "
+                              f"e.g. {key}={str(default).lower() if isinstance(default, bool) else default}")
+
+
 def _resolve(cfg: DictConfig) -> None:
     try:
         OmegaConf.resolve(cfg)  # interpolation errors surface here, naming the key
@@ -216,8 +274,85 @@ def check_eval_config(cfg: DictConfig) -> None:
     _check_policy_and_protocol(cfg)
 
 
-def check_config(cfg: DictConfig, world_size: int = 1) -> None:
-    """All pre-flight checks; raises :class:`ConfigError`."""
+def check_config(cfg: DictConfig, world_size: int = 1, defaults: DictConfig | None = None) -> None:
+    """All pre-flight checks; raises :class:`ConfigError`. ``defaults``: the shipped config the
+    value types are checked against (None: composed here, see :func:`shipped_defaults`)."""
     _resolve(cfg)
+    check_value_types(cfg, defaults)
     check_hyperparameters(cfg, world_size)
     _check_policy_and_protocol(cfg)
+
+
+# --------------------------------------------------------------------------- building components
+# Exceptions a constructor raises for a bad argument: a wrong value, a wrong type, a missing
+# package or _target_. Anything else (a crash in a simulator, CUDA out of memory) is not the
+# user's config and keeps its traceback.
+USER_INPUT_ERRORS = (ValueError, TypeError, ImportError, FileNotFoundError)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The exception under Hydra's InstantiationException wrappers."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _message(error: BaseException) -> str:
+    from hydra.errors import InstantiationException
+
+    text = str(error)
+    if isinstance(error, InstantiationException):  # no cause: Hydra's own words (e.g. unknown _target_)
+        text = re.sub(r"\s*full_key: \S+\s*$", "", text)
+    return " ".join(text.split())  # one line
+
+
+def component_config_error(raw_cfg: DictConfig, node_key: str, error: BaseException) -> ConfigError | None:
+    """A :class:`ConfigError` for an error raised while building the component at ``node_key``.
+
+    Names the key the user sets: the first of the node's arguments that the message mentions,
+    followed back through its interpolation (``algo.env_runner.num_parallel_envs`` is
+    ``${algo.num_parallel_envs}``) in ``raw_cfg``, the config before resolution. None when the error
+    is not bad input (see :data:`USER_INPUT_ERRORS`).
+    """
+    from hydra.errors import InstantiationException
+
+    root = _root_cause(error)
+    if isinstance(root, ConfigError):
+        return root
+    if not isinstance(root, USER_INPUT_ERRORS) and not isinstance(root, InstantiationException):
+        return None
+    message = _message(root)
+    node = OmegaConf.select(raw_cfg, node_key, throw_on_missing=False)
+    raw = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else {}
+    mentioned = sorted((match.start(), name) for name in raw if not name.startswith("_")
+                       for match in [re.search(rf"\b{re.escape(name)}\b", message)] if match)
+    if not mentioned:
+        target = raw.get("_target_", "") if isinstance(raw, dict) else ""
+        return ConfigError(f"{node_key}{f' ({target})' if target else ''}: {message}")
+    name = mentioned[0][1]
+    key = f"{node_key}.{name}"
+    source = re.fullmatch(r"\$\{([\w.]+)\}", str(raw[name]))
+    if source:
+        key = source.group(1)
+    try:
+        value = OmegaConf.select(raw_cfg, key, throw_on_missing=False)
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    except OmegaConfBaseException:
+        value = raw[name]
+    return ConfigError(f"{key}={value!r}: {message}")
+
+
+@contextmanager
+def building(raw_cfg: DictConfig, node_key: str) -> Iterator[None]:
+    """Turn bad input met while building the component at ``node_key`` into a :class:`ConfigError`."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 -- re-raised unchanged unless it is bad input
+        config_error = component_config_error(raw_cfg, node_key, error)
+        if config_error is None:
+            raise
+        raise config_error from error

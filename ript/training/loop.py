@@ -28,6 +28,7 @@ from ript.training.checkpointing import (
     restore_rng_state,
     save_checkpoint,
 )
+from ript.training.config_checks import building
 from ript.training.metrics_logger import MetricsLogger
 from ript.utils.distributed import DistInfo, is_dist_ready
 
@@ -134,36 +135,50 @@ def _limit_cpu_threads(cfg: DictConfig, dist_info: DistInfo) -> None:
     torch.set_num_threads(int(threads))
 
 
-def build_training_run(cfg: DictConfig, dist_info: DistInfo) -> TrainingRun:
-    """Dataset -> runner -> policy -> optimizers -> generator -> RL optimizer, then resume."""
+def build_training_run(cfg: DictConfig, dist_info: DistInfo, raw_cfg: DictConfig | None = None) -> TrainingRun:
+    """Dataset -> runner -> policy -> optimizers -> generator -> RL optimizer, then resume.
+
+    Bad input met while building a component (a ValueError/TypeError from its constructor) is
+    raised as a :class:`ConfigError` naming the key; ``raw_cfg`` (the config before resolution,
+    default ``cfg``) lets the message name the key the user set rather than the interpolated one.
+    """
     _seed_everything(cfg.seed + dist_info.rank)
     _limit_cpu_threads(cfg, dist_info)
     if cfg.training.get("deterministic", False):
         torch.use_deterministic_algorithms(True, warn_only=True)
     run_dir = Path(cfg.output_dir)
-    all_tasks = instantiate(cfg.task.dataset).task_names
-    task_names = split_tasks_across_ranks(list(all_tasks), dist_info.rank, dist_info.world_size)
-    dataset = instantiate(cfg.task.dataset, task_names_to_use=task_names)
-    env_runner = instantiate(cfg.algo.env_runner, task_names_to_use=task_names)
-    policy = instantiate(cfg.algo.policy)
-    optimizers = [
-        instantiate(cfg.algo.optimizer_factory)(params=policy.trainable_params["model"]),
-        instantiate(cfg.algo.header_optimizer_factory)(params=policy.trainable_params["header"]),
-    ]
-    schedulers = [instantiate(cfg.algo.scheduler_factory)(optimizer=opt) for opt in optimizers]
-    rollout_generator = instantiate(cfg.algo.rollout_generator_factory)(
-        env_runner=env_runner, task_names_to_use=task_names,
-        demo_batch_size=cfg.train_dataloader.batch_size // dist_info.world_size,
-    )
-    rl_optimizer = instantiate(cfg.algo.rl_optimizer_factory)(
-        rollout_generator=rollout_generator, reward_function=instantiate(cfg.algo.reward_function),
-    )
+    raw_cfg = cfg if raw_cfg is None else raw_cfg
+    with building(raw_cfg, "task.dataset"):
+        all_tasks = instantiate(cfg.task.dataset).task_names
+        task_names = split_tasks_across_ranks(list(all_tasks), dist_info.rank, dist_info.world_size)
+        dataset = instantiate(cfg.task.dataset, task_names_to_use=task_names)
+    with building(raw_cfg, "algo.env_runner"):
+        env_runner = instantiate(cfg.algo.env_runner, task_names_to_use=task_names)
+    with building(raw_cfg, "algo.policy"):
+        policy = instantiate(cfg.algo.policy)
+    with building(raw_cfg, "algo.optimizer_factory"):
+        model_optimizer = instantiate(cfg.algo.optimizer_factory)(params=policy.trainable_params["model"])
+    with building(raw_cfg, "algo.header_optimizer_factory"):
+        header_optimizer = instantiate(cfg.algo.header_optimizer_factory)(params=policy.trainable_params["header"])
+    optimizers = [model_optimizer, header_optimizer]
+    with building(raw_cfg, "algo.scheduler_factory"):
+        schedulers = [instantiate(cfg.algo.scheduler_factory)(optimizer=opt) for opt in optimizers]
+    with building(raw_cfg, "algo.rollout_generator_factory"):
+        rollout_generator = instantiate(cfg.algo.rollout_generator_factory)(
+            env_runner=env_runner, task_names_to_use=task_names,
+            demo_batch_size=cfg.train_dataloader.batch_size // dist_info.world_size,
+        )
+    with building(raw_cfg, "algo.rl_optimizer_factory"):
+        rl_optimizer = instantiate(cfg.algo.rl_optimizer_factory)(
+            rollout_generator=rollout_generator, reward_function=instantiate(cfg.algo.reward_function),
+        )
     metrics = MetricsLogger(
         run_dir, enabled=dist_info.rank == 0, wandb_mode=cfg.logging.mode, project=cfg.logging.project,
         run_name=cfg.logging.name, config=OmegaConf.to_container(cfg, resolve=True),
     )
-    batches = StepBatchStream(dataset, cfg.train_dataloader.batch_size // dist_info.world_size,
-                              seed=cfg.seed, rank=dist_info.rank, shuffle=cfg.train_dataloader.shuffle)
+    with building(raw_cfg, "train_dataloader"):
+        batches = StepBatchStream(dataset, cfg.train_dataloader.batch_size // dist_info.world_size,
+                                  seed=cfg.seed, rank=dist_info.rank, shuffle=cfg.train_dataloader.shuffle)
     run = TrainingRun(cfg, dist_info, run_dir, policy, env_runner, rollout_generator, rl_optimizer,
                       optimizers, schedulers, batches, metrics, task_names)
     _maybe_resume(run)
@@ -200,12 +215,16 @@ def train_one_step(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
     if run.dist_info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.dist_info.device)
     started = time.perf_counter()
+    rebuilds_before = env_rebuilds(run.env_runner)
     data_iterator = run.batches.for_step(run.step)
     batch = next(data_iterator)
     metrics = run.rl_optimizer.optimize(run.policy, batch, run.optimizers, data_iterator, run.batches)
     for scheduler in run.schedulers:
         scheduler.step()
     metrics = dict(metrics)
+    # Recovered faults leave no dropped episode (rollout/env_faults stays 0); count the rebuilds,
+    # summed over ranks, so a long run's simulator health is in metrics.jsonl.
+    metrics["rollout/env_rebuilds"] = float(sum(_gather_from_ranks(env_rebuilds(run.env_runner) - rebuilds_before)))
     metrics["train/step_time_s"] = time.perf_counter() - started
     metrics["train/lr_model"] = run.optimizers[0].param_groups[0]["lr"]
     metrics["train/lr_header"] = run.optimizers[1].param_groups[0]["lr"]
@@ -216,6 +235,12 @@ def train_one_step(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
     if cfg.training.get("log_param_checksum", False):
         metrics.update(_param_checksums_across_ranks(run))
     return metrics
+
+
+def env_rebuilds(env_runner: Any) -> int:
+    """Simulator envs the runner has rebuilt after a fault so far (0 for runners that do not count)."""
+    counts = getattr(env_runner, "fault_counts", None)
+    return int(counts.get("env_recreated", 0)) if counts is not None else 0
 
 
 def _param_checksums_across_ranks(run: TrainingRun) -> dict[str, float]:
@@ -232,12 +257,14 @@ def _param_checksums_across_ranks(run: TrainingRun) -> dict[str, float]:
 def evaluate(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
     """Each rank evaluates its own tasks; results are merged so rank zero logs every task."""
     run.policy.eval()
+    rebuilds_before = env_rebuilds(run.env_runner)
     with preserved_rng_state():
         local = run.env_runner.run(
             run.policy, n_video=cfg.rollout.n_video, do_tqdm=run.dist_info.rank == 0,
             cfg_scale=cfg.rollout.cfg_scale, num_trials_per_task=cfg.rollout.num_trials_per_task,
             init_states_by_task=eval_init_states(cfg, run),
         )
+    local = dict(local, **{"rollout/num_env_rebuilds": env_rebuilds(run.env_runner) - rebuilds_before})
     run.policy.train()
     merged = merge_eval_results(_gather_from_ranks(local))
     # The named protocol (eval=<name>) next to the runner's execution protocol (replan_5_of_50).
@@ -274,16 +301,17 @@ def merge_eval_results(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
 
     A task evaluated on several ranks (fewer tasks than ranks) gets the mean of their rates: every
     rank runs the same number of trials per task, so that is its episode-weighted rate too.
-    Env-fault counts are summed so no rank's faults disappear from the log.
+    Env-fault and env-rebuild counts are summed so no rank's faults disappear from the log.
     """
     merged: dict[str, Any] = {}
     per_task: dict[str, list[float]] = {}
-    total_episodes, total_successes, faults = 0, 0.0, 0
+    total_episodes, total_successes, faults, rebuilds = 0, 0.0, 0, 0
     for result in per_rank:
         episodes = int(result.get("rollout/num_episodes", 0))
         total_episodes += episodes
         total_successes += float(result.get("rollout/overall_success_rate", 0.0)) * episodes
         faults += int(result.get("rollout/num_env_faults", 0))
+        rebuilds += int(result.get("rollout/num_env_rebuilds", 0))
         for key, value in result.items():
             if key.startswith("rollout/success_rate/"):
                 per_task.setdefault(key, []).append(float(value))
@@ -293,5 +321,6 @@ def merge_eval_results(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
     merged.update({key: sum(rates) / len(rates) for key, rates in per_task.items()})
     merged["rollout/num_episodes"] = total_episodes
     merged["rollout/num_env_faults"] = faults
+    merged["rollout/num_env_rebuilds"] = rebuilds
     merged["rollout/overall_success_rate"] = total_successes / max(total_episodes, 1)
     return merged

@@ -132,7 +132,7 @@ def configure_headless_rendering(probe: Callable[[str], bool] | None = None) -> 
 def worker_thread_env() -> dict[str, str]:
     """Environment for simulator worker processes: one render/BLAS thread each.
 
-    SPEC §4: two LIBERO workers on two cores took 1.1 s per vectorised step with default
+    Measured on a 2-core machine: two LIBERO workers took 1.1 s per vectorised step with default
     threading and 0.39 s with these set -- llvmpipe (LP_) and BLAS thread pools oversubscribe
     the cores otherwise.
     """

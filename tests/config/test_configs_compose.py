@@ -165,7 +165,7 @@ def test_default_run_is_the_embedded_smoke_setup(hydra_compose):
     cfg = hydra_compose("train_base_rl_openvla_oft", [])
     assert cfg.algo.policy.pretrained_path is None
     assert cfg.task.name == "libero_smoke" and len(cfg.task.task_names_to_use) == 1
-    assert cfg.algo.open_loop == cfg.algo.n_action_steps == 50  # SPEC: 50-step chunks open loop
+    assert cfg.algo.open_loop == cfg.algo.n_action_steps == 50  # 50-step chunks executed open loop (README)
 
 
 @pytest.mark.parametrize("task", sorted(p.stem for p in (CONFIG_DIR / "task").glob("libero_*.yaml")))

@@ -44,8 +44,8 @@ def test_pi0_weights_without_task_are_refused(sweep_script, pi0_weights, capsys,
     assert err.startswith("Config error: --task=None") and "libero_goal_rl" in err and "\n" not in err
 
 
-def test_openpi_switch_on_pi0_weights(sweep_script, pi0_weights, shared_fixtures_dir):
-    stats = shared_fixtures_dir / "libero_norm_stats_flat.json"
+def test_openpi_switch_on_pi0_weights(sweep_script, pi0_weights, fixtures_dir):
+    stats = fixtures_dir / "libero_norm_stats_flat.json"
     cfg, weights, info = sweep_script.load_config(
         pi0_weights, "libero_goal_rl", ["eval=openpi", f"algo.policy.norm_stats_path={stats}"])
     assert weights is None and info["eval_protocol"] == "openpi"
@@ -57,9 +57,9 @@ def test_openpi_switch_on_pi0_weights(sweep_script, pi0_weights, shared_fixtures
 
 
 def test_openpi_trial_count_is_enforced_before_anything_is_built(sweep_script, pi0_weights, capsys,
-                                                                 shared_fixtures_dir, monkeypatch):
+                                                                 fixtures_dir, monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    stats = shared_fixtures_dir / "libero_norm_stats_flat.json"
+    stats = fixtures_dir / "libero_norm_stats_flat.json"
     with pytest.raises(SystemExit) as info:  # the empty weights file would fail to load if reached
         sweep_script.main(["--checkpoint", str(pi0_weights), "--task", "libero_goal_rl", "--num-trials-per-task",
                            "10", "eval=openpi", f"algo.policy.norm_stats_path={stats}"])

@@ -73,14 +73,14 @@ def test_saved_file_uses_the_reference_key_layout(tmp_path):
     assert not any(".paligemma.model." in k for k in saved)  # no transformers-5.x names leak out
 
 
-def test_reference_fixture_weights_survive_a_save(tmp_path, shared_fixtures_dir):
+def test_reference_fixture_weights_survive_a_save(tmp_path, fixtures_dir):
     # Loading the reference checkpoint and saving it again gives back every reference weight
     # unchanged, except the expert lm_head, which PI0 never uses and this port does not keep.
-    doc = json.loads((shared_fixtures_dir / "pi0_tiny_reference.json").read_text())
-    reference = {k: v for k, v in load_file(str(shared_fixtures_dir / "pi0_tiny_reference.safetensors")).items()
+    doc = json.loads((fixtures_dir / "pi0_tiny_reference.json").read_text())
+    reference = {k: v for k, v in load_file(str(fixtures_dir / "pi0_tiny_reference.safetensors")).items()
                  if k.startswith("model.")}
     policy = PI0Policy(PI0Config.from_reference_json(doc))
-    load_pi0_weights(policy, shared_fixtures_dir / "pi0_tiny_reference.safetensors")
+    load_pi0_weights(policy, fixtures_dir / "pi0_tiny_reference.safetensors")
     save_pi0_weights(policy, tmp_path / "again.safetensors")
     saved = load_file(str(tmp_path / "again.safetensors"))
     assert set(saved) == (set(reference) - {REFERENCE_EXPERT_HEAD}) | {COND_EMBED}

@@ -1,6 +1,6 @@
 """Parity with the reference PI0 (openpi_pytorch port, transformers 4.48) on the tiny fixture.
 
-The fixture (`../shared/fixtures/pi0_tiny_reference.{json,safetensors}`) stores a tiny reference
+The fixture (`tests/fixtures/pi0_tiny_reference.{json,safetensors}`, see its README) stores a tiny reference
 model's weights in the reference key layout, the call inputs and the reference outputs. We build
 our model from the JSON's config numbers, load the weights through the normal checkpoint loader,
 and must reproduce the outputs within the JSON's tolerance (atol 1e-4, rtol 0, float32).
@@ -24,13 +24,13 @@ INPUT_PREFIX, OUTPUT_PREFIX = "fixture.inputs.", "fixture.outputs."
 
 
 @pytest.fixture(scope="module")
-def reference(shared_fixtures_dir):
-    doc = json.loads((shared_fixtures_dir / "pi0_tiny_reference.json").read_text())
-    tensors = load_file(str(shared_fixtures_dir / "pi0_tiny_reference.safetensors"))
+def reference(fixtures_dir):
+    doc = json.loads((fixtures_dir / "pi0_tiny_reference.json").read_text())
+    tensors = load_file(str(fixtures_dir / "pi0_tiny_reference.safetensors"))
     inputs = {k[len(INPUT_PREFIX):]: v for k, v in tensors.items() if k.startswith(INPUT_PREFIX)}
     outputs = {k[len(OUTPUT_PREFIX):]: v for k, v in tensors.items() if k.startswith(OUTPUT_PREFIX)}
     return {"doc": doc, "inputs": inputs, "outputs": outputs, "atol": doc["tolerances"]["atol"],
-            "path": shared_fixtures_dir / "pi0_tiny_reference.safetensors"}
+            "path": fixtures_dir / "pi0_tiny_reference.safetensors"}
 
 
 def _build_policy(reference, **overrides):

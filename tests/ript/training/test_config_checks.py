@@ -4,8 +4,8 @@ Each bad value is an override of the real composed config, and must raise Config
 key and the value before any model or simulator is built. These tests only compose YAML and read
 small JSON files, so they run in well under a second each.
 
-Not covered here because config_checks does not own them: unknown task names / benchmarks are
-rejected by LiberoInitStateDataset (which needs LIBERO to list the valid names).
+Unknown task names / benchmarks are rejected by LiberoInitStateDataset (which needs LIBERO to list
+the valid names) while the run is built; tests/test_train_config_errors.py covers that message.
 """
 from __future__ import annotations
 
@@ -71,8 +71,8 @@ def test_default_config_passes(compose_cfg):
     check_config(compose_cfg())
 
 
-def test_real_paths_and_world_size_pass(compose_cfg, tmp_path, shared_fixtures_dir):
-    norm_stats = shared_fixtures_dir / "libero_norm_stats_flat.json"
+def test_real_paths_and_world_size_pass(compose_cfg, tmp_path, fixtures_dir):
+    norm_stats = fixtures_dir / "libero_norm_stats_flat.json"
     ckpt, tok = tmp_path / "model.safetensors", tmp_path / "tokenizer"
     ckpt.write_bytes(b"")
     tok.mkdir()
@@ -119,7 +119,7 @@ def test_norm_stats_without_action_group(compose_cfg, tmp_path):
 
 @pytest.mark.parametrize("state_dim,action_dim,short", [(7, 7, "state.mean"), (8, 6, "actions.mean")])
 def test_norm_stats_with_too_few_dims(compose_cfg, tmp_path, state_dim, action_dim, short):
-    # PI0 on LIBERO needs 8 state dims and 7 action dims (SPEC section 3).
+    # PI0 on LIBERO needs 8 state dims and 7 action dims.
     path = _write_json(tmp_path / "norm_stats.json", _stats(state_dim, action_dim))
     message = _raises_naming(compose_cfg(f"algo.policy.norm_stats_path={path}"), "algo.policy.norm_stats_path", path)
     assert short in message and "dims" in message
@@ -212,8 +212,8 @@ def test_real_model_relative_with_bundled_stats_names_the_fix(tmp_path, real_mod
     assert "norm_stats.json" in message and "algo.action_mode=absolute" in message
 
 
-def test_real_model_relative_with_its_own_stats_passes(tmp_path, shared_fixtures_dir):
-    stats = shared_fixtures_dir / "libero_norm_stats_flat.json"
+def test_real_model_relative_with_its_own_stats_passes(tmp_path, fixtures_dir):
+    stats = fixtures_dir / "libero_norm_stats_flat.json"
     check_config(_hydra_compose("task=libero_goal_rl", f"algo.policy.pretrained_path={_fake_checkpoint(tmp_path)}",
                                 f"algo.policy.norm_stats_path={stats}"))
 
@@ -293,3 +293,61 @@ def test_unknown_bundled_checkpoint_lists_the_shipped_ones(compose_cfg):
     message = _raises_naming(compose_cfg("algo.policy.pretrained_path=builtin:nope", "algo.action_mode=absolute"),
                              "algo.policy.pretrained_path", "builtin:nope")
     assert "pi0_small_libero_object_ketchup" in message
+
+
+# --------------------------------------------------------------------------- value types
+
+
+@pytest.mark.parametrize("key, value, kind", [
+    ("algo.cfg_scale", "abc", "a number"),
+    ("rollout.cfg_scale", "[1, 2]", "a number"),
+    ("algo.rloo_batch_size", "2.5", "an integer"),
+    ("training.n_steps", "ten", "an integer"),
+    ("training.resume", "maybe", "true or false"),
+    ("algo.num_parallel_envs", "two", "an integer"),  # read by a component, not by the checks
+])
+def test_a_value_of_the_wrong_type_is_a_config_error(compose_cfg, key, value, kind):
+    message = _raises_naming(compose_cfg(f"{key}={value}"), key, value)
+    assert kind in message and "shipped default" in message
+
+
+def test_right_types_pass_including_an_int_for_a_float(compose_cfg):
+    check_config(compose_cfg("algo.cfg_scale=2", "training.resume=false", "algo.rloo_batch_size=3"))
+
+
+# --------------------------------------------------------------------------- errors while building
+
+
+class _Raises:
+    def __init__(self, error):
+        raise error
+
+
+def test_component_error_names_the_key_the_user_sets(compose_cfg):
+    """``algo.env_runner.num_parallel_envs`` is ``${algo.num_parallel_envs}``: the message names the
+    latter, with its value, followed by the component's own message."""
+    from hydra.utils import instantiate
+
+    from ript.training.config_checks import building
+
+    raw = compose_cfg("algo.num_parallel_envs=0")
+    with pytest.raises(ConfigError) as info:
+        with building(raw, "algo.env_runner"):
+            instantiate({"_target_": f"{__name__}._Raises",
+                         "error": ValueError("Runner config: num_parallel_envs (0) must be >= 1")})
+    assert str(info.value) == "algo.num_parallel_envs=0: Runner config: num_parallel_envs (0) must be >= 1"
+
+
+def test_component_error_without_a_named_argument_names_the_component(compose_cfg):
+    from ript.training.config_checks import component_config_error
+
+    error = component_config_error(compose_cfg(), "algo.env_runner", TypeError("something else is wrong"))
+    assert str(error).startswith("algo.env_runner (ript.env_runner.pi0_libero_runner.Pi0LiberoRunner): ")
+
+
+def test_other_errors_while_building_keep_their_traceback(compose_cfg):
+    from ript.training.config_checks import building
+
+    with pytest.raises(RuntimeError, match="simulator crashed"):
+        with building(compose_cfg(), "algo.env_runner"):
+            raise RuntimeError("simulator crashed")

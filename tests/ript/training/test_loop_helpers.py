@@ -201,3 +201,11 @@ def test_eval_init_states_shipped_or_held_out():
     assert list(eval_init_states(cfg, _run_with_held_out(held))) == ["t0"]  # this rank's tasks only
     with pytest.raises(ValueError, match="num_val"):
         eval_init_states(cfg, _run_with_held_out({}))
+
+
+def test_merge_sums_env_rebuild_counts():
+    # Recovered faults (rebuilt workers, no dropped sample) are summed over ranks too.
+    results = [_rank_result({"a": 1.0}, 2), _rank_result({"b": 1.0}, 2)]
+    results[0]["rollout/num_env_rebuilds"] = 2
+    assert merge_eval_results(results)["rollout/num_env_rebuilds"] == 2
+    assert merge_eval_results(results[1:])["rollout/num_env_rebuilds"] == 0
