@@ -6,7 +6,7 @@ key, its value and how to fix it.
 
 Presets:
   * ``full``: the published PI0 sizes (SigLIP So400m/14 at 224 px, Gemma-2B VLM, Gemma-300M
-    expert; see docs/SPEC.md §2).
+    expert; the values are `VisionConfig` and `GemmaStreamConfig` defaults below).
   * ``tiny``: a CPU-sized model (2 layers, widths of tens, 56 px images) that runs a training
     step in a fraction of a second; it defaults to the tokenizer shipped in
     ``openpi_pytorch_ori/pi0/assets/tiny_tokenizer``.

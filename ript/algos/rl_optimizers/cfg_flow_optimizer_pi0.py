@@ -156,7 +156,7 @@ class CFGFlowConfig:
                        f"n_action_steps={self.n_action_steps}; use window_mode='stride' for other strides")
         chunk = self.n_action_steps or 50
         if self.window_mode == "stride" and self.window_stride % chunk != 0:
-            # Only chunk-start observations are recorded by default (SPEC §4); say so up front.
+            # Only chunk-start observations are recorded by default (docs/ARCHITECTURE.md, "Episode"); say so up front.
             logger.warning(
                 "window_stride=%d is not a multiple of the chunk length %d: windows start mid-chunk and "
                 "need per-step observations in episode.extra['step_observations'] (cut_windows raises "

@@ -1,6 +1,6 @@
 """RIPT-VLA's rollout collection: K rollouts per init state, dynamic sampling, global early stop.
 
-Behaviour follows RIPT-VLA's ``RolloutGenerator.generate_rollouts`` (SPEC §5), re-written:
+Behaviour follows RIPT-VLA's ``RolloutGenerator.generate_rollouts`` (see docs/ARCHITECTURE.md), re-written:
 
 * every batch sample (one init state of one task) gets ``K = rloo_batch_size`` rollouts, all
   reset to that same init state, so RLOO compares like with like;
