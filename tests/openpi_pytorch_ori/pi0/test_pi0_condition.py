@@ -22,11 +22,11 @@ INPUT_PREFIX = "fixture.inputs."
 
 
 @pytest.fixture(scope="module")
-def fixture_doc(shared_fixtures_dir):
-    doc = json.loads((shared_fixtures_dir / "pi0_tiny_reference.json").read_text())
-    tensors = load_file(str(shared_fixtures_dir / "pi0_tiny_reference.safetensors"))
+def fixture_doc(fixtures_dir):
+    doc = json.loads((fixtures_dir / "pi0_tiny_reference.json").read_text())
+    tensors = load_file(str(fixtures_dir / "pi0_tiny_reference.safetensors"))
     inputs = {k[len(INPUT_PREFIX):]: v for k, v in tensors.items() if k.startswith(INPUT_PREFIX)}
-    return doc, inputs, shared_fixtures_dir / "pi0_tiny_reference.safetensors"
+    return doc, inputs, fixtures_dir / "pi0_tiny_reference.safetensors"
 
 
 def _loaded(fixture_doc, **overrides) -> PI0Policy:
