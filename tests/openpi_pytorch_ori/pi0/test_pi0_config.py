@@ -53,7 +53,7 @@ def test_preset_overrides_merge_into_sub_configs():
 
 
 def test_unknown_preset_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"Unknown PI0 preset 'huge'.*\['full', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"Unknown PI0 preset 'huge'.*\['full', 'small', 'tiny'\]"):
         PI0Config.preset("huge")
 
 
