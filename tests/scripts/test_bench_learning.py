@@ -1,21 +1,14 @@
 """The learning bench's per-seed guidance diagnostics (hand values; no training)."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_learning", REPO / "scripts" / "bench_learning.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(script_loader):
+    return script_loader("bench_learning")
 
 
 def _arm(rows):

@@ -5,7 +5,6 @@ of a trained checkpoint is exercised in tests/test_train_reach.py).
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def sweep_script():
-    spec = importlib.util.spec_from_file_location("eval_cfg_sweep", REPO / "scripts" / "eval_cfg_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def sweep_script(script_loader):
+    return script_loader("eval_cfg_sweep")
 
 
 @pytest.fixture
