@@ -232,11 +232,10 @@ def sft_norm_stats(args: argparse.Namespace, work: Path) -> Path:
 
 
 def rl_curve(run_dir: Path) -> list[dict[str, Any]]:
-    """Every round's metrics (metrics.jsonl), as the training loop logged them."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every round's metrics (metrics.jsonl), as the training loop logged them; [] before any round."""
+    from ript.training.run_summary import read_metrics
+
+    return read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
 
 
 def rl_stage(args: argparse.Namespace, task_name: str, work: Path) -> dict[str, Any]:

@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
-def wilson_interval(successes: int, episodes: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a success rate (sensible at 0 and at small counts)."""
-    if episodes == 0:
-        return float("nan"), float("nan")
-    p = successes / episodes
-    denom = 1 + z * z / episodes
-    centre = (p + z * z / (2 * episodes)) / denom
-    half = z * math.sqrt(p * (1 - p) / episodes + z * z / (4 * episodes * episodes)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+from ript.training.run_summary import read_metrics, wilson_interval  # noqa: E402
 
 
 def _count(evaluation: dict[str, Any] | None) -> tuple[int, int]:
@@ -39,9 +34,10 @@ def _count(evaluation: dict[str, Any] | None) -> tuple[int, int]:
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    for path in (run_dir / "rl" / "metrics.jsonl", run_dir / "metrics.jsonl"):
-        if path.exists():
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The run's metrics.jsonl: in ``rl/`` of a bench work dir, or beside results.json in a copy."""
+    for folder in (run_dir / "rl", run_dir):
+        if (folder / "metrics.jsonl").exists():
+            return read_metrics(folder)
     return []
 
 

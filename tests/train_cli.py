@@ -1,11 +1,12 @@
 """Helpers for the end-to-end tests that launch the training CLI as a user does."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from ript.training.run_summary import read_metrics  # noqa: F401 -- re-exported for the CLI tests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,3 @@ def run_training_cli(args: list[str], timeout_s: float, launcher: list[str] | No
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     return result
 
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The records of ``metrics.jsonl`` in a run directory."""
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]

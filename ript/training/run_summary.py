@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+logger = logging.getLogger(__name__)
+
 PLOT_NAME = "success.png"
+
+
+def wilson_interval(successes: int, episodes: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate: stays inside [0, 1], sensible at 0/n and n/n."""
+    if not episodes:
+        return float("nan"), float("nan")
+    n, p = episodes, successes / episodes
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
@@ -29,13 +42,7 @@ class EvalResult:
         return self.successes / self.episodes if self.episodes else float("nan")
 
     def interval95(self) -> tuple[float, float]:
-        """Wilson score interval: stays inside [0, 1] and is sensible at 0/n and n/n."""
-        if not self.episodes:
-            return float("nan"), float("nan")
-        n, p, z = self.episodes, self.rate, 1.96
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return max(0.0, centre - half), min(1.0, centre + half)
+        return wilson_interval(self.successes, self.episodes)
 
     def line(self, label: str) -> str:
         low, high = self.interval95()
@@ -143,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
-    print("\n".join(summarize(args.run_dir, plot=not args.no_plot)))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for line in summarize(args.run_dir, plot=not args.no_plot):
+        logger.info(line)
 
 
 if __name__ == "__main__":
