@@ -33,19 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-
-try:  # a progress bar where tqdm is installed; the GPU machine may lack it
-    from tqdm import tqdm
-except ImportError:  # pragma: no cover - exercised only without tqdm
-    def tqdm(iterable: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[no-redef]
-        class _Bar:
-            def __iter__(self) -> Any:
-                return iter(iterable)
-
-            def set_postfix(self, **_: Any) -> None:
-                pass
-
-        return _Bar()
+from tqdm import tqdm
 
 from ript.algos.rl_optimizers.cfg_flow_math import (
     STEP_OBSERVATIONS_KEY,

@@ -25,6 +25,8 @@ from typing import Any, Literal, Sequence, get_args
 
 import numpy as np
 
+from ript.utils.images import camera_frame_for_policy, resize_with_pad_like_openpi  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
 ActionMode = Literal["relative", "absolute"]
@@ -183,31 +185,6 @@ def _check_image(img: Any, key: str, index: int) -> np.ndarray:
     return img
 
 
-def resize_with_pad_like_openpi(img: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, 3) -> uint8 (size, size, 3), as openpi's client resizes LIBERO frames.
-
-    Aspect-preserving PIL bilinear resize on uint8 (PIL antialiases when it downscales: its
-    bilinear filter widens with the scale factor), then centred black padding for a non-square
-    frame. pi0_libero was trained and published on 256-px renders resized this way; PI0's own
-    tensor resize (plain bilinear on floats, padding at the top-left) gives visibly different
-    pixels, so the conversion does it before PI0 and PI0's resize then sees the target size.
-    """
-    from PIL import Image  # Pillow: only needed when a resize happens
-
-    height, width = img.shape[:2]
-    if (height, width) == (size, size):
-        return img
-    ratio = max(width / size, height / size)
-    new_height, new_width = int(height / ratio), int(width / ratio)
-    resized = np.asarray(Image.fromarray(img).resize((new_width, new_height), resample=Image.BILINEAR))
-    if (new_height, new_width) == (size, size):
-        return resized
-    padded = np.zeros((size, size, 3), dtype=np.uint8)
-    top, left = (size - new_height) // 2, (size - new_width) // 2
-    padded[top:top + new_height, left:left + new_width] = resized
-    return padded
-
-
 def raw_state_from_env_obs(obs: dict, index: int = 0) -> np.ndarray:
     """float32 (8,) un-normalised state: eef pos, axis-angle(eef quat), gripper qpos."""
     parts = []
@@ -245,10 +222,7 @@ def env_obs_to_pi0_observation(env_obs_list: Sequence[dict], task_descriptions: 
                 raise KeyError(f"env observation {i} has no camera key {key!r}; was the env "
                                f"created with camera_names=['agentview', 'robot0_eye_in_hand']?")
             img = _check_image(obs[key], key, i)
-            if rotate_180:
-                img = img[::-1, ::-1]
-            if image_size is not None:
-                img = resize_with_pad_like_openpi(np.ascontiguousarray(img), image_size)
+            img = camera_frame_for_policy(img, rotate_180, image_size)
             images[slot].append(np.ascontiguousarray(img.transpose(2, 0, 1)))  # (3, H, W)
         raw_states.append(raw_state_from_env_obs(obs, i))
     raw = np.stack(raw_states).astype(np.float32) if raw_states else np.zeros((0, STATE_DIM), np.float32)

@@ -43,7 +43,7 @@ from ript.envs.libero_object_expert import (
     observe_with_cameras,
     run_expert_episode,
 )
-from ript.env_runner.pi0_runner_utils import NormStats, env_obs_to_pi0_observation
+from ript.utils.images import camera_frame_for_policy
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +76,10 @@ def episode_to_demo(episode: Any, task_name: str, task_id: int, task_description
 
 
 def convert_images_like_runner(obs: Mapping[str, Any], image_size: int, rotate_180: bool = True) -> dict[str, np.ndarray]:
-    """Both camera frames of one env observation as the runner hands them to the policy, (H, W, 3) uint8.
-
-    Goes through the runner's ``env_obs_to_pi0_observation`` (flip + openpi's resize-with-pad to
-    ``image_size``) and back to channel-last, so a demo holding these is the rollout's input.
-    """
-    unit = NormStats(state_mean=np.zeros(8), state_std=np.ones(8), action_mean=np.zeros(7), action_std=np.ones(7))
-    pi0_obs, _ = env_obs_to_pi0_observation([dict(obs)], [""], unit, rotate_180=rotate_180, image_size=image_size)
-    return {key: np.ascontiguousarray(pi0_obs[f"image.{slot}"][0].transpose(1, 2, 0))
-            for key, slot in (("agentview_image", "base_0_rgb"), ("robot0_eye_in_hand_image", "left_wrist_0_rgb"))}
+    """Both camera frames of one env observation as the runner hands them to the policy, (H, W, 3) uint8
+    (:func:`ript.utils.images.camera_frame_for_policy`, which the runner's conversion calls too)."""
+    return {key: np.ascontiguousarray(camera_frame_for_policy(np.asarray(obs[key]), rotate_180, image_size))
+            for key in CAMERA_OBSERVABLES}
 
 
 def run_expert_episode_like_runner(worker_env: Any, expert: LiberoObjectExpert, init_state: np.ndarray,
