@@ -87,6 +87,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--weight-mode", default="binary", help="the reach benchmark's setting (docs/learning.md)")
     g.add_argument("--num-epochs", type=int, default=4, help="passes over each round's windows")
     g.add_argument("--short-window", default="pad", choices=["pad", "skip"])
+    g.add_argument("--cond-layer-modulation", action=argparse.BooleanOptionalAction, default=True,
+                   help="algo.policy.cond_layer_modulation (the per-layer CFG condition; the default since issue 26)")
+    g.add_argument("--cond-lr-scale", type=float, default=10.0,
+                   help="algo.cond_lr_scale; 10 with the per-layer condition lifted unseen reach seeds +34.7 "
+                        "points (docs/learning.md)")
     g.add_argument("--rl-override", action="append", default=[], help="extra Hydra override (repeatable)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-states", type=int, default=50, help="evaluate on the first N of the 50 states")
@@ -219,6 +224,8 @@ def rl_overrides(args: argparse.Namespace, task_name: str, work: Path, run_dir: 
         f"algo.weight_mode={args.weight_mode}", f"algo.short_window={args.short_window}",
         f"+algo.rl_optimizer_factory.num_epochs={args.num_epochs}",
         "rollout.enabled=false", "logging.mode=disabled", "algo.rollout_generator_factory.use_tqdm=false",
+        f"algo.policy.cond_layer_modulation={str(args.cond_layer_modulation).lower()}",
+        f"algo.cond_lr_scale={args.cond_lr_scale}",
         *args.rl_override,
     ]
 

@@ -23,6 +23,13 @@ def test_rl_overrides_compose_into_the_training_config_with_the_sft_output(tmp_p
     assert cfg.algo.lr == 2.5e-5  # the default that did not wreck a few-demo start
     assert cfg.algo.clip_labels is True and cfg.algo.episode_weighting == "episode"
     assert list(cfg.task.task_names_to_use) == [TASK]
+    assert cfg.algo.policy.cond_layer_modulation is True and cfg.algo.cond_lr_scale == 10.0  # issue 26 default
+
+
+def test_the_per_layer_condition_can_be_turned_off(tmp_path):
+    args = bench.parse_args(["--task", "4", "--no-cond-layer-modulation", "--cond-lr-scale", "1"])
+    cfg = compose_config(None, bench.rl_overrides(args, TASK, tmp_path / "work", tmp_path / "work" / "rl"))
+    assert cfg.algo.policy.cond_layer_modulation is False and cfg.algo.cond_lr_scale == 1.0
 
 
 def test_without_sft_dir_the_stages_read_their_own_work_dir(tmp_path):
