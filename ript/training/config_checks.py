@@ -150,8 +150,25 @@ def check_hyperparameters(cfg: DictConfig, world_size: int) -> None:
               f"the global batch of init states must be a positive multiple of the world size {world_size}")
     if cfg.training.n_steps < 1:
         _fail("training.n_steps", cfg.training.n_steps, "must be >= 1")
+    check_checkpoint_options(cfg)
     check_cfg_flow_options(cfg)
     check_eval_init_states(cfg)
+
+
+def check_checkpoint_options(cfg: DictConfig) -> None:
+    """Legs of a long run and checkpoints sized for a limited transfer (docs/ARCHITECTURE.md)."""
+    training = cfg.training
+    stop = training.get("stop_after_step")
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= training.n_steps):
+        _fail("training.stop_after_step", stop, f"a round between 1 and training.n_steps={training.n_steps}, "
+                                                "or null to run to the end")
+    for key in ("checkpoint_shard_mb", "checkpoint_budget_mb"):
+        value = training.get(key)
+        if value is not None and _number(f"training.{key}", value) <= 0:
+            _fail(f"training.{key}", value, "a size in MB > 0, or null for no limit")
+    shard = training.get("checkpoint_shard_mb")
+    if shard is not None and shard * 2**20 < 1:
+        _fail("training.checkpoint_shard_mb", shard, "pieces must hold at least one byte; use e.g. 16")
 
 
 def check_eval_init_states(cfg: DictConfig) -> None:

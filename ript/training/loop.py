@@ -22,13 +22,16 @@ from ript.datasets.init_state_dataset import collate_init_states
 from ript.training.checkpointing import (
     TrainingState,
     capture_rng_state,
+    checkpoint_metrics,
+    checkpoint_size_bytes,
+    estimate_checkpoint_bytes,
     latest_checkpoint,
     load_checkpoint,
     preserved_rng_state,
     restore_rng_state,
     save_checkpoint,
 )
-from ript.training.config_checks import building
+from ript.training.config_checks import ConfigError, building
 from ript.training.metrics_logger import MetricsLogger
 from ript.utils.distributed import DistInfo, is_dist_ready
 
@@ -106,8 +109,20 @@ class TrainingRun:
                 "rl_optimizer": self.rl_optimizer.state_dict() if hasattr(self.rl_optimizer, "state_dict") else None,
             },
         )
-        return save_checkpoint(self.run_dir, self.policy.trainable_state_dict(), state,
-                               keep_last=self.cfg.training.keep_last_checkpoints)
+        shard_mb = self.cfg.training.get("checkpoint_shard_mb")
+        path = save_checkpoint(self.run_dir, self.policy.trainable_state_dict(), state,
+                               keep_last=self.cfg.training.keep_last_checkpoints,
+                               max_file_bytes=None if shard_mb is None else int(shard_mb * 2**20),
+                               metrics_path=self.metrics.path)
+        budget_mb = self.cfg.training.get("checkpoint_budget_mb")
+        size_mb = checkpoint_size_bytes(path) / 2**20
+        if budget_mb is not None and size_mb > budget_mb:
+            # The run goes on (its checkpoints are complete), but they cannot leave the machine in one
+            # transfer: say so on every save rather than discover it when the machine is gone.
+            logger.error("checkpoint %s is %.1f MB, over training.checkpoint_budget_mb=%s: it will not fit "
+                         "the transfer; train fewer parameters (algo.policy.train_expert_only=true) or lower "
+                         "algo.success_replay_per_state", path, size_mb, budget_mb)
+        return path
 
     def close(self) -> None:
         """End of the run: logs, the generator's envs and counter, the runner's pooled workers."""
@@ -181,9 +196,28 @@ def build_training_run(cfg: DictConfig, dist_info: DistInfo, raw_cfg: DictConfig
                                   seed=cfg.seed, rank=dist_info.rank, shuffle=cfg.train_dataloader.shuffle)
     run = TrainingRun(cfg, dist_info, run_dir, policy, env_runner, rollout_generator, rl_optimizer,
                       optimizers, schedulers, batches, metrics, task_names)
+    check_checkpoint_budget(cfg, policy, optimizers)
     _maybe_resume(run)
     logger.info("rank %d trains on tasks %s; run dir %s", dist_info.rank, task_names, run_dir)
     return run
+
+
+def check_checkpoint_budget(cfg: DictConfig, policy: Any, optimizers: list[torch.optim.Optimizer]) -> None:
+    """``training.checkpoint_budget_mb``: fail before the first round if a checkpoint (trainable
+    weights + optimizer moments, at full precision: a resume must be exact) cannot fit."""
+    budget_mb = cfg.training.get("checkpoint_budget_mb")
+    if budget_mb is None:
+        return
+    params = [p for group in policy.trainable_params.values() for p in group]
+    estimate_mb = estimate_checkpoint_bytes(params, optimizers) / 2**20
+    if estimate_mb > budget_mb:
+        raise ConfigError(
+            f"training.checkpoint_budget_mb={budget_mb!r}: a checkpoint of this run needs at least "
+            f"{estimate_mb:.1f} MB ({sum(p.numel() for p in params) / 1e6:.2f} M trainable parameters, their "
+            "optimizer moments included); train fewer parameters (algo.policy.freeze_vision_encoder=true, "
+            "algo.policy.train_expert_only=true) or raise the budget")
+    logger.info("checkpoint estimate %.1f MB (weights + optimizer moments) within training.checkpoint_budget_mb=%s",
+                estimate_mb, budget_mb)
 
 
 def _maybe_resume(run: TrainingRun) -> None:
@@ -192,6 +226,8 @@ def _maybe_resume(run: TrainingRun) -> None:
     if checkpoint_dir is None:
         if cfg.resume:
             logger.warning("training.resume=true but no checkpoint in %s: starting fresh", run.run_dir)
+            # Rows of an attempt that died before its first checkpoint are logged again.
+            run.metrics.restore(None, up_to_step=-1)
         return
     weights, state = load_checkpoint(checkpoint_dir)
     run.policy.load_trainable_state_dict(weights)
@@ -206,7 +242,10 @@ def _maybe_resume(run: TrainingRun) -> None:
     if run.dist_info.world_size == 1:
         restore_rng_state(state.rng)  # other ranks keep their own seeded streams
     run.step = state.step
-    logger.info("resumed from %s at step %d", checkpoint_dir, run.step)
+    # metrics.jsonl continues the checkpoint's record: its rows (or, for a checkpoint saved without
+    # them, this run dir's) up to the checkpoint's step; later rows are logged again by this run.
+    dropped = run.metrics.restore(checkpoint_metrics(checkpoint_dir), up_to_step=run.step)
+    logger.info("resumed from %s at step %d (%d metrics rows after it dropped)", checkpoint_dir, run.step, dropped)
 
 
 def train_one_step(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:

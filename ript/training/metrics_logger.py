@@ -85,6 +85,27 @@ class MetricsLogger:
                 logger.warning("wandb.log failed (%s); disabling wandb, metrics.jsonl continues", error)
                 self._wandb_run = None
 
+    def restore(self, rows: str | None, up_to_step: int) -> int:
+        """A resume continues the same record: the file becomes ``rows`` (the metrics saved with the
+        checkpoint; None: this file's own rows) without any row of a step after ``up_to_step``,
+        which the resumed run logs again. Returns how many rows were dropped."""
+        if not self.enabled:
+            return 0
+        if rows is None:
+            rows = self.path.read_text() if self.path.exists() else ""
+        kept, dropped = [], 0
+        for line in rows.splitlines():
+            if not line.strip():
+                continue
+            if json.loads(line).get("step", 0) > up_to_step:
+                dropped += 1
+            else:
+                kept.append(line + "\n")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.path)  # atomic: a crash here leaves the old file or the new one
+        return dropped
+
     def close(self) -> None:
         if self._wandb_run is not None:
             try:
