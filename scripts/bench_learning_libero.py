@@ -289,7 +289,7 @@ def sweep_policy(args: argparse.Namespace, work: Path) -> tuple[Any, dict[str, A
 
 def sweep_stage(args: argparse.Namespace, task_name: str, val_rows: list[int], work: Path,
                 results: dict[str, Any], save) -> dict[str, Any]:
-    """Held-out success at each cfg scale over every held-out state x env seed (results so far kept)."""
+    """Success at each cfg scale over the held-out states ``val_rows`` x env seeds (results so far kept)."""
     policy, info = sweep_policy(args, work)
     seeds = args.eval_seeds or [args.seed, args.seed + 1000]
     entry = results.setdefault("sweeps", {}).setdefault(args.sweep_name, {})
@@ -367,8 +367,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["rl_eval"] = evaluate(policy, task_name, eval_rows, val_rows, args.seed, args.camera_size,
                                       args.num_envs)
         save()
-    if "sweep" in args.stages:
-        sweep_stage(args, task_name, val_rows, work, results, save)
+    if "sweep" in args.stages:  # always the held-out states (the first --eval-states of the 50)
+        held_out = [r for r in range(min(50, args.eval_states)) if r in set(val_rows)]
+        sweep_stage(args, task_name, held_out, work, results, save)
     for key in ("sft_eval", "rl_eval"):
         if key in results:
             r = results[key]

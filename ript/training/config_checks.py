@@ -156,7 +156,7 @@ def check_hyperparameters(cfg: DictConfig, world_size: int) -> None:
 
 
 def check_checkpoint_options(cfg: DictConfig) -> None:
-    """Legs of a long run and checkpoints sized for a limited transfer (docs/ARCHITECTURE.md)."""
+    """Legs of a long run and checkpoints sized for a limited transfer (README, "What is saved")."""
     training = cfg.training
     stop = training.get("stop_after_step")
     if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= training.n_steps):
@@ -212,6 +212,16 @@ def check_cfg_flow_options(cfg: DictConfig) -> None:
     if clip and cfg.task.get("benchmark_name") is None:
         _fail("algo.clip_labels", clip, f"clips labels to what LIBERO's controller executes, but task="
                                         f"{cfg.task.get('name')} is not a LIBERO suite; drop it")
+    per_round = algo.get("demo_replay_per_round", 0)
+    if int(_number("algo.demo_replay_per_round", per_round)) != per_round or per_round < 0:
+        _fail("algo.demo_replay_per_round", per_round, "the number of SFT demos replayed each round: an integer >= 0")
+    if per_round > 0 and algo.get("demo_replay_path") is None:
+        _fail("algo.demo_replay_per_round", per_round, "needs the demos: set algo.demo_replay_path=<pack.npz or "
+                                                       "demos.pkl> (scripts/sft_libero.py record), or use 0")
+    if per_round > 0:
+        _check_path("algo.demo_replay_path", algo.demo_replay_path, "the demo pack")
+    if _number("algo.demo_replay_weight", algo.get("demo_replay_weight", 1.0)) <= 0:
+        _fail("algo.demo_replay_weight", algo.demo_replay_weight, "a positive conditional-branch weight (1 = default)")
     if algo.get("bc_ablation", False) and algo.get("uncond_scope", "all") == "successes":
         _fail("algo.uncond_scope", algo.uncond_scope, "the BC ablation trains on every rollout by design; "
                                                       "use algo.uncond_scope=all with algo.bc_ablation=true")

@@ -40,16 +40,22 @@
 # its vision encoder and VLM trainable needs 80.6 MB of weights + AdamW moments (fp32, exact resume),
 # the action expert alone 13.5 MB (+ the success-replay buffer); training.checkpoint_budget_mb
 # refuses a run that would not fit. Env knobs: RUNS ("n10_s11 n5_s11": <start>_s<seed>), NENV
-# (algo.num_parallel_envs, 14), ROUNDS (24), MID (12), LR (1e-5), EPOCHS (4).
+# (algo.num_parallel_envs, 14), ROUNDS (24), MID (12), LR (1e-5), EPOCHS (4), STATES (8 init states a
+# round), K (8), SCALES ("1 1.5 2 3"), EVAL_STATES (50: the held-out ones among the first N shipped
+# states), R3_DIR / GL_DIR (/tmp/r3, /tmp/gl).
+# Local crash test (CPU, LIBERO installed, a few minutes): R3_DIR=/tmp/r3_smoke GL_DIR=/tmp/gl_smoke
+#   NEW=1 RUNS=n10_s0 NENV=2 ROUNDS=2 MID=1 STATES=1 K=2 SCALES=1 EVAL_STATES=4 OUT=/tmp/out_smoke bash THIS 400
+#   (after `mkdir -p /tmp/gl_smoke/site/robosuite`, which stands in for the carried LIBERO).
 set -uo pipefail
 MODE=${1:-500}
-R=/tmp/r3; GL=/tmp/gl; REPO=$R/repo
+R=${R3_DIR:-/tmp/r3}; GL=${GL_DIR:-/tmp/gl}; REPO=$R/repo
 RUNS=${RUNS:-"n10_s11 n5_s11"}; NENV=${NENV:-14}; ROUNDS=${ROUNDS:-24}; MID=${MID:-12}
-LR=${LR:-1e-5}; EPOCHS=${EPOCHS:-4}
+LR=${LR:-1e-5}; EPOCHS=${EPOCHS:-4}; STATES=${STATES:-8}; K=${K:-8}; SCALES=${SCALES:-"1 1.5 2 3"}
+EVAL_STATES=${EVAL_STATES:-50}
 PACK=gpu_inputs/libero_object_task4_25demos.npz   # scripts/sft_libero.py record --task 4 (round 1's pack)
 SHIPPED=ript/assets/checkpoints/pi0_small_libero_object_ketchup
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export RUNS NENV ROUNDS MID LR EPOCHS
+export RUNS NENV ROUNDS MID LR EPOCHS STATES K SCALES EVAL_STATES R3_DIR=$R GL_DIR=$GL
 mkdir -p $R/in $GL/in $R/runs
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a $R/driver.log; }
 
@@ -63,14 +69,14 @@ newest() { for c in "$@"; do [ -d "$c" ] && echo "${c##*_} $c"; done | sort -n |
 newest_ckpt() { newest $R/runs/$1/work/rl/checkpoints/step_*; }
 running() { [ -f $R/pipeline.pid ] && kill -0 "$(cat $R/pipeline.pid)" 2>/dev/null; }
 step_of() { local c; c=$(newest_ckpt $1); [ -n "$c" ] && echo ${c##*_} || echo 0; }
-sweep_done() {  # all 2 seeds x 4 scales of sweep $2 of run $1 are in its results.json
-  python3 - "$R/runs/$1/work/results.json" "$2" <<'PY'
+sweep_done() {  # every (env seed, scale) cell of sweep $2 of run $1 is in its results.json
+  python3 - "$R/runs/$1/work/results.json" "$2" $SCALES <<'PY'
 import json, sys
 try:
     entry = json.load(open(sys.argv[1]))["sweeps"][sys.argv[2]]
 except (OSError, KeyError, ValueError):
     sys.exit(1)
-sys.exit(0 if len(entry.get("runs", {})) >= 8 and "by_cfg" in entry else 1)
+sys.exit(0 if len(entry.get("runs", {})) >= 2 * len(sys.argv[3:]) and "by_cfg" in entry else 1)
 PY
 }
 
@@ -87,8 +93,8 @@ if [ "$MODE" = pipeline ]; then
         && touch $sd/.made_here || { log "$run: SFT failed (tail $d/sft.log)"; exit 1; }
     fi
     B=(python3 scripts/bench_learning_libero.py --task 4 --seed $seed --work-dir $d/work --sft-dir $sd
-       --num-envs $NENV --eval-split heldout)
-    RL=(--rl-steps $ROUNDS --save-every 1 --init-states-per-round 8 --rloo 8 --rl-lr $LR --mini-batch-size 16
+       --num-envs $NENV --eval-split heldout --eval-states $EVAL_STATES --cfg-scales $SCALES)
+    RL=(--rl-steps $ROUNDS --save-every 1 --init-states-per-round $STATES --rloo $K --rl-lr $LR --mini-batch-size 16
         --num-epochs $EPOCHS --resume-rl --rl-override algo.clip_labels=true --rl-override algo.episode_weighting=episode
         --rl-override algo.policy.train_expert_only=true --rl-override training.keep_last_checkpoints=2
         --rl-override training.checkpoint_shard_mb=15 --rl-override training.checkpoint_budget_mb=40)
