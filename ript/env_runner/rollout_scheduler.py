@@ -211,15 +211,18 @@ class RolloutScheduler:
         num_simulators: how many simulators may run at once (default ``runner.num_parallel_envs``;
             one task's env has that many workers).
         envs: per task, a vectorised env to use instead of ``runner.create_env(task)``.
+        coalesce_s: how long a due chunk may wait for workers about to need one too (worker
+            processes only), so they share a ``select_action``.
     """
 
     def __init__(self, runner: "ChunkedRunner", policy: Any, *, cfg_scale: float = 1.0,
                  replan_steps: int | None = None, base_seed: int = 0, num_simulators: int | None = None,
-                 envs: dict[str, "RecoverableVectorEnv"] | None = None):
+                 envs: dict[str, "RecoverableVectorEnv"] | None = None, coalesce_s: float = 0.05):
         self.runner, self.policy = runner, policy
         self.cfg_scale = float(cfg_scale)
         self.replan = replan_steps or runner.open_loop
         self.base_seed = int(base_seed)
+        self.coalesce_s = float(coalesce_s)
         self.num_simulators = num_simulators or runner.num_parallel_envs
         if self.num_simulators < 1:
             raise ValueError(f"num_simulators ({self.num_simulators}) must be >= 1")
@@ -317,10 +320,41 @@ class RolloutScheduler:
             done = self._on_answer(sim, answer)
             if done is not None:
                 finished.append(done)
-        due = [sim for sims in self._sims.values() for sim in sims if sim.phase == "chunk"]
-        if due:
+        if any(sim.phase == "chunk" for sims in self._sims.values() for sim in sims):
+            finished += self._gather_due_simulators()
+            due = [sim for sims in self._sims.values() for sim in sims if sim.phase == "chunk"]
             self._sample_chunks(due)
         return finished
+
+    def _gather_due_simulators(self) -> list[tuple[EpisodeSpec, Episode]]:
+        """Before sampling, wait up to ``coalesce_s`` for workers whose pending step ends right
+        before a chunk start, so one ``select_action`` serves them too (a policy call costs about
+        as much for one env as for many; workers answer a few ms apart)."""
+        finished: list[tuple[EpisodeSpec, Episode]] = []
+        deadline = time.perf_counter() + self.coalesce_s
+        while True:
+            waiting = {self._requests[sim.task_name].env.connection(sim.worker): sim
+                       for sims in self._sims.values() for sim in sims
+                       if self._requests[sim.task_name].asynchronous and self._about_to_be_due(sim)}
+            remaining = deadline - time.perf_counter()
+            if not waiting or remaining <= 0:
+                return finished
+            for conn in wait_for_connections(list(waiting), remaining):
+                sim, answer = self._receive(waiting[conn].task_name, waiting[conn].worker)
+                if sim is not None:
+                    done = self._on_answer(sim, answer)
+                    if done is not None:
+                        finished.append(done)
+
+    def _about_to_be_due(self, sim: _Simulator) -> bool:
+        """Whether the request in flight ends right before this simulator's next chunk."""
+        if sim.worker not in self._requests[sim.task_name].outstanding:
+            return False
+        if sim.phase == "settle":
+            return sim.settle_left == 0
+        if sim.phase == "step":
+            return (sim.t + 1) % self.replan == 0 and sim.t + 1 < self.runner._max_episode_length(sim.task_name)
+        return False
 
     def _collect_answers(self) -> list[tuple[_Simulator, Any]]:
         answers: list[tuple[_Simulator, Any]] = []
@@ -504,6 +538,7 @@ class RolloutScheduler:
             return
         sim.attempt += int(counts_as_attempt)
         if sim.attempt <= self.runner.max_env_retries:
+            self.runner.fault_counts["episode_retries"] += 1
             self._begin(sim, spec)
             return
         self.runner.fault_counts["episodes_dropped"] += 1
