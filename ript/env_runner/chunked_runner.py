@@ -35,6 +35,13 @@ from ript.types import ChunkObservation, Episode
 
 logger = logging.getLogger(__name__)
 
+def default_num_simulators(cores: int | None = None) -> int:
+    """Simulators to run when ``num_parallel_envs`` is not set: every core on a small machine, all
+    but two (the trainer and the policy's host work) on a larger one, at most 16."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores if cores <= 4 else min(16, cores - 2))
+
+
 Scheduler = Literal["continuous", "lockstep"]
 SCHEDULERS = ("continuous", "lockstep")
 
@@ -194,6 +201,8 @@ class ChunkedRunner:
     ~1.6 GB): using another task closes the least recently used one's workers, which are rebuilt
     when that task comes back. None keeps every task's workers.
 
+    ``num_parallel_envs``: simulators per task (None: :func:`default_num_simulators`, from the
+    machine's cores); with the continuous scheduler it may exceed K.
     ``scheduler``: ``continuous`` (default) runs episodes through a :class:`RolloutScheduler`, which
     hands each simulator the next queued episode as soon as its own ends and samples chunks for
     exactly the envs whose chunk starts; ``lockstep`` is the earlier loop: batches of
@@ -201,7 +210,7 @@ class ChunkedRunner:
     ``scripts/bench_rollout.py``).
     """
 
-    def __init__(self, *, num_parallel_envs: int = 1, num_steps_wait: int = 10, open_loop: int = 50,
+    def __init__(self, *, num_parallel_envs: int | None = 1, num_steps_wait: int = 10, open_loop: int = 50,
                  action_mode: ActionMode = "relative", rotate_images_180: bool = True,
                  replan_steps: int | None = None, max_env_retries: int = 2,
                  n_action_steps: int | None = 50, allow_open_loop_mismatch: bool = False,
@@ -209,6 +218,8 @@ class ChunkedRunner:
                  render_on_demand: bool = True, reuse_envs: bool = True,
                  max_pooled_tasks: int | None = None, scheduler: Scheduler = "continuous"):
         problems = []
+        if num_parallel_envs is None:
+            num_parallel_envs = default_num_simulators()
         if scheduler not in SCHEDULERS:
             problems.append(f"scheduler ({scheduler!r}) must be one of {list(SCHEDULERS)}")
         if num_parallel_envs < 1:
@@ -723,4 +734,5 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc)
 
 
-__all__ = ["ChunkedRunner", "EnvFault", "NOOP_ACTION", "RecoverableVectorEnv", "SCHEDULERS", "save_episode_video"]
+__all__ = ["ChunkedRunner", "EnvFault", "NOOP_ACTION", "RecoverableVectorEnv", "SCHEDULERS", "default_num_simulators",
+           "save_episode_video"]

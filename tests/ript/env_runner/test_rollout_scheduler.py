@@ -150,3 +150,10 @@ def test_evaluation_matches_lockstep_on_a_fixed_state_list():
 def test_scheduler_name_is_validated():
     with pytest.raises(ValueError, match="scheduler .*'async'.* must be one of"):
         ScriptedRunner(scheduler="async")
+
+
+def test_unset_num_parallel_envs_takes_the_cores():
+    from ript.env_runner.chunked_runner import default_num_simulators
+
+    assert [default_num_simulators(c) for c in (1, 2, 4, 8, 16, 64)] == [1, 2, 4, 6, 14, 16]
+    assert ScriptedRunner(num_parallel_envs=None).num_parallel_envs == default_num_simulators()
