@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -323,9 +324,11 @@ class CFGFlowOptimizerPI0:
         """Rollouts -> RLOO -> weights -> windows -> CFG-Flow update. Returns rank-averaged metrics."""
         if len(optimizers) != len(GROUPS):
             raise ValueError(f"optimizers must be [model_optimizer, header_optimizer], got {len(optimizers)} items")
+        rollout_started = time.perf_counter()
         episodes, _task_ids, valid_mask, samples_checked = self.rollout_generator.generate_rollouts(
             model, batch, data_iterator, dataloader
         )
+        timing = self._rollout_timing(time.perf_counter() - rollout_started)
         needs_start = self.config.track_weight_distance or self.config.anchor_l2 > 0
         if needs_start and self._start_weights is None:
             # The first round's weights: the start (SFT) policy; the anchor pulls towards them.
@@ -335,7 +338,9 @@ class CFGFlowOptimizerPI0:
         n_replayed = self._add_replayed_windows(episodes, windows, model)
         n_demo = self._add_demo_windows(windows, model)
         self.assign_window_weights(windows)
+        training_started = time.perf_counter()
         stats = self.train_on_windows(model, windows, optimizers)
+        timing["time/training_s"] = time.perf_counter() - training_started
         diagnostics = self._diagnostics(model, episodes, scored, windows)
         diagnostics["n_replayed_windows"] = float(n_replayed)
         diagnostics["n_demo_windows"] = float(n_demo)
@@ -344,6 +349,7 @@ class CFGFlowOptimizerPI0:
             alphas = torch.tensor([w.uncond_weight for w in windows], dtype=torch.float64)
             diagnostics["failed_window_share"] = float((~success).double().mean())
             diagnostics["failed_alpha_share"] = failed_weight_share(alphas, success)
+        diagnostics.update(timing)
         metrics = self._round_metrics(episodes, scored, windows, n_skipped, stats, samples_checked, diagnostics)
         log_rank_zero(
             logger, "round %d: score %.3f, windows %d used / %d skipped, %d steps (%d non-finite skipped), "
@@ -353,6 +359,17 @@ class CFGFlowOptimizerPI0:
         )
         self.round += 1
         return metrics
+
+    def _rollout_timing(self, rollout_s: float) -> dict[str, float]:
+        """This rank's rollout phase: wall time, and with a scheduler, its inference time,
+        simulator utilisation and throughput (averaged over ranks in the round's metrics)."""
+        timing = {"time/rollout_s": rollout_s}
+        scheduler = getattr(self.rollout_generator, "last_scheduler", None)
+        if scheduler is not None:
+            timing["time/inference_s"] = scheduler.stats.inference_s
+            timing["sched/simulator_utilization"] = scheduler.stats.utilization
+            timing["sched/episodes_per_min"] = scheduler.stats.episodes_per_min
+        return timing
 
     def score_episodes(self, episodes: Sequence[Episode], valid_mask: Any) -> _Scored:
         """Rewards, RLOO advantages (RIPT) and conditional-branch weights (CFGRL) per episode."""
@@ -668,6 +685,12 @@ class CFGFlowOptimizerPI0:
             out["train/replayed_windows"] = r["diag/n_replayed_windows"] * world
         if "diag/n_demo_windows" in r:
             out["train/demo_windows"] = r["diag/n_demo_windows"] * world
+        for key in ("time/rollout_s", "time/inference_s", "time/training_s"):
+            if f"diag/{key}" in r:
+                out[key] = r[f"diag/{key}"]  # mean over ranks
+        if "diag/sched/simulator_utilization" in r:
+            out["rollout/simulator_utilization"] = r["diag/sched/simulator_utilization"]
+            out["rollout/episodes_per_min"] = r["diag/sched/episodes_per_min"] * world  # all ranks
         for key in ("failed_window_share", "failed_alpha_share"):
             if f"diag/{key}" in r:
                 out[f"train/{key}"] = r[f"diag/{key}"]  # mean over ranks
