@@ -42,7 +42,13 @@
 # refuses a run that would not fit. Env knobs: RUNS ("n10_s11 n5_s11": <start>_s<seed>), NENV
 # (algo.num_parallel_envs, 14), ROUNDS (24), MID (12), LR (1e-5), EPOCHS (4), STATES (8 init states a
 # round), K (8), SCALES ("1 1.5 2 3"), EVAL_STATES (50: the held-out ones among the first N shipped
-# states), R3_DIR / GL_DIR (/tmp/r3, /tmp/gl).
+# states), R3_DIR / GL_DIR (/tmp/r3, /tmp/gl), EXTRA (more Hydra overrides for RL, space-separated).
+# If the lift stalls (each one key, off by default): EXTRA="algo.demo_replay_path=/tmp/r3/in/gpu_inputs/libero_object_task4_25demos.npz
+# algo.demo_replay_num_demos=5 algo.demo_replay_per_round=4" (the start's SFT demos as positives; carry
+# gpu_inputs), EXTRA="algo.cfg_uncond_weight=0.3" (a larger alpha), K=16 EXTRA="algo.enable_dynamic_sampling=true".
+# Sizes measured in a CPU crash test: a checkpoint after one round is 13.9 MB (4.7 MB weights, 9.4 MB
+# AdamW moments); the success-replay buffer adds ~0.25 MB per stored success (at most 2 x 25 states:
+# ~25 MB in all, estimated), so .r3 plus the repo can pass 64 MiB for the 5-demo run: split the carry.
 # Local crash test (CPU, LIBERO installed, a few minutes): R3_DIR=/tmp/r3_smoke GL_DIR=/tmp/gl_smoke
 #   NEW=1 RUNS=n10_s0 NENV=2 ROUNDS=2 MID=1 STATES=1 K=2 SCALES=1 EVAL_STATES=4 OUT=/tmp/out_smoke bash THIS 400
 #   (after `mkdir -p /tmp/gl_smoke/site/robosuite`, which stands in for the carried LIBERO).
@@ -55,7 +61,7 @@ EVAL_STATES=${EVAL_STATES:-50}
 PACK=gpu_inputs/libero_object_task4_25demos.npz   # scripts/sft_libero.py record --task 4 (round 1's pack)
 SHIPPED=ript/assets/checkpoints/pi0_small_libero_object_ketchup
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export RUNS NENV ROUNDS MID LR EPOCHS STATES K SCALES EVAL_STATES R3_DIR=$R GL_DIR=$GL
+export RUNS NENV ROUNDS MID LR EPOCHS STATES K SCALES EVAL_STATES EXTRA="${EXTRA:-}" R3_DIR=$R GL_DIR=$GL
 mkdir -p $R/in $GL/in $R/runs
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a $R/driver.log; }
 
@@ -98,6 +104,7 @@ if [ "$MODE" = pipeline ]; then
         --num-epochs $EPOCHS --resume-rl --rl-override algo.clip_labels=true --rl-override algo.episode_weighting=episode
         --rl-override algo.policy.train_expert_only=true --rl-override training.keep_last_checkpoints=2
         --rl-override training.checkpoint_shard_mb=15 --rl-override training.checkpoint_budget_mb=40)
+    for o in ${EXTRA:-}; do RL+=(--rl-override "$o"); done
     step() { log "$run: $1"; shift; "$@" >> $d/run.log 2>&1 || { log "$run: failed (tail $d/run.log)"; exit 1; }; }
     sweep_done $run start || step "sweep start" "${B[@]}" --stages sweep --sweep-from start --sweep-name start
     [ $(step_of $run) -ge $MID ] || step "RL to round $MID" "${B[@]}" --stages rl "${RL[@]}" \

@@ -109,6 +109,7 @@ class CFGFlowConfig:
     demo_replay_path: str | None = None
     demo_replay_per_round: int = 0
     demo_replay_weight: float = 1.0
+    demo_replay_num_demos: int | None = None  # the first N demos of the pack (the start's); None: all
     # Diagnostics logged every round (docs/learning.md): branch gap on this many of the round's
     # windows (0 = off; one extra no-grad pass), and the weights' distance from the first round's.
     diagnostic_windows: int = 16
@@ -158,6 +159,8 @@ class CFGFlowConfig:
                self.demo_replay_path, "demo_replay_per_round > 0 needs a demo pack (.npz) or demos.pkl to replay")
         _check(self.demo_replay_weight > 0, "demo_replay_weight", self.demo_replay_weight,
                "replayed demos need a positive conditional-branch weight (default 1.0)")
+        _check(self.demo_replay_num_demos is None or self.demo_replay_num_demos >= 1, "demo_replay_num_demos",
+               self.demo_replay_num_demos, "the first N demos of the pack (the start's), N >= 1; null: all")
         _check(int(self.diagnostic_windows) == self.diagnostic_windows and self.diagnostic_windows >= 0,
                "diagnostic_windows", self.diagnostic_windows, "use 0 (off) or the number of windows to probe")
         for key in ("grad_norm_clip", "header_grad_norm_clip"):
@@ -258,6 +261,7 @@ class CFGFlowOptimizerPI0:
         demo_replay_path: str | None = None,
         demo_replay_per_round: int = 0,
         demo_replay_weight: float = 1.0,
+        demo_replay_num_demos: int | None = None,
         diagnostic_windows: int = 16,
         track_weight_distance: bool = False,
         episode_weighting: EpisodeWeighting = "window",
@@ -277,7 +281,8 @@ class CFGFlowOptimizerPI0:
             shuffle_windows=shuffle_windows, seeded_noise=seeded_noise, noise_dim=noise_dim,
             success_replay_per_state=success_replay_per_state, success_replay_weight=success_replay_weight,
             demo_replay_path=demo_replay_path, demo_replay_per_round=demo_replay_per_round,
-            demo_replay_weight=demo_replay_weight, diagnostic_windows=diagnostic_windows, track_weight_distance=track_weight_distance,
+            demo_replay_weight=demo_replay_weight, demo_replay_num_demos=demo_replay_num_demos,
+            diagnostic_windows=diagnostic_windows, track_weight_distance=track_weight_distance,
             episode_weighting=episode_weighting, uncond_scope=uncond_scope, clip_labels=clip_labels,
             anchor_l2=anchor_l2, cond_lr_scale=cond_lr_scale,
         )
@@ -293,7 +298,7 @@ class CFGFlowOptimizerPI0:
         self.round = 0  # rounds done; seeds noise and shuffling
         self.consecutive_nonfinite = 0  # run-level: consecutive skipped optimisation steps
         self.replay = SuccessReplay(success_replay_per_state) if success_replay_per_state > 0 else None
-        self.demo_replay = (DemoReplay(demo_replay_path, demo_replay_per_round, seed)
+        self.demo_replay = (DemoReplay(demo_replay_path, demo_replay_per_round, seed, demo_replay_num_demos)
                             if demo_replay_per_round > 0 else None)
         self._start_weights: list[torch.Tensor] | None = None  # for train/weight_distance
 

@@ -22,17 +22,19 @@ import numpy as np
 from ript.types import Episode
 
 
-def load_successful_demos(path: str | Path) -> list[dict[str, Any]]:
-    """The successful demos of a pack (.npz) or a demos.pkl; an error names the key if there are none."""
+def load_successful_demos(path: str | Path, num_demos: int | None = None) -> list[dict[str, Any]]:
+    """The successful demos among the first ``num_demos`` (None: all) of a pack (.npz) or a
+    demos.pkl -- the ones the start was trained on (``scripts/sft_libero.py train --num-demos``),
+    so replay adds no demonstration the start never had. An error names the key if none succeeded."""
     path = Path(path)
     if path.suffix == ".npz":
         from ript.datasets.demo_pack import load_demo_pack
 
-        demos = load_demo_pack(path)
+        demos = load_demo_pack(path, num_demos)
     else:
         from ript.envs.libero_object_demos import load_demonstrations
 
-        demos = load_demonstrations(path)
+        demos = load_demonstrations(path)[:num_demos]
     successes = [d for d in demos if d["success"]]
     if not successes:
         raise ValueError(f"demo_replay_path={str(path)!r}: none of its {len(demos)} demos succeeded; "
@@ -43,15 +45,15 @@ def load_successful_demos(path: str | Path) -> list[dict[str, Any]]:
 class DemoReplay:
     """``per_round`` successful demos a round, as episodes; a pure function of (seed, round)."""
 
-    def __init__(self, path: str | Path, per_round: int, seed: int = 0) -> None:
-        self.path, self.per_round, self.seed = Path(path), int(per_round), int(seed)
+    def __init__(self, path: str | Path, per_round: int, seed: int = 0, num_demos: int | None = None) -> None:
+        self.path, self.per_round, self.seed, self.num_demos = Path(path), int(per_round), int(seed), num_demos
         self._demos: list[dict[str, Any]] | None = None
         self._episodes: dict[int, Episode] = {}  # demo index -> episode (built once; norm stats fixed)
 
     @property
     def demos(self) -> list[dict[str, Any]]:
         if self._demos is None:
-            self._demos = load_successful_demos(self.path)
+            self._demos = load_successful_demos(self.path, self.num_demos)
         return self._demos
 
     def indices_for_round(self, round_index: int) -> list[int]:

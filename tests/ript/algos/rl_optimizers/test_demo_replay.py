@@ -43,6 +43,9 @@ def pack(tmp_path):
 
 def test_only_successful_demos_are_replayed(pack):
     assert [d["init_state_index"] for d in load_successful_demos(pack)] == [0, 2, 4]
+    # A 3-demo start replays only what it was trained on: the successes among the first 3 demos.
+    assert [d["init_state_index"] for d in load_successful_demos(pack, num_demos=3)] == [0, 2]
+    assert DemoReplay(pack, per_round=9, num_demos=3).indices_for_round(0) == [0, 1]
 
 
 def test_a_round_draws_the_same_demos_whenever_it_runs(pack):
