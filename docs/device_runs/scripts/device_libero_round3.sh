@@ -48,7 +48,7 @@
 # gpu_inputs), EXTRA="algo.cfg_uncond_weight=0.3" (a larger alpha), K=16 EXTRA="algo.enable_dynamic_sampling=true".
 # Sizes measured in a CPU crash test: a checkpoint after one round is 13.9 MB (4.7 MB weights, 9.4 MB
 # AdamW moments); the success-replay buffer adds ~0.25 MB per stored success (at most 2 x 25 states:
-# ~25 MB in all, estimated), so .r3 plus the repo can pass 64 MiB for the 5-demo run: split the carry.
+# a checkpoint of ~25 MB, estimated), so .r3 plus the repo can pass 64 MiB for the 5-demo run: split the carry.
 # Local crash test (CPU, LIBERO installed, a few minutes): R3_DIR=/tmp/r3_smoke GL_DIR=/tmp/gl_smoke
 #   NEW=1 RUNS=n10_s0 NENV=2 ROUNDS=2 MID=1 STATES=1 K=2 SCALES=1 EVAL_STATES=4 OUT=/tmp/out_smoke bash THIS 400
 #   (after `mkdir -p /tmp/gl_smoke/site/robosuite`, which stands in for the carried LIBERO).
