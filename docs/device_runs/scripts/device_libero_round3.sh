@@ -32,6 +32,8 @@
 # After each call: `mkdir -p .r3 && cp -r <files_at>/. .r3/` (keep .r3/start_n5; older <run>_step_*
 # folders may stay, the newest step wins). `echo /.r3/ >> .git/info/exclude` once.
 # The output ends with each run's stage, its newest round and the sweeps so far; "ALL DONE" at the end.
+# Table + plot (pooled over seeds, Wilson intervals, branch gap per round), from results.tgz unpacked in r3/:
+#   python scripts/summarize_learning_libero.py r3/runs/*/work --sweeps --out-dir docs/learning_libero_rounds/round3
 #
 # Settings (issue 26; not tuned on these seeds): the reach-verified recipe -- per-layer condition at
 # 10x lr (now the defaults), binary weights, success replay 2, 4 epochs, mini-batch 16 -- with lr 1e-5,
