@@ -262,7 +262,9 @@ def scheduler_round(args: argparse.Namespace) -> list[dict[str, Any]]:
                          "episodes_per_min": 60.0 * len(steps) / wall,
                          "utilization": busy / (args.num_envs * wall),
                          "policy_calls": (generator.last_scheduler.stats.policy_calls
-                                          if generator.last_scheduler is not None else None)})
+                                          if generator.last_scheduler is not None else None),
+                         "inference_s": (generator.last_scheduler.stats.inference_s
+                                         if generator.last_scheduler is not None else None)})
             print(f"[bench] {rows[-1]}", flush=True)
     finally:
         runner.close()

@@ -217,7 +217,7 @@ class RolloutScheduler:
 
     def __init__(self, runner: "ChunkedRunner", policy: Any, *, cfg_scale: float = 1.0,
                  replan_steps: int | None = None, base_seed: int = 0, num_simulators: int | None = None,
-                 envs: dict[str, "RecoverableVectorEnv"] | None = None, coalesce_s: float = 0.05):
+                 envs: dict[str, "RecoverableVectorEnv"] | None = None, coalesce_s: float = 0.02):
         self.runner, self.policy = runner, policy
         self.cfg_scale = float(cfg_scale)
         self.replan = replan_steps or runner.open_loop
@@ -329,18 +329,20 @@ class RolloutScheduler:
     def _gather_due_simulators(self) -> list[tuple[EpisodeSpec, Episode]]:
         """Before sampling, wait up to ``coalesce_s`` for workers whose pending step ends right
         before a chunk start, so one ``select_action`` serves them too (a policy call costs about
-        as much for one env as for many; workers answer a few ms apart)."""
+        as much for one env as for many; workers answer a few ms apart). Every other answer that
+        comes meanwhile is handled at once, so no simulator waits for the gathering."""
         finished: list[tuple[EpisodeSpec, Episode]] = []
         deadline = time.perf_counter() + self.coalesce_s
         while True:
-            waiting = {self._requests[sim.task_name].env.connection(sim.worker): sim
-                       for sims in self._sims.values() for sim in sims
-                       if self._requests[sim.task_name].asynchronous and self._about_to_be_due(sim)}
             remaining = deadline - time.perf_counter()
-            if not waiting or remaining <= 0:
+            if remaining <= 0 or not any(self._about_to_be_due(sim) for sims in self._sims.values()
+                                         for sim in sims if self._requests[sim.task_name].asynchronous):
                 return finished
+            waiting = {requests.env.connection(j): (task_name, j)
+                       for task_name, requests in self._requests.items() if requests.asynchronous
+                       for j in requests.outstanding}
             for conn in wait_for_connections(list(waiting), remaining):
-                sim, answer = self._receive(waiting[conn].task_name, waiting[conn].worker)
+                sim, answer = self._receive(*waiting[conn])
                 if sim is not None:
                     done = self._on_answer(sim, answer)
                     if done is not None:

@@ -242,6 +242,11 @@ def shipped_defaults(cfg: DictConfig) -> DictConfig:
         return compose(CONFIG_NAME, overrides=overrides)
 
 
+# Keys whose shipped default is null (chosen at run time) but that take one type when set: the
+# example value stands for that type in the check and the message.
+NULL_DEFAULT_TYPES = {"algo.num_parallel_envs": 2}
+
+
 def _typed_leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(key, default) for the bool / int / float values of a shipped config (interpolations and
     nulls say nothing about the type and are skipped)."""
@@ -271,7 +276,10 @@ def check_value_types(cfg: DictConfig, defaults: DictConfig | None = None) -> No
     error naming the key, before any check compares it with a number. Every key of the shipped
     config is covered; keys a user adds with ``++`` are left to their consumers."""
     defaults = shipped_defaults(cfg) if defaults is None else defaults
-    for key, default in _typed_leaves(OmegaConf.to_container(defaults, resolve=False)):
+    leaves = dict(_typed_leaves(OmegaConf.to_container(defaults, resolve=False)))
+    for key, example in NULL_DEFAULT_TYPES.items():
+        leaves.setdefault(key, example)
+    for key, default in leaves.items():
         try:
             value = OmegaConf.select(cfg, key, throw_on_missing=False)
         except OmegaConfBaseException:
