@@ -244,7 +244,9 @@ def shipped_defaults(cfg: DictConfig) -> DictConfig:
 
 # Keys whose shipped default is null (chosen at run time) but that take one type when set: the
 # example value stands for that type in the check and the message.
-NULL_DEFAULT_TYPES = {"algo.num_parallel_envs": 2}
+NULL_DEFAULT_TYPES = {"algo.num_parallel_envs": 2, "training.stop_after_step": 12,
+                      "training.checkpoint_shard_mb": 15.0, "training.checkpoint_budget_mb": 64.0,
+                      "algo.demo_replay_num_demos": 5}
 
 
 def _typed_leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
