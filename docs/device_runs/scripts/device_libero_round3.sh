@@ -154,7 +154,7 @@ fi
 while [ $(( $(date +%s) - T0 )) -lt $WALL_S ] && running; do sleep 10; done
 
 # ------------------------------------------------------------------ what comes back
-(cd $R && tar czf $OUT/results.tgz --exclude=checkpoints --exclude='*.safetensors' --exclude='*.pt' \
+(cd $R && tar czf $OUT/results.tgz --exclude=checkpoints --exclude='*.safetensors' --exclude='*.pt' --exclude=.made_here \
    runs $(ls -d start_* 2>/dev/null) driver.log pipeline.log 2>/dev/null) || true
 for run in $RUNS; do  # the run in training (or awaiting its last sweep) needs its newest checkpoint
   c=$(newest_ckpt $run); [ -z "$c" ] && continue; sweep_done $run after && continue
@@ -182,3 +182,4 @@ for run in sys.argv[2:]:
     print(run, "rounds", len(train), "train success", train, "gap %", gap[-3:], "sweeps", sweeps)
 PY
 tail -n 8 $R/driver.log
+grep -hv "robosuite WARNING\|^\[info\]" $R/runs/*/run.log 2>/dev/null | tail -n 4
