@@ -41,7 +41,11 @@
 # heads, condition included) is trained: a checkpoint must leave the machine, and the small PI0 with
 # its vision encoder and VLM trainable needs 80.6 MB of weights + AdamW moments (fp32, exact resume),
 # the action expert alone 13.5 MB (+ the success-replay buffer); training.checkpoint_budget_mb
-# refuses a run that would not fit. Env knobs: RUNS ("n10_s11 n5_s11": <start>_s<seed>), NENV
+# refuses a run that would not fit. The recipe comes from the reach env (docs/learning.md), not from
+# LIBERO seed 0; the report seeds are 11-13: RUNS="n10_s11 n5_s11 n10_s12 n5_s12 n10_s13 n5_s13"
+# (runs go one after the other, each on all NENV simulators). Estimate, not measured: ~40-60 s a round
+# on the continuous scheduler with 14 simulators + ~2.5 min a sweep -> ~25-30 min, i.e. 3-4 calls, a run.
+# Env knobs: RUNS ("n10_s11 n5_s11": <start>_s<seed>), NENV
 # (algo.num_parallel_envs, 14), ROUNDS (24), MID (12), LR (1e-5), EPOCHS (4), STATES (8 init states a
 # round), K (8), SCALES ("1 1.5 2 3"), EVAL_STATES (50: the held-out ones among the first N shipped
 # states), R3_DIR / GL_DIR (/tmp/r3, /tmp/gl), EXTRA (more Hydra overrides for RL, space-separated).
