@@ -40,7 +40,8 @@ class Pi0LiberoRunner(ChunkedRunner):
             (:data:`SUITE_MAX_STEPS`). Wait steps come on top.
         camera_height, camera_width: render size of both cameras (256: what openpi rendered and
             evaluated at; the observation conversion resizes to the policy's input size).
-        seed: worker ``i`` is seeded ``seed + i``.
+        seed: every worker is built with this seed; each episode's reset is seeded from it and the
+            episode's identity (:func:`ript.env_runner.rollout_scheduler.derive_seed`).
         use_subprocess: None = worker processes iff ``num_parallel_envs > 1``.
         limit_worker_threads: start workers with one render/BLAS thread each (about 3x faster on 2 cores).
         step_timeout_s: a worker that does not answer a request in time counts as crashed.
@@ -153,7 +154,7 @@ class Pi0LiberoRunner(ChunkedRunner):
         own RNG back. LIBERO's reset places some fixtures at random (numpy's global RNG; the
         shipped init states do not cover them), so a pooled worker that already ran training
         episodes would otherwise show other scenes than the fresh workers evaluation used to get."""
-        training_rng = env.call("swap_rng", [self.seed + i for i in range(env.env_num)])
+        training_rng = env.call("swap_rng", [self.seed] * env.env_num)
         try:
             yield
         finally:
@@ -168,8 +169,11 @@ class Pi0LiberoRunner(ChunkedRunner):
         bddl = self.benchmark.get_task_bddl_file_path(self._task_id(task_name))
         # Thread limits only go to subprocess workers: in-process they would change the caller's env.
         thread_env = worker_thread_env() if (self.limit_worker_threads and self.use_subprocess) else None
-        fns = [LiberoEnvFn(bddl, self.camera_height, self.camera_width, self.seed + i, self.hard_reset)
-               for i in range(n)]
+        # Every worker is built with the same seed: a soft reset keeps the fixture placements of
+        # the env's construction, so the scene must not depend on which worker runs an episode
+        # (the scheduler seeds each episode's reset itself).
+        fns = [LiberoEnvFn(bddl, self.camera_height, self.camera_width, self.seed, self.hard_reset)
+               for _ in range(n)]
         return LiberoVectorEnv(fns, use_subprocess=self.use_subprocess, thread_env=thread_env,
                                timeout_s=self.step_timeout_s)
 

@@ -30,9 +30,11 @@ How.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import hashlib
 import inspect
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_for_connections
@@ -113,7 +115,7 @@ class _Simulator:
     worker: int
     spec: EpisodeSpec | None = None
     attempt: int = 0  # failed attempts of the current episode
-    phase: str = "idle"  # idle | reset | init | settle | step | chunk (waits for the policy)
+    phase: str = "idle"  # idle | reset | init | settle | step | chunk (due) | sampling (policy running)
     settle_left: int = 0
     t: int = 0  # policy steps taken
     obs: Any = None
@@ -211,18 +213,24 @@ class RolloutScheduler:
         num_simulators: how many simulators may run at once (default ``runner.num_parallel_envs``;
             one task's env has that many workers).
         envs: per task, a vectorised env to use instead of ``runner.create_env(task)``.
-        coalesce_s: how long a due chunk may wait for workers about to need one too (worker
-            processes only), so they share a ``select_action``.
+        threaded_inference: with worker processes, run ``select_action`` in a background thread
+            while the workers keep being served (None: whenever an env has worker processes).
+            Chunks that fall due during a call share the next one.
     """
 
     def __init__(self, runner: "ChunkedRunner", policy: Any, *, cfg_scale: float = 1.0,
                  replan_steps: int | None = None, base_seed: int = 0, num_simulators: int | None = None,
-                 envs: dict[str, "RecoverableVectorEnv"] | None = None, coalesce_s: float = 0.02):
+                 envs: dict[str, "RecoverableVectorEnv"] | None = None,
+                 threaded_inference: bool | None = None):
         self.runner, self.policy = runner, policy
         self.cfg_scale = float(cfg_scale)
         self.replan = replan_steps or runner.open_loop
         self.base_seed = int(base_seed)
-        self.coalesce_s = float(coalesce_s)
+        self.threaded_inference = threaded_inference
+        self._inference: concurrent.futures.Future | None = None  # the policy call in flight
+        self._inference_sims: list[_Simulator] = []
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._wake_read = self._wake_write = -1  # the inference thread's "done" signal
         self.num_simulators = num_simulators or runner.num_parallel_envs
         if self.num_simulators < 1:
             raise ValueError(f"num_simulators ({self.num_simulators}) must be >= 1")
@@ -267,6 +275,7 @@ class RolloutScheduler:
         finally:
             self.stats.wall_s += time.perf_counter() - started
             self._collect_busy_time()
+            self._stop_inference_thread()
 
     # ------------------------------------------------------------------ filling simulators
     def _simulators(self, task_name: str) -> list[_Simulator]:
@@ -320,43 +329,14 @@ class RolloutScheduler:
             done = self._on_answer(sim, answer)
             if done is not None:
                 finished.append(done)
-        if any(sim.phase == "chunk" for sims in self._sims.values() for sim in sims):
-            finished += self._gather_due_simulators()
-            due = [sim for sims in self._sims.values() for sim in sims if sim.phase == "chunk"]
-            self._sample_chunks(due)
+        self._take_inference_result()
+        due = [sim for sims in self._sims.values() for sim in sims if sim.phase == "chunk"]
+        if due and self._threaded:
+            if self._inference is None:  # the due ones that arrive meanwhile share the next call
+                self._start_inference(due)
+        elif due:
+            self._apply_chunks(due, self._compute_chunks(due))
         return finished
-
-    def _gather_due_simulators(self) -> list[tuple[EpisodeSpec, Episode]]:
-        """Before sampling, wait up to ``coalesce_s`` for workers whose pending step ends right
-        before a chunk start, so one ``select_action`` serves them too (a policy call costs about
-        as much for one env as for many; workers answer a few ms apart). Every other answer that
-        comes meanwhile is handled at once, so no simulator waits for the gathering."""
-        finished: list[tuple[EpisodeSpec, Episode]] = []
-        deadline = time.perf_counter() + self.coalesce_s
-        while True:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0 or not any(self._about_to_be_due(sim) for sims in self._sims.values()
-                                         for sim in sims if self._requests[sim.task_name].asynchronous):
-                return finished
-            waiting = {requests.env.connection(j): (task_name, j)
-                       for task_name, requests in self._requests.items() if requests.asynchronous
-                       for j in requests.outstanding}
-            for conn in wait_for_connections(list(waiting), remaining):
-                sim, answer = self._receive(*waiting[conn])
-                if sim is not None:
-                    done = self._on_answer(sim, answer)
-                    if done is not None:
-                        finished.append(done)
-
-    def _about_to_be_due(self, sim: _Simulator) -> bool:
-        """Whether the request in flight ends right before this simulator's next chunk."""
-        if sim.worker not in self._requests[sim.task_name].outstanding:
-            return False
-        if sim.phase == "settle":
-            return sim.settle_left == 0
-        if sim.phase == "step":
-            return (sim.t + 1) % self.replan == 0 and sim.t + 1 < self.runner._max_episode_length(sim.task_name)
-        return False
 
     def _collect_answers(self) -> list[tuple[_Simulator, Any]]:
         answers: list[tuple[_Simulator, Any]] = []
@@ -371,14 +351,20 @@ class RolloutScheduler:
                 self._on_env_fault(task_name, fault)
                 continue
             answers += [(self._sims[task_name][j], answer) for j, answer in done]
-        waiting = {requests.env.connection(j): (task_name, j)
-                   for task_name, requests in self._requests.items() if requests.asynchronous
-                   for j in requests.outstanding}
+        waiting: dict[Any, tuple[str, int] | None] = {
+            requests.env.connection(j): (task_name, j)
+            for task_name, requests in self._requests.items() if requests.asynchronous
+            for j in requests.outstanding}
+        if self._inference is not None:
+            waiting[self._wake_read] = None  # the policy call ending also ends the wait
         if waiting:
-            ready = wait_for_connections(list(waiting), 0 if answers else self._wait_timeout())
+            timeout = 0 if answers or self._inference_done() else self._wait_timeout()
+            ready = wait_for_connections(list(waiting), timeout)
             for conn in ready:
-                task_name, j = waiting[conn]
-                answers.append(self._receive(task_name, j))
+                if waiting[conn] is None:
+                    os.read(self._wake_read, 64)
+                    continue
+                answers.append(self._receive(*waiting[conn]))
             if not ready and not answers:
                 self._fail_hung_workers()
         return [(sim, answer) for sim, answer in answers if sim is not None]
@@ -395,11 +381,11 @@ class RolloutScheduler:
 
     def _wait_timeout(self) -> float | None:
         timeout = getattr(self._any_env().inner, "timeout_s", None)
-        if not timeout:
+        sent = [sim.sent_at for sims in self._sims.values() for sim in sims
+                if sim.worker in self._requests[sim.task_name].outstanding]
+        if not timeout or not sent:
             return None
-        oldest = min(sim.sent_at for sims in self._sims.values() for sim in sims
-                     if sim.worker in self._requests[sim.task_name].outstanding)
-        return max(0.0, oldest + timeout - time.perf_counter())
+        return max(0.0, min(sent) + timeout - time.perf_counter())
 
     def _any_env(self) -> "RecoverableVectorEnv":
         return next(iter(self._requests.values())).env
@@ -470,28 +456,74 @@ class RolloutScheduler:
         next_read = (sim.t + 1) % self.replan == 0 and sim.t + 1 < max_len
         self._send(sim, "step", sim.pending_action, self.runner._render(sim.spec.record_video or next_read))
 
-    def _sample_chunks(self, due: list[_Simulator]) -> None:
-        """One ``select_action`` for every simulator whose chunk starts now."""
+    # ------------------------------------------------------------------ the policy
+    @property
+    def _threaded(self) -> bool:
+        if self.threaded_inference is not None:
+            return self.threaded_inference
+        return any(requests.asynchronous for requests in self._requests.values())
+
+    def _compute_chunks(self, due: list[_Simulator]) -> tuple:
+        """One ``select_action`` for ``due`` (in the inference thread when threaded)."""
+        import torch  # the policy's framework; no gradients in rollouts, in whichever thread
+
         runner = self.runner
         descriptions = [runner._task_description(sim.task_name) for sim in due]
         noise_seeds = [derive_seed(self.base_seed, *sim.spec.key, "chunk", len(sim.chunk_start_steps))
                        for sim in due]
         started = time.perf_counter()
-        pi0_obs, raw, norm_chunk, env_chunk = runner._sample_chunks(
-            self.policy, [sim.obs for sim in due], descriptions, self.cfg_scale, self.replan,
-            noise_seeds=noise_seeds if self._takes_noise_seeds else None)
+        with torch.no_grad():
+            chunks = runner._sample_chunks(
+                self.policy, [sim.obs for sim in due], descriptions, self.cfg_scale, self.replan,
+                noise_seeds=noise_seeds if self._takes_noise_seeds else None)
         self.stats.inference_s += time.perf_counter() - started
         self.stats.policy_calls += 1
         self.stats.policy_batch_sum += len(due)
-        slots = CAMERA_KEY_TO_SLOT.values()
+        return chunks
+
+    def _apply_chunks(self, due: list[_Simulator], chunks: tuple) -> None:
+        """Record each due simulator's chunk and send its first action."""
+        pi0_obs, raw, norm_chunk, env_chunk = chunks
         for j, sim in enumerate(due):
             sim.chunk_start_steps.append(sim.t)
             sim.chunk_observations.append(ChunkObservation(
-                images={slot: pi0_obs[f"image.{slot}"][j] for slot in slots},
+                images={slot: pi0_obs[f"image.{slot}"][j] for slot in CAMERA_KEY_TO_SLOT.values()},
                 state=pi0_obs["state"][j], raw_state=raw[j]))
             sim.sampled_chunks.append(norm_chunk[j])
             sim.plan = env_chunk[j, :self.replan]
             self._step(sim)
+
+    def _start_inference(self, due: list[_Simulator]) -> None:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="policy")
+            self._wake_read, self._wake_write = os.pipe()
+        for sim in due:
+            sim.phase = "sampling"
+        self._inference_sims = due
+
+        self._inference = self._executor.submit(self._compute_chunks, due)
+        # The callback runs once the future is done (result or error set), so a woken loop finds
+        # it done.
+        self._inference.add_done_callback(lambda _: os.write(self._wake_write, b"x"))
+
+    def _inference_done(self) -> bool:
+        return self._inference is not None and self._inference.done()
+
+    def _take_inference_result(self) -> None:
+        """Apply a finished policy call (its errors are raised here: policy bugs propagate)."""
+        if not self._inference_done():
+            return
+        future, due = self._inference, self._inference_sims
+        self._inference, self._inference_sims = None, []
+        self._apply_chunks(due, future.result())
+
+    def _stop_inference_thread(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+        self._executor, self._inference, self._inference_sims = None, None, []
+        self._wake_read = self._wake_write = -1
 
     def _finish(self, sim: _Simulator) -> tuple[EpisodeSpec, Episode]:
         spec = sim.spec

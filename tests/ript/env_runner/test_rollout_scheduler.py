@@ -157,3 +157,34 @@ def test_unset_num_parallel_envs_takes_the_cores():
 
     assert [default_num_simulators(c) for c in (1, 2, 4, 8, 16, 64)] == [1, 2, 4, 6, 14, 16]
     assert ScriptedRunner(num_parallel_envs=None).num_parallel_envs == default_num_simulators()
+
+
+def test_threaded_inference_gives_the_same_episodes_and_batches_what_falls_due_meanwhile():
+    import threading
+    import time
+
+    class SlowPolicy(ObservationPolicy):
+        """Takes 20 ms per call and records the thread it ran in."""
+
+        def __init__(self):
+            super().__init__()
+            self.threads = set()
+
+        def select_action(self, obs, cfg_scale=1.0):
+            self.threads.add(threading.current_thread().name)
+            time.sleep(0.02)
+            return self._chunks(obs)
+
+    states = scripted_states([5, 0, 12, 25, 3, 0])
+    reference, _ = _episodes(ScriptedRunner(scheduler="lockstep", num_parallel_envs=3), states)
+    runner, policy = ScriptedRunner(num_parallel_envs=3), SlowPolicy()
+    scheduler = runner.make_scheduler(policy)
+    scheduler.threaded_inference = True
+    for i, state in enumerate(states):
+        scheduler.submit(EpisodeSpec("task_a", state, key=("call", 0, i)))
+    by_index = {spec.key[2]: ep for spec, ep in scheduler.run()}
+    for i, ep in enumerate(reference):
+        _same_episode(ep, by_index[i])
+    assert policy.threads and all(name.startswith("policy") for name in policy.threads)
+    assert scheduler.stats.policy_calls == len(policy.calls) and sum(policy.calls) == sum(
+        len(ep.chunk_start_steps) for ep in reference)
