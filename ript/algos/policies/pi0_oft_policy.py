@@ -91,6 +91,7 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         use_ddp: bool | None = None,
         compile_layers: bool = False,
         cond_layer_modulation: bool = False,
+        sampler: Literal["eager", "compile", "cuda_graph", "compile+cuda_graph"] = "eager",
     ) -> None:
         self.device = resolve_device(device_id)
         # Scale of the sampler's initial flow noise (x_1 = T * eps); the rollout generator raises it
@@ -120,6 +121,11 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
             # Fuses the per-layer elementwise work of training and rollout forwards (see
             # docs/benchmarks.md); the first update compiles (about 30 s on a GPU, minutes on CPU).
             policy.model.paligemma_with_expert.compile_layers()
+        if sampler != "eager":
+            # select_action's Euler loop is launch-bound for small models (81 ms a call for the
+            # small preset on an H200, docs/benchmarks.md); a CUDA graph per batch size replays it.
+            # The graphs read the parameters in place, so optimizer steps reach them. Eager on CPU.
+            policy.compile_sampler(sampler)
         self.trainable_params = split_trainable_params(policy)
         self.model: nn.Module = self._maybe_wrap_ddp(policy, use_ddp)
         logger.info(

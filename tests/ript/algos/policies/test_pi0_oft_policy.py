@@ -153,3 +153,28 @@ def test_condition_parameters_and_the_per_layer_condition_join_the_header_group(
     assert id(mod.pi0.model.cond_layer_mod) in names and len(names) == 2
     assert any(p is mod.pi0.model.cond_layer_mod for p in mod.trainable_params["header"])
     assert "cond_layer_mod" in HEADER_MODULE_NAMES
+
+
+def test_noise_seeds_make_each_sample_independent_of_its_batch(policy):
+    obs = observation(3)
+    together = policy.select_action(obs, noise_seeds=[11, 12, 13])
+    alone = policy.select_action({k: v[1:2] for k, v in obs.items()}, noise_seeds=[12])
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-5, atol=1e-6)  # same noise, same chunk
+    again = policy.select_action(obs, noise_seeds=[11, 12, 13])
+    torch.testing.assert_close(together, again, rtol=0, atol=0)
+    other = policy.select_action(obs, noise_seeds=[11, 99, 13])
+    assert not torch.allclose(together[1], other[1]) and torch.equal(together[0], other[0])
+    with pytest.raises(ValueError, match="noise_seeds has 2 seeds for a batch of 3"):
+        policy.select_action(obs, noise_seeds=[1, 2])
+
+
+def test_sampler_option_picks_the_sampler_mode_and_is_eager_on_cpu():
+    torch.manual_seed(0)
+    graphed = PI0_OFT_Policy(norm_stats_path="builtin:libero", device_id="cpu", sampler="cuda_graph")
+    assert graphed.pi0.sampler_mode == "cuda_graph"  # replayed as CUDA graphs on a GPU
+    torch.manual_seed(0)
+    eager = PI0_OFT_Policy(norm_stats_path="builtin:libero", device_id="cpu")
+    assert eager.pi0.sampler_mode == "eager"
+    obs = observation(2)
+    torch.testing.assert_close(graphed.select_action(obs, noise_seeds=[1, 2]),
+                               eager.select_action(obs, noise_seeds=[1, 2]), rtol=0, atol=0)
