@@ -88,4 +88,6 @@ def test_a_recovered_simulator_fault_is_counted_in_the_metrics(tmp_path):
     train = [r for r in _records(tmp_path) if "loss/fm_loss" in r]
     assert [(r["step"], r["rollout/env_rebuilds"], r["rollout/env_faults"]) for r in train] == [(1, 1.0, 0.0),
                                                                                                (2, 0.0, 0.0)]
+    # the reach env steps in lockstep (no worker processes): its running episodes start again
+    assert train[0]["rollout/episode_retries"] >= 1 and train[1]["rollout/episode_retries"] == 0
     assert all(r["rollout/valid_episodes"] == 2 for r in train)

@@ -255,6 +255,7 @@ def train_one_step(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(run.dist_info.device)
     started = time.perf_counter()
     rebuilds_before = env_rebuilds(run.env_runner)
+    retries_before = env_fault_count(run.env_runner, "episode_retries")
     data_iterator = run.batches.for_step(run.step)
     batch = next(data_iterator)
     metrics = run.rl_optimizer.optimize(run.policy, batch, run.optimizers, data_iterator, run.batches)
@@ -264,6 +265,8 @@ def train_one_step(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
     # Recovered faults leave no dropped episode (rollout/env_faults stays 0); count the rebuilds,
     # summed over ranks, so a long run's simulator health is in metrics.jsonl.
     metrics["rollout/env_rebuilds"] = float(sum(_gather_from_ranks(env_rebuilds(run.env_runner) - rebuilds_before)))
+    retries = env_fault_count(run.env_runner, "episode_retries") - retries_before
+    metrics["rollout/episode_retries"] = float(sum(_gather_from_ranks(retries)))
     metrics["train/step_time_s"] = time.perf_counter() - started
     metrics["train/lr_model"] = run.optimizers[0].param_groups[0]["lr"]
     metrics["train/lr_header"] = run.optimizers[1].param_groups[0]["lr"]
@@ -278,8 +281,14 @@ def train_one_step(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:
 
 def env_rebuilds(env_runner: Any) -> int:
     """Simulator envs the runner has rebuilt after a fault so far (0 for runners that do not count)."""
+    return env_fault_count(env_runner, "env_recreated")
+
+
+def env_fault_count(env_runner: Any, key: str) -> int:
+    """One of the runner's fault counters so far (``episode_retries``: episodes started again after
+    their simulator failed); 0 for runners that do not count."""
     counts = getattr(env_runner, "fault_counts", None)
-    return int(counts.get("env_recreated", 0)) if counts is not None else 0
+    return int(counts.get(key, 0)) if counts is not None else 0
 
 
 def _param_checksums_across_ranks(run: TrainingRun) -> dict[str, float]:
