@@ -30,7 +30,7 @@ from ript.env_runner.pi0_runner_utils import (
     check_norm_stats_against_chunk, env_obs_to_pi0_observation, model_chunk_to_env_actions,
     to_numpy,
 )
-from ript.env_runner.rollout_scheduler import EpisodeSpec, RolloutScheduler
+from ript.env_runner.rollout_scheduler import EpisodeRecord, EpisodeSpec, RolloutScheduler
 from ript.types import ChunkObservation, Episode
 
 logger = logging.getLogger(__name__)
@@ -155,19 +155,6 @@ class RecoverableVectorEnv:
 
     def __len__(self) -> int:
         return self.env_num
-
-
-@dataclass
-class _EpisodeBuffer:
-    """What one env accumulates during a rollout (converted to an Episode at the end)."""
-
-    actions: list = field(default_factory=list)
-    chunk_start_steps: list = field(default_factory=list)
-    chunk_observations: list = field(default_factory=list)
-    sampled_chunks: list = field(default_factory=list)
-    frames: list = field(default_factory=list)
-    total_reward: float = 0.0
-    success: bool = False
 
 
 def save_episode_video(frames: Sequence[np.ndarray], path_stem: str, fps: int = 20) -> str:
@@ -659,7 +646,7 @@ class ChunkedRunner:
         description = self._task_description(task_name)
         max_len = self._max_episode_length(task_name)
         obs = self._reset_batch(env, ids, batch, random_init)
-        bufs = [_EpisodeBuffer() for _ in ids]
+        bufs = [EpisodeRecord() for _ in ids]
         running = np.ones(len(ids), dtype=bool)
         plans = np.zeros((len(ids), replan, ACTION_DIM), dtype=np.float32)
         t = 0
@@ -694,33 +681,26 @@ class ChunkedRunner:
                 if bool(dones[j]):
                     bufs[i].success, running[i] = True, False
             t += 1
-        return [self._to_episode(task_name, description, buf, None if random_init else batch[i])
+        return [self._episode_from_record(task_name, buf, None if random_init else batch[i])
                 for i, buf in enumerate(bufs)]
 
-    def _to_episode(self, task_name: str, description: str, buf: _EpisodeBuffer,
-                    init_state: Any) -> Episode:
-        return self._episode_from_record(task_name, buf.actions, buf.chunk_start_steps,
-                                         buf.chunk_observations, buf.sampled_chunks, buf.frames,
-                                         buf.total_reward, buf.success, init_state)
-
-    def _episode_from_record(self, task_name: str, actions: list, chunk_start_steps: list,
-                             chunk_observations: list, sampled_chunks: list, frames: list,
-                             total_reward: float, success: bool, init_state: Any) -> Episode:
+    def _episode_from_record(self, task_name: str, record: EpisodeRecord, init_state: Any) -> Episode:
         """The :class:`Episode` of what one env recorded (both schedulers build it here)."""
-        horizon = sampled_chunks[0].shape[0] if sampled_chunks else (self.n_action_steps or self.open_loop)
+        chunks = record.sampled_chunks
+        horizon = chunks[0].shape[0] if chunks else (self.n_action_steps or self.open_loop)
         ep = Episode(
             task_name=task_name, task_description=self._task_description(task_name),
-            task_id=self._task_id(task_name), success=success, total_reward=total_reward,
-            actions=np.asarray(actions, dtype=np.float32).reshape(-1, ACTION_DIM),
-            chunk_start_steps=np.asarray(chunk_start_steps, dtype=np.int64),
-            chunk_observations=chunk_observations,
-            sampled_chunks=(np.stack(sampled_chunks).astype(np.float32) if sampled_chunks
+            task_id=self._task_id(task_name), success=record.success, total_reward=record.total_reward,
+            actions=np.asarray(record.actions, dtype=np.float32).reshape(-1, ACTION_DIM),
+            chunk_start_steps=np.asarray(record.chunk_start_steps, dtype=np.int64),
+            chunk_observations=record.chunk_observations,
+            sampled_chunks=(np.stack(chunks).astype(np.float32) if chunks
                             else np.zeros((0, horizon, ACTION_DIM), np.float32)),
             init_state=None if init_state is None else np.asarray(init_state),
         )
         ep.extra["action_mode"] = self.action_mode
-        if frames:
-            ep.extra["frames"] = frames
+        if record.frames:
+            ep.extra["frames"] = record.frames
         return ep
 
 

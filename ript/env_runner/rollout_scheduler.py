@@ -12,8 +12,9 @@ How.
   generator queues a replacement when dynamic sampling drops a group).
 * Each simulator (one worker of a task's vectorised env) walks through its own phases: reset
   (seeded), set the init state, the settle steps, then the policy steps. Envs keep their own chunk
-  clock, so at any moment only some need a new chunk: one ``select_action`` per scheduler pass
-  serves exactly those.
+  clock, so at any moment only some need a new chunk: one ``select_action`` serves exactly those.
+  With worker processes it runs in a background thread while the other workers keep being served,
+  and the chunks that fall due during a call share the next one.
 * With worker processes (LIBERO) every worker gets its next request the moment it answers; other
   envs (the reach env, one in-process LIBERO env, test fakes) are driven by one vectorised call
   per phase per pass, the same requests in lockstep.
@@ -107,6 +108,19 @@ class SchedulerStats:
 
 
 @dataclass
+class EpisodeRecord:
+    """What one env records during an episode (the runner turns it into an :class:`Episode`)."""
+
+    actions: list = field(default_factory=list)
+    chunk_start_steps: list = field(default_factory=list)
+    chunk_observations: list = field(default_factory=list)
+    sampled_chunks: list = field(default_factory=list)
+    frames: list = field(default_factory=list)
+    total_reward: float = 0.0
+    success: bool = False
+
+
+@dataclass
 class _Simulator:
     """One worker of a task's vectorised env and the episode it is running."""
 
@@ -120,21 +134,13 @@ class _Simulator:
     t: int = 0  # policy steps taken
     obs: Any = None
     plan: np.ndarray | None = None  # (replan, 7) env actions of the current chunk
-    actions: list = field(default_factory=list)
-    chunk_start_steps: list = field(default_factory=list)
-    chunk_observations: list = field(default_factory=list)
-    sampled_chunks: list = field(default_factory=list)
-    frames: list = field(default_factory=list)
-    total_reward: float = 0.0
-    success: bool = False
+    record: EpisodeRecord = field(default_factory=EpisodeRecord)
     sent_at: float = 0.0
     pending_action: np.ndarray | None = None
 
     def start(self, spec: EpisodeSpec) -> None:
         self.spec, self.t, self.obs, self.plan = spec, 0, None, None
-        self.actions, self.chunk_start_steps, self.chunk_observations = [], [], []
-        self.sampled_chunks, self.frames = [], []
-        self.total_reward, self.success = 0.0, False
+        self.record = EpisodeRecord()
 
     @property
     def busy(self) -> bool:
@@ -419,16 +425,16 @@ class RolloutScheduler:
             return self._settle(sim, obs, sim.settle_left)
         # a policy step
         sim.obs = obs
-        sim.actions.append(sim.pending_action)
-        sim.total_reward += reward
+        sim.record.actions.append(sim.pending_action)
+        sim.record.total_reward += reward
         sim.t += 1
         self.stats.env_steps += 1
         if spec.record_video:
             # LIBERO renders upside down; flip so the video is upright.
-            sim.frames.append(np.asarray(obs["agentview_image"])[::-1, ::-1].copy())
+            sim.record.frames.append(np.asarray(obs["agentview_image"])[::-1, ::-1].copy())
         max_len = runner._max_episode_length(sim.task_name)
         if done or sim.t >= max_len:
-            sim.success = bool(done)
+            sim.record.success = bool(done)
             return self._finish(sim)
         if sim.t % self.replan == 0:
             sim.phase = "chunk"
@@ -469,7 +475,7 @@ class RolloutScheduler:
 
         runner = self.runner
         descriptions = [runner._task_description(sim.task_name) for sim in due]
-        noise_seeds = [derive_seed(self.base_seed, *sim.spec.key, "chunk", len(sim.chunk_start_steps))
+        noise_seeds = [derive_seed(self.base_seed, *sim.spec.key, "chunk", len(sim.record.chunk_start_steps))
                        for sim in due]
         started = time.perf_counter()
         with torch.no_grad():
@@ -485,11 +491,11 @@ class RolloutScheduler:
         """Record each due simulator's chunk and send its first action."""
         pi0_obs, raw, norm_chunk, env_chunk = chunks
         for j, sim in enumerate(due):
-            sim.chunk_start_steps.append(sim.t)
-            sim.chunk_observations.append(ChunkObservation(
+            sim.record.chunk_start_steps.append(sim.t)
+            sim.record.chunk_observations.append(ChunkObservation(
                 images={slot: pi0_obs[f"image.{slot}"][j] for slot in CAMERA_KEY_TO_SLOT.values()},
                 state=pi0_obs["state"][j], raw_state=raw[j]))
-            sim.sampled_chunks.append(norm_chunk[j])
+            sim.record.sampled_chunks.append(norm_chunk[j])
             sim.plan = env_chunk[j, :self.replan]
             self._step(sim)
 
@@ -527,9 +533,7 @@ class RolloutScheduler:
 
     def _finish(self, sim: _Simulator) -> tuple[EpisodeSpec, Episode]:
         spec = sim.spec
-        episode = self.runner._episode_from_record(
-            spec.task_name, sim.actions, sim.chunk_start_steps, sim.chunk_observations,
-            sim.sampled_chunks, sim.frames, sim.total_reward, sim.success, spec.init_state)
+        episode = self.runner._episode_from_record(spec.task_name, sim.record, spec.init_state)
         sim.spec, sim.phase = None, "idle"
         self.stats.episodes += 1
         return spec, episode
@@ -601,4 +605,4 @@ def _accepts_keyword(fn: Any, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-__all__ = ["EpisodeSpec", "RolloutScheduler", "SchedulerStats", "derive_seed"]
+__all__ = ["EpisodeRecord", "EpisodeSpec", "RolloutScheduler", "SchedulerStats", "derive_seed"]
