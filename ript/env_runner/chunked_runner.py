@@ -190,6 +190,9 @@ class ChunkedRunner:
 
     ``num_parallel_envs``: simulators per task (None: :func:`default_num_simulators`, from the
     machine's cores); with the continuous scheduler it may exceed K.
+    ``batch_invariant_inference``: the continuous scheduler samples each episode's chunk in a call
+    of its own, so rounds are bit for bit the same run to run (``training.deterministic``); by
+    default chunks that fall due together share a call, equal up to floating-point batch effects.
     ``scheduler``: ``continuous`` (default) runs episodes through a :class:`RolloutScheduler`, which
     hands each simulator the next queued episode as soon as its own ends and samples chunks for
     exactly the envs whose chunk starts; ``lockstep`` is the earlier loop: batches of
@@ -203,7 +206,8 @@ class ChunkedRunner:
                  n_action_steps: int | None = 50, allow_open_loop_mismatch: bool = False,
                  video_dir: str | None = None, norm_stats_check_threshold: float = 0.2,
                  render_on_demand: bool = True, reuse_envs: bool = True,
-                 max_pooled_tasks: int | None = None, scheduler: Scheduler = "continuous"):
+                 max_pooled_tasks: int | None = None, scheduler: Scheduler = "continuous",
+                 batch_invariant_inference: bool = False):
         problems = []
         if num_parallel_envs is None:
             num_parallel_envs = default_num_simulators()
@@ -248,6 +252,7 @@ class ChunkedRunner:
         self.reuse_envs = bool(reuse_envs)
         self.max_pooled_tasks = max_pooled_tasks
         self.scheduler = scheduler
+        self.batch_invariant_inference = bool(batch_invariant_inference)
         self._scheduler_calls = 0  # run_policy_in_env calls: part of their episodes' identity
         # Least recently used first; a task's entry stays while its workers are closed by the bound.
         self._env_pool: collections.OrderedDict[str, RecoverableVectorEnv] = collections.OrderedDict()

@@ -67,7 +67,8 @@ class Pi0LiberoRunner(ChunkedRunner):
                  step_timeout_s: float | None = 120.0, hard_reset: bool = True,
                  video_dir: str | None = None, render_on_demand: bool = True,
                  reuse_envs: bool = True, max_pooled_tasks: int | None = None,
-                 scheduler: Scheduler = "continuous", **unused: Any):
+                 scheduler: Scheduler = "continuous", batch_invariant_inference: bool = False,
+                 **unused: Any):
         if unused:
             # RIPT's runner configs carry extra keys (e.g. rank, world_size); accept, but say so.
             logger.info("Pi0LiberoRunner: ignoring config keys %s", sorted(unused))
@@ -77,7 +78,8 @@ class Pi0LiberoRunner(ChunkedRunner):
                          max_env_retries=max_env_retries, n_action_steps=n_action_steps,
                          allow_open_loop_mismatch=allow_open_loop_mismatch, video_dir=video_dir,
                          render_on_demand=render_on_demand, reuse_envs=reuse_envs,
-                         max_pooled_tasks=max_pooled_tasks, scheduler=scheduler)
+                         max_pooled_tasks=max_pooled_tasks, scheduler=scheduler,
+                         batch_invariant_inference=batch_invariant_inference)
         if camera_height < 1 or camera_width < 1:
             raise ValueError(f"camera_height/camera_width ({camera_height}x{camera_width}) must be positive")
         if max_episode_length is not None and max_episode_length < 1:

@@ -25,7 +25,7 @@ class ReachRunner(ChunkedRunner):
                  n_action_steps: int | None = 50, allow_open_loop_mismatch: bool = False,
                  env_config: Mapping[str, Any] | ReachEnvConfig | None = None,
                  video_dir: str | None = None, scheduler: Scheduler = "continuous",
-                 **unused: Any) -> None:
+                 batch_invariant_inference: bool = False, **unused: Any) -> None:
         # Reach actions are per-step moves, so "absolute" (executed as predicted) is the natural
         # convention; "relative" would add the chunk-start position to every move.
         super().__init__(num_parallel_envs=num_parallel_envs, num_steps_wait=num_steps_wait,
@@ -33,7 +33,7 @@ class ReachRunner(ChunkedRunner):
                          rotate_images_180=rotate_images_180, replan_steps=replan_steps,
                          max_env_retries=max_env_retries, n_action_steps=n_action_steps,
                          allow_open_loop_mismatch=allow_open_loop_mismatch, video_dir=video_dir,
-                         scheduler=scheduler)
+                         scheduler=scheduler, batch_invariant_inference=batch_invariant_inference)
         if not isinstance(env_config, ReachEnvConfig):
             env_config = ReachEnvConfig(**dict(env_config or {}))
         self.env_config = env_config

@@ -477,13 +477,22 @@ class RolloutScheduler:
         descriptions = [runner._task_description(sim.task_name) for sim in due]
         noise_seeds = [derive_seed(self.base_seed, *sim.spec.key, "chunk", len(sim.record.chunk_start_steps))
                        for sim in due]
+        seeds = noise_seeds if self._takes_noise_seeds else [None] * len(due)
+        # Batch-invariant mode: one call per episode, so an episode's chunk is bit for bit the same
+        # whatever else fell due with it (batched matmuls may round differently by batch size).
+        groups = [[j] for j in range(len(due))] if runner.batch_invariant_inference else [list(range(len(due)))]
         started = time.perf_counter()
+        parts = []
         with torch.no_grad():
-            chunks = runner._sample_chunks(
-                self.policy, [sim.obs for sim in due], descriptions, self.cfg_scale, self.replan,
-                noise_seeds=noise_seeds if self._takes_noise_seeds else None)
+            for group in groups:
+                group_seeds = [seeds[j] for j in group]
+                parts.append(runner._sample_chunks(
+                    self.policy, [due[j].obs for j in group], [descriptions[j] for j in group],
+                    self.cfg_scale, self.replan,
+                    noise_seeds=None if group_seeds[0] is None else group_seeds))
+        chunks = parts[0] if len(parts) == 1 else _concatenate_chunks(parts)
         self.stats.inference_s += time.perf_counter() - started
-        self.stats.policy_calls += 1
+        self.stats.policy_calls += len(groups)
         self.stats.policy_batch_sum += len(due)
         return chunks
 
@@ -595,6 +604,14 @@ class RolloutScheduler:
             # A rebuilt env counts from zero; the dead one's last seconds are lost (faults are rare).
             self.stats.busy_s += sum(now) - (sum(before) if requests.env.inner is inner else 0.0)
             self._busy_marks[task_name] = (requests.env.inner, now)
+
+
+def _concatenate_chunks(parts: list[tuple]) -> tuple:
+    """Join per-episode ``(pi0 obs, raw, norm chunk, env chunk)`` results along the batch."""
+    pi0_obs = {key: (sum((list(p[0][key]) for p in parts), []) if isinstance(parts[0][0][key], list)
+                     else np.concatenate([p[0][key] for p in parts]))
+               for key in parts[0][0]}
+    return (pi0_obs, *(np.concatenate([p[i] for p in parts]) for i in (1, 2, 3)))
 
 
 def _accepts_keyword(fn: Any, name: str) -> bool:

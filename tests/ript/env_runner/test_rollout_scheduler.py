@@ -188,3 +188,13 @@ def test_threaded_inference_gives_the_same_episodes_and_batches_what_falls_due_m
     assert policy.threads and all(name.startswith("policy") for name in policy.threads)
     assert scheduler.stats.policy_calls == len(policy.calls) and sum(policy.calls) == sum(
         len(ep.chunk_start_steps) for ep in reference)
+
+
+def test_batch_invariant_inference_samples_each_episode_alone():
+    states = scripted_states([5, 0, 12, 3])
+    reference, batched_policy = _episodes(ScriptedRunner(num_parallel_envs=3), states)
+    alone, policy = _episodes(ScriptedRunner(num_parallel_envs=3, batch_invariant_inference=True), states)
+    assert max(batched_policy.calls) > 1 and set(policy.calls) == {1}
+    assert len(policy.calls) == sum(len(ep.chunk_start_steps) for ep in reference)
+    for a, b in zip(reference, alone):
+        _same_episode(a, b)
