@@ -22,13 +22,15 @@ from ript.datasets.init_state_dataset import collate_init_states
 from ript.training.checkpointing import (
     TrainingState,
     capture_rng_state,
-    latest_checkpoint,
+    UNREADABLE_CHECKPOINT_ERRORS,
     load_checkpoint,
+    load_latest_valid_checkpoint,
     preserved_rng_state,
     restore_rng_state,
-    save_checkpoint,
+    save_checkpoint_or_keep_previous,
 )
-from ript.training.config_checks import building
+from ript.training.config_checks import ConfigError, building
+from ript.training.fault_injection import install_fault_injection
 from ript.training.metrics_logger import MetricsLogger
 from ript.utils.distributed import DistInfo, is_dist_ready
 
@@ -106,8 +108,9 @@ class TrainingRun:
                 "rl_optimizer": self.rl_optimizer.state_dict() if hasattr(self.rl_optimizer, "state_dict") else None,
             },
         )
-        return save_checkpoint(self.run_dir, self.policy.trainable_state_dict(), state,
-                               keep_last=self.cfg.training.keep_last_checkpoints)
+        # A failed write (full disk) keeps the previous checkpoint and the run going.
+        return save_checkpoint_or_keep_previous(self.run_dir, self.policy.trainable_state_dict(), state,
+                                                keep_last=self.cfg.training.keep_last_checkpoints)
 
     def close(self) -> None:
         """End of the run: logs, the generator's envs and counter, the runner's pooled workers."""
@@ -181,19 +184,18 @@ def build_training_run(cfg: DictConfig, dist_info: DistInfo, raw_cfg: DictConfig
                                   seed=cfg.seed, rank=dist_info.rank, shuffle=cfg.train_dataloader.shuffle)
     run = TrainingRun(cfg, dist_info, run_dir, policy, env_runner, rollout_generator, rl_optimizer,
                       optimizers, schedulers, batches, metrics, task_names)
+    install_fault_injection(run)  # test/soak hooks; nothing unless debug.fault_injection lists rounds
     _maybe_resume(run)
     logger.info("rank %d trains on tasks %s; run dir %s", dist_info.rank, task_names, run_dir)
     return run
 
 
 def _maybe_resume(run: TrainingRun) -> None:
-    cfg = run.cfg.training
-    checkpoint_dir = cfg.get("resume_from") or (latest_checkpoint(run.run_dir) if cfg.resume else None)
-    if checkpoint_dir is None:
-        if cfg.resume:
-            logger.warning("training.resume=true but no checkpoint in %s: starting fresh", run.run_dir)
+    found = _find_checkpoint(run)
+    if found is None:
         return
-    weights, state = load_checkpoint(checkpoint_dir)
+    checkpoint_dir, weights, state = found
+    _check_same_model(run, checkpoint_dir, weights)
     run.policy.load_trainable_state_dict(weights)
     for optimizer, optimizer_state in zip(run.optimizers, state.optimizers):
         optimizer.load_state_dict(optimizer_state)
@@ -206,7 +208,50 @@ def _maybe_resume(run: TrainingRun) -> None:
     if run.dist_info.world_size == 1:
         restore_rng_state(state.rng)  # other ranks keep their own seeded streams
     run.step = state.step
+    # Rounds after the checkpoint were logged by the run that died; they are about to run again.
+    run.metrics.drop_rows_after(run.step)
     logger.info("resumed from %s at step %d", checkpoint_dir, run.step)
+
+
+def _find_checkpoint(run: TrainingRun) -> tuple[Path, dict[str, torch.Tensor], TrainingState] | None:
+    """``training.resume_from`` (must load: it is the user's input) or, with ``training.resume``,
+    the newest checkpoint of the run directory that loads (a damaged newest one is skipped)."""
+    cfg = run.cfg.training
+    resume_from = cfg.get("resume_from")
+    if resume_from:
+        try:
+            weights, state = load_checkpoint(resume_from)
+        except FileNotFoundError as error:
+            raise ConfigError(f"training.resume_from={str(resume_from)!r}: {error}") from error
+        except UNREADABLE_CHECKPOINT_ERRORS as error:
+            raise ConfigError(f"training.resume_from={str(resume_from)!r}: unreadable checkpoint "
+                              f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); pass an intact "
+                              "<run_dir>/checkpoints/step_<N>") from error
+        return Path(resume_from), weights, state
+    if not cfg.resume:
+        return None
+    found = load_latest_valid_checkpoint(run.run_dir)
+    if found is None:
+        logger.warning("training.resume=true but no usable checkpoint in %s: starting fresh", run.run_dir)
+    return found
+
+
+def _check_same_model(run: TrainingRun, checkpoint_dir: Path, weights: dict[str, torch.Tensor]) -> None:
+    """A checkpoint of another preset / model fails here in one line, not deep in a tensor copy."""
+    module = getattr(run.policy, "pi0", None)  # all parameters: a frozen-then-unfrozen one is not foreign
+    named = module.named_parameters() if module is not None else run.policy.trainable_state_dict().items()
+    params = {name: value.shape for name, value in named}
+    unknown = sorted(set(weights) - set(params))
+    mismatched = [(k, tuple(v.shape), tuple(params[k])) for k, v in weights.items()
+                  if k in params and tuple(v.shape) != tuple(params[k])]
+    if not unknown and not mismatched:
+        return
+    key = "training.resume_from" if run.cfg.training.get("resume_from") else "training.resume"
+    what = (f"{len(unknown)} parameters this policy lacks (e.g. {unknown[0]})" if unknown else
+            f"{mismatched[0][0]} has shape {mismatched[0][1]}, this policy {mismatched[0][2]}")
+    preset = run.cfg.algo.policy.get("preset")
+    raise ConfigError(f"{key}={str(checkpoint_dir)!r}: a checkpoint of another model ({what}); resume with the "
+                      f"algo.policy settings it was trained with (this run: preset={preset}) or start a new run dir")
 
 
 def train_one_step(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -84,6 +85,30 @@ class MetricsLogger:
             except Exception as error:  # noqa: BLE001
                 logger.warning("wandb.log failed (%s); disabling wandb, metrics.jsonl continues", error)
                 self._wandb_run = None
+
+    def drop_rows_after(self, step: int) -> int:
+        """Remove the rows of steps after ``step`` (and a torn last line), atomically; returns how
+        many went. A resumed run calls it: the rounds after its checkpoint were logged by the run
+        that died and are about to be logged again, so each round stays in the file exactly once."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                row_step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):
+                dropped += 1  # a line cut short by a kill mid-write
+                continue
+            if row_step > step:
+                dropped += 1
+            else:
+                kept.append(line)
+        if dropped:
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+            logger.info("metrics.jsonl: dropped %d row(s) after step %d (they are logged again)", dropped, step)
+        return dropped
 
     def close(self) -> None:
         if self._wandb_run is not None:
