@@ -92,7 +92,15 @@ def _stop_requested_anywhere(stop: StopRequest) -> bool:
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     """setup -> train -> cleanup; usable from Python and tests as well as the Hydra CLI."""
     # A dead or frozen rank fails the next collective within this time instead of hanging forever.
-    dist_info = setup_distributed(timeout_s=_collective_timeout_s(cfg))
+    timeout_s = _collective_timeout_s(cfg)
+    try:
+        dist_info = setup_distributed(timeout_s=timeout_s)
+    except RuntimeError as error:
+        reason = peer_failure_reason(error)
+        if reason is None:
+            raise
+        raise PeerLostError(f"rank {os.environ.get('RANK', '?')}: the process group did not form ({reason}) within "
+                            f"training.collective_timeout_s={timeout_s}; did every rank start?") from None
     _configure_logging(dist_info.rank)
     stop = StopRequest()
     run = None

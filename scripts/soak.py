@@ -57,12 +57,12 @@ LAUNCH_TIMEOUT_S = 600  # no single launch of these tiny runs comes near this; p
 COMMON = ["rollout.enabled=false", "logging.mode=disabled", "training.deterministic=true",
           "training.save_every_n_steps=1", "training.keep_last_checkpoints=3"]
 REACH = ["task=reach_rl", "task.task_names_to_use=[reach_red,reach_blue]", "algo.rloo_batch_size=2",
-         "algo.num_parallel_envs=4", "algo.mini_batch_size=4", "train_dataloader.batch_size=4",
+         "algo.num_parallel_envs=4", "algo.mini_batch_size=4", "train_dataloader.batch_size=2",
          "training.torch_num_threads=1"]
-# One LIBERO-Object task, 2 simulators, episodes of two chunks; soft resets (~10 ms, see
+# One LIBERO-Object task, 2 simulators, episodes of one chunk after the settle steps; soft resets (~10 ms, see
 # tests/test_train_libero.py) keep a round to seconds.
 LIBERO = ["task=libero_object_rl", "task.task_names_to_use=[pick_up_the_ketchup_and_place_it_in_the_basket]",
-          "task.max_episode_length=110", "++task.env_runner.hard_reset=false", "algo.rloo_batch_size=2",
+          "task.max_episode_length=60", "++task.env_runner.hard_reset=false", "algo.rloo_batch_size=2",
           "algo.num_parallel_envs=2", "algo.mini_batch_size=4", "train_dataloader.batch_size=1"]
 LIBERO_WORKER_MARK = "ript.envs.libero_env import _worker_entry"  # the worker's command line
 
@@ -371,7 +371,7 @@ def run_worker_kills(plan: Plan, workdir: Path, rng: random.Random, outcome: Out
     faults = [Fault(WORKER_KILL, r) for r in plan.worker_kill_rounds]
     for fault in faults:
         reached = wait_until(lambda: last_round(run_dir) >= fault.round - 1, trainer)
-        time.sleep(rng.uniform(0.5, 1.5))  # into the round's episodes (a round takes ~5 s here)
+        time.sleep(rng.uniform(0.5, 1.5))  # into the round's episodes (a round takes ~3 s here)
         pids = libero_worker_pids(trainer.process.pid)
         if not reached or not pids:
             fault.note = "no worker to kill"

@@ -155,6 +155,7 @@ def build_training_run(cfg: DictConfig, dist_info: DistInfo, raw_cfg: DictConfig
         all_tasks = instantiate(cfg.task.dataset).task_names
         task_names = split_tasks_across_ranks(list(all_tasks), dist_info.rank, dist_info.world_size)
         dataset = instantiate(cfg.task.dataset, task_names_to_use=task_names)
+    _check_parallel_envs(cfg, dataset)
     with building(raw_cfg, "algo.env_runner"):
         env_runner = instantiate(cfg.algo.env_runner, task_names_to_use=task_names)
     with building(raw_cfg, "algo.policy"):
@@ -188,6 +189,19 @@ def build_training_run(cfg: DictConfig, dist_info: DistInfo, raw_cfg: DictConfig
     _maybe_resume(run)
     logger.info("rank %d trains on tasks %s; run dir %s", dist_info.rank, task_names, run_dir)
     return run
+
+
+def _check_parallel_envs(cfg: DictConfig, dataset: Any) -> None:
+    """More simulators than a task has init states: the extra ones never run an episode, and on
+    LIBERO each holds ~1.6 GB (before the first rollout is even tried)."""
+    n_envs = cfg.algo.get("num_parallel_envs")
+    counts = {name: len(states) for name, states in getattr(dataset, "states_by_task", {}).items()}
+    if not isinstance(n_envs, int) or not counts:
+        return
+    task, fewest = min(counts.items(), key=lambda item: item[1])
+    if n_envs > fewest:
+        raise ConfigError(f"algo.num_parallel_envs={n_envs}: more parallel envs than the {fewest} init states of "
+                          f"task {task}; use algo.num_parallel_envs<={fewest}")
 
 
 def _maybe_resume(run: TrainingRun) -> None:
