@@ -381,14 +381,18 @@ def run_worker_kills(plan: Plan, workdir: Path, rng: random.Random, outcome: Out
         fault.note = f"worker pid {victim} killed in round {fault.round}"
     rc = trainer.wait()
     rows = {r["step"]: r for r in metric_rows(run_dir)}
+    total_rebuilds = sum(row.get("rollout/env_rebuilds", 0) for row in rows.values())
     for fault in faults:
-        # The kill lands in the round's rollouts; the rebuild is counted in that round (or the next,
-        # if the round's episodes had just ended).
-        rebuilt = sum(rows.get(r, {}).get("rollout/env_rebuilds", 0) for r in (fault.round, fault.round + 1))
-        dropped = sum(rows.get(r, {}).get("rollout/env_faults", 0) for r in (fault.round, fault.round + 1))
-        fault.survived = rc == 0 and "killed" in fault.note and rebuilt >= 1 and dropped == 0
+        # The kill lands in the round's rollouts; the rebuild is counted in that round (or in the
+        # next, if the round's episodes had just ended and the dead worker is met there).
+        counted_in = next((r for r in (fault.round, fault.round + 1)
+                           if rows.get(r, {}).get("rollout/env_rebuilds", 0) >= 1), None)
+        dropped = sum(row.get("rollout/env_faults", 0) for row in rows.values())
+        fault.survived = (rc == 0 and "killed" in fault.note and counted_in is not None and dropped == 0
+                          and total_rebuilds >= len(faults))
         fault.rounds_lost = 0
-        fault.note += f"; {rebuilt:g} rebuild(s), {dropped:g} dropped episode(s)"
+        fault.note += (f"; rebuilt in round {counted_in}" if counted_in else "; NO rebuild counted") + \
+            f" ({total_rebuilds:g} rebuilds for {len(faults)} kills in the run), {dropped:g} dropped episode(s)"
     outcome.faults += faults
     outcome.metrics_once["workers"] = logged_steps(run_dir) == list(range(1, rounds + 1))
     outcome.corrupted_checkpoints += count_unreadable(run_dir)
@@ -468,7 +472,8 @@ def render_report(plan: Plan, outcome: Outcome, command: str, quick: bool) -> st
         f"* metrics.jsonl has every round exactly once: {once}.",
         f"* corrupted checkpoints left on disk (every `step_*` loaded at the end): {outcome.corrupted_checkpoints}.",
         f"* longest wait from a signal to the process exiting (trainer or surviving rank): "
-        f"{outcome.longest_wait_s:.1f} s (collective timeout {plan.collective_timeout_s:g} s).",
+        f"{outcome.longest_wait_s:.1f} s; `training.collective_timeout_s={plan.collective_timeout_s:g}` (a frozen "
+        "rank is given up on when it expires; add the rest of the survivor's round and its teardown).",
         f"* goals met: {'yes' if goals_met(outcome, quick) else 'NO'}.", "",
         "Each fault (round: what happened):", "",
     ]
