@@ -66,13 +66,16 @@ def train(cfg: DictConfig, run: TrainingRun, stop: StopRequest) -> dict[str, Any
         if run.step % cfg.logging.log_every_n_steps == 0:
             run.metrics.log(run.step, metrics)
         last_step = run.step == cfg.training.n_steps
+        saved = None
         if run.step % cfg.training.save_every_n_steps == 0 or last_step or stop.requested:
-            run.save()
+            saved = run.save()  # None on ranks > 0, and where the write failed (said in the log)
         if cfg.rollout.enabled and (run.step % cfg.rollout.every_n_steps == 0 or last_step):
             final_eval = evaluate(cfg, run)
             run.metrics.log(run.step, final_eval)
         if _stop_requested_anywhere(stop):
-            logger.warning("stopping at step %d on request (checkpoint saved)", run.step)
+            logger.warning("stopping at step %d on request (%s)", run.step,
+                           "checkpoint saved" if saved is not None or run.dist_info.rank != 0
+                           else "checkpoint NOT saved, see above; the previous one is kept")
             break
     progress.close()
     return final_eval

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -143,7 +144,7 @@ def test_fault_injection_is_off_by_default(tmp_path, fault_injection):
     install_fault_injection(run)
     assert "cfg_flow_losses" not in vars(run.policy) and run.save is save
     # The shipped config carries the group with empty lists: a normal run installs nothing.
-    shipped = OmegaConf.load(ckpt.Path(__file__).resolve().parents[3] / "config" / "train_base_rl_openvla_oft.yaml")
+    shipped = OmegaConf.load(Path(__file__).resolve().parents[3] / "config" / "train_base_rl_openvla_oft.yaml")
     assert shipped.debug.fault_injection == {"nonfinite_loss_rounds": [], "checkpoint_write_fails_rounds": []}
 
 
