@@ -109,7 +109,9 @@ CASES = [
      "algo.policy.tokenizer_path", "tokenizer.json"),
     ("unknown_task_name", lambda t: ["task.task_names_to_use=[reach_purple]"], "task.task_names_to_use",
      "reach_red"),
-    ("more_envs_than_init_states", lambda t: ["algo.num_parallel_envs=51"], "algo.num_parallel_envs=51", "<=50"),
+    # reach: 50 init states per task, rloo_batch_size=2 -> at most 100 envs can ever be busy
+    ("more_envs_than_init_states", lambda t: ["algo.num_parallel_envs=101", "algo.rloo_batch_size=2"],
+     "algo.num_parallel_envs=101", "<=100"),
 ]
 
 

@@ -192,16 +192,19 @@ def build_training_run(cfg: DictConfig, dist_info: DistInfo, raw_cfg: DictConfig
 
 
 def _check_parallel_envs(cfg: DictConfig, dataset: Any) -> None:
-    """More simulators than a task has init states: the extra ones never run an episode, and on
-    LIBERO each holds ~1.6 GB (before the first rollout is even tried)."""
-    n_envs = cfg.algo.get("num_parallel_envs")
+    """A rollout round runs ``rloo_batch_size`` episodes of each init state it draws, so a task can
+    never fill more than ``rloo_batch_size x`` its init states envs: the extra simulators would
+    never run an episode, and on LIBERO each holds ~1.6 GB. (Fewer init states than envs is fine:
+    scripts/bench_learning.py runs 3 scenes on rloo_batch_size envs.)"""
+    n_envs, rloo = cfg.algo.get("num_parallel_envs"), cfg.algo.get("rloo_batch_size")
     counts = {name: len(states) for name, states in getattr(dataset, "states_by_task", {}).items()}
-    if not isinstance(n_envs, int) or not counts:
+    if not isinstance(n_envs, int) or not isinstance(rloo, int) or not counts:
         return
     task, fewest = min(counts.items(), key=lambda item: item[1])
-    if n_envs > fewest:
-        raise ConfigError(f"algo.num_parallel_envs={n_envs}: more parallel envs than the {fewest} init states of "
-                          f"task {task}; use algo.num_parallel_envs<={fewest}")
+    if n_envs > rloo * fewest:
+        raise ConfigError(f"algo.num_parallel_envs={n_envs}: more parallel envs than algo.rloo_batch_size x init "
+                          f"states of task {task} ({rloo} x {fewest} = {rloo * fewest}), so some would never run "
+                          f"an episode; use algo.num_parallel_envs<={rloo * fewest}")
 
 
 def _maybe_resume(run: TrainingRun) -> None:
