@@ -223,6 +223,30 @@ def libero_worker_pids(trainer_pid: int) -> list[int]:
     return pids
 
 
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process, in clock ticks (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+
+
+def busy_worker(trainer: Trainer, min_ticks: int = 10, timeout_s: float = 120.0) -> int | None:
+    """A simulator worker that has been computing for ``min_ticks`` (0.1 s) since this call: one
+    in the middle of an episode (workers sit idle between rollouts, e.g. during the update)."""
+    baseline: dict[int, int] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and trainer.alive():
+        for pid in libero_worker_pids(trainer.process.pid):
+            ticks = cpu_ticks(pid)
+            baseline.setdefault(pid, ticks)
+            if ticks - baseline[pid] >= min_ticks:
+                return pid
+        time.sleep(0.02)
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -365,20 +389,20 @@ def run_worker_kills(plan: Plan, workdir: Path, rng: random.Random, outcome: Out
     """SIGKILL one LIBERO worker mid-episode in each listed round; the runner must rebuild it and
     the round must finish with no dropped episode."""
     run_dir = workdir / "workers"
-    rounds = max(plan.worker_kill_rounds)
+    rounds = max(plan.worker_kill_rounds) + 1  # a spare round, so every kill is followed by rollouts
     trainer = Trainer([*LIBERO, *COMMON, f"training.n_steps={rounds}", f"hydra.run.dir={run_dir}"],
                       workdir / "workers.log")
     faults = [Fault(WORKER_KILL, r) for r in plan.worker_kill_rounds]
     for fault in faults:
         reached = wait_until(lambda: last_round(run_dir) >= fault.round - 1, trainer)
-        time.sleep(rng.uniform(0.5, 1.5))  # into the round's episodes (a round takes ~3 s here)
-        pids = libero_worker_pids(trainer.process.pid)
-        if not reached or not pids:
-            fault.note = "no worker to kill"
+        time.sleep(rng.uniform(0.0, 0.3))  # a random point of the episode, past the busy check below
+        victim = busy_worker(trainer) if reached else None
+        if victim is None:
+            fault.note = "no busy worker to kill"
             continue
-        victim = pids[rng.randrange(len(pids))]
         os.kill(victim, signal.SIGKILL)
-        fault.note = f"worker pid {victim} killed in round {fault.round}"
+        fault.round = last_round(run_dir) + 1  # the round it actually hit
+        fault.note = f"worker pid {victim} killed mid-episode in round {fault.round}"
     rc = trainer.wait()
     rows = {r["step"]: r for r in metric_rows(run_dir)}
     total_rebuilds = sum(row.get("rollout/env_rebuilds", 0) for row in rows.values())
