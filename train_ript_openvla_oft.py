@@ -66,16 +66,23 @@ def train(cfg: DictConfig, run: TrainingRun, stop: StopRequest) -> dict[str, Any
         if run.step % cfg.logging.log_every_n_steps == 0:
             run.metrics.log(run.step, metrics)
         last_step = run.step == cfg.training.n_steps
-        saved = None
-        if run.step % cfg.training.save_every_n_steps == 0 or last_step or stop.requested:
-            saved = run.save()  # None on ranks > 0, and where the write failed (said in the log)
+        # training.stop_after_step ends this process after that round without touching the run's
+        # schedule (n_steps): a long run in legs, e.g. to evaluate a middle checkpoint.
+        leg_end = run.step == cfg.training.get("stop_after_step")
         if cfg.rollout.enabled and (run.step % cfg.rollout.every_n_steps == 0 or last_step):
             final_eval = evaluate(cfg, run)
             run.metrics.log(run.step, final_eval)
+        # Saved after the round's evaluation, so a checkpoint's metrics hold every row of its step.
+        saved = None
+        if run.step % cfg.training.save_every_n_steps == 0 or last_step or leg_end or stop.requested:
+            saved = run.save()  # None on ranks > 0, and where the write failed (said in the log)
         if _stop_requested_anywhere(stop):
             logger.warning("stopping at step %d on request (%s)", run.step,
                            "checkpoint saved" if saved is not None or run.dist_info.rank != 0
                            else "checkpoint NOT saved, see above; the previous one is kept")
+            break
+        if leg_end:
+            logger.info("training.stop_after_step=%d reached (checkpoint saved)", run.step)
             break
     progress.close()
     return final_eval

@@ -101,6 +101,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--replay-per-state", type=int, default=2,
                    help="algo.success_replay_per_state: replay each scene's newest N earlier successes (0 = off)")
     g.add_argument("--replay-weight", type=float, default=1.0, help="algo.success_replay_weight")
+    g.add_argument("--cond-layer-modulation", action=argparse.BooleanOptionalAction, default=True,
+                   help="algo.policy.cond_layer_modulation (the per-layer CFG condition; the default since issue 26)")
+    g.add_argument("--cond-lr-scale", type=float, default=10.0,
+                   help="algo.cond_lr_scale; 10 with the per-layer condition lifted unseen reach seeds +34.7 "
+                        "points (docs/learning.md)")
     g.add_argument("--rl-override", action="append", default=[], help="extra Hydra override (repeatable)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
@@ -216,6 +221,8 @@ def rl_overrides(args: argparse.Namespace, seed: int, sft_path: Path, run_dir: P
         f"algo.bc_ablation={str(bc).lower()}", "rollout.enabled=false", "logging.mode=disabled",
         f"algo.success_replay_per_state={args.replay_per_state}", f"algo.success_replay_weight={args.replay_weight}",
         "algo.track_weight_distance=true",
+        f"algo.policy.cond_layer_modulation={str(args.cond_layer_modulation).lower()}",
+        f"algo.cond_lr_scale={args.cond_lr_scale}",
         "algo.rollout_generator_factory.use_tqdm=false",
         f"++task.env_config.num_init_states_per_task={args.scenes_per_task}", *args.rl_override,
     ]

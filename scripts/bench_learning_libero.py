@@ -11,6 +11,13 @@ For one LIBERO-Object task (name or index) and seed:
      on ``task=libero_object_rl`` restricted to this task, ``algo.policy.pretrained_path=<SFT
      weights>``, the demos' norm stats, the init-state dataset's training split), then the same
      evaluation of its final checkpoint.
+  5. ``sweep``: the held-out guidance curve of one policy (``--sweep-from``: ``start`` = the SFT
+     weights, or a training checkpoint / run directory): every held-out init state x each
+     ``--eval-seeds`` env seed, at each ``--cfg-scales``; stored as ``results["sweeps"][--sweep-name]``,
+     saved after every (seed, scale) so a cut-short call keeps what finished.
+
+``--resume-rl`` continues ``<work-dir>/rl`` from its newest checkpoint (a run in legs or on a new
+machine) instead of starting it afresh.
 
 The train / held-out split is ``LiberoInitStateDataset``'s (``num_val`` states held out,
 permutation seeded by ``--split-seed``), so demos, RL rollouts and evaluation agree.
@@ -43,7 +50,7 @@ import numpy as np  # noqa: E402
 logger = logging.getLogger("bench_learning_libero")
 
 BENCHMARK = "libero_object"
-STAGES = ("demos", "sft", "eval", "rl", "rl_eval")
+STAGES = ("demos", "sft", "eval", "rl", "rl_eval", "sweep")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -87,11 +94,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--weight-mode", default="binary", help="the reach benchmark's setting (docs/learning.md)")
     g.add_argument("--num-epochs", type=int, default=4, help="passes over each round's windows")
     g.add_argument("--short-window", default="pad", choices=["pad", "skip"])
+    g.add_argument("--cond-layer-modulation", action=argparse.BooleanOptionalAction, default=True,
+                   help="algo.policy.cond_layer_modulation (the per-layer CFG condition; the default since issue 26)")
+    g.add_argument("--cond-lr-scale", type=float, default=10.0,
+                   help="algo.cond_lr_scale; 10 with the per-layer condition lifted unseen reach seeds +34.7 "
+                        "points (docs/learning.md)")
     g.add_argument("--rl-override", action="append", default=[], help="extra Hydra override (repeatable)")
+    g.add_argument("--resume-rl", action="store_true",
+                   help="continue <work-dir>/rl from its newest checkpoint (training.resume=true) instead of a fresh run")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-states", type=int, default=50, help="evaluate on the first N of the 50 states")
     g.add_argument("--eval-split", default="all", choices=["all", "heldout"],
                    help="heldout: only the init states RL never trains on (the number to report)")
+    g.add_argument("--sweep-from", default="start",
+                   help="sweep stage: 'start' (the SFT weights) or a training checkpoint / run directory")
+    g.add_argument("--sweep-name", default="start", help="sweep stage: the key in results['sweeps']")
+    g.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
+    g.add_argument("--eval-seeds", type=int, nargs="+", default=None,
+                   help="sweep stage: env seeds (default: --seed and --seed + 1000)")
     return p.parse_args(argv)
 
 
@@ -127,8 +147,8 @@ def make_policy(norm_stats_path: Path, pretrained_path: Path | None = None, pres
 
 
 def evaluate(policy: Any, task_name: str, rows: Sequence[int], val_rows: Sequence[int], seed: int,
-             camera_size: int, num_envs: int = 1) -> dict[str, Any]:
-    """Success per shipped init state (cfg 1, open loop 50, the suite's 280 steps)."""
+             camera_size: int, num_envs: int = 1, cfg_scale: float = 1.0) -> dict[str, Any]:
+    """Success per shipped init state (open loop 50, the suite's 280 steps) at ``cfg_scale``."""
     from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner
 
     # The runner renders the cameras only where the policy looks (render_on_demand, its default).
@@ -145,7 +165,7 @@ def evaluate(policy: Any, task_name: str, rows: Sequence[int], val_rows: Sequenc
     per_state = {}
     for first in range(0, len(rows), num_envs):
         group = list(rows[first:first + num_envs])
-        results = runner.run_policy_in_env(task_name, policy, [states[r] for r in group], cfg_scale=1.0)
+        results = runner.run_policy_in_env(task_name, policy, [states[r] for r in group], cfg_scale=cfg_scale)
         for row, (success, _, ep) in zip(group, results):
             per_state[int(row)] = bool(success) if ep.valid else None
             logger.info("eval state %d: %s (%d steps)", row, success, ep.num_steps)
@@ -219,6 +239,10 @@ def rl_overrides(args: argparse.Namespace, task_name: str, work: Path, run_dir: 
         f"algo.weight_mode={args.weight_mode}", f"algo.short_window={args.short_window}",
         f"+algo.rl_optimizer_factory.num_epochs={args.num_epochs}",
         "rollout.enabled=false", "logging.mode=disabled", "algo.rollout_generator_factory.use_tqdm=false",
+        f"algo.policy.cond_layer_modulation={str(args.cond_layer_modulation).lower()}",
+        f"algo.cond_lr_scale={args.cond_lr_scale}",
+        # --resume-rl: the same run from its newest checkpoint (metrics.jsonl continues its record).
+        *(["training.resume=true"] if args.resume_rl else []),
         *args.rl_override,
     ]
 
@@ -243,12 +267,64 @@ def rl_stage(args: argparse.Namespace, task_name: str, work: Path) -> dict[str, 
     from train_ript_openvla_oft import run_training
 
     run_dir = work / "rl"
-    shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: never mix two runs
+    if not args.resume_rl:
+        shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl appends: never mix two runs
     t0 = time.time()
     run_training(compose_config(None, rl_overrides(args, task_name, work, run_dir)))
     info = {"curve": rl_curve(run_dir), "time_s": time.time() - t0}
     logger.info("RL: %d rounds in %.0f s", len(info["curve"]), info["time_s"])
     return info
+
+
+def sweep_policy(args: argparse.Namespace, work: Path) -> tuple[Any, dict[str, Any]]:
+    """The policy ``--sweep-from`` names, and what it is (for the record)."""
+    if args.sweep_from == "start":
+        weights = sft_weights(args, work)
+        return make_policy(sft_norm_stats(args, work), weights, args.preset), {"from": "start", "path": str(weights)}
+    from eval_cfg_sweep import load_policy_and_config
+
+    policy, _, info = load_policy_and_config(args.sweep_from)  # a training checkpoint: its own config
+    return policy, {"from": info["path"], "step": info.get("step")}
+
+
+def sweep_stage(args: argparse.Namespace, task_name: str, val_rows: list[int], work: Path,
+                results: dict[str, Any], save) -> dict[str, Any]:
+    """Success at each cfg scale over the held-out states ``val_rows`` x env seeds (results so far kept)."""
+    policy, info = sweep_policy(args, work)
+    seeds = args.eval_seeds or [args.seed, args.seed + 1000]
+    entry = results.setdefault("sweeps", {}).setdefault(args.sweep_name, {})
+    if entry.get("info", info) != info:  # another policy under this name: start the record again
+        entry.clear()
+    entry["info"] = info
+    runs = entry.setdefault("runs", {})
+    for env_seed in seeds:
+        for scale in args.cfg_scales:
+            key = f"seed{env_seed}_cfg{scale:g}"
+            if key in runs:
+                continue  # done in an earlier, cut-short call
+            r = evaluate(policy, task_name, val_rows, val_rows, env_seed, args.camera_size, args.num_envs, scale)
+            runs[key] = {"env_seed": env_seed, "cfg_scale": scale, "per_state": r["per_state"]}
+            save()
+    entry["by_cfg"] = pool_sweep(runs)
+    save()
+    logger.info("sweep %s: %s", args.sweep_name, {k: f"{v['successes']}/{v['episodes']}" for k, v in entry["by_cfg"].items()})
+    return entry
+
+
+def pool_sweep(runs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per cfg scale: successes / valid episodes pooled over env seeds, with a 95 % Wilson interval."""
+    from ript.training.run_summary import wilson_interval
+
+    pooled: dict[str, dict[str, Any]] = {}
+    for run in runs.values():
+        outcomes = [v for v in run["per_state"].values() if v is not None]
+        cell = pooled.setdefault(f"{run['cfg_scale']:g}", {"successes": 0, "episodes": 0})
+        cell["successes"] += int(sum(outcomes))
+        cell["episodes"] += len(outcomes)
+    for cell in pooled.values():
+        cell["rate"] = cell["successes"] / cell["episodes"] if cell["episodes"] else None
+        cell["wilson95"] = list(wilson_interval(cell["successes"], cell["episodes"])) if cell["episodes"] else None
+    return pooled
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -291,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["rl_eval"] = evaluate(policy, task_name, eval_rows, val_rows, args.seed, args.camera_size,
                                       args.num_envs)
         save()
+    if "sweep" in args.stages:  # always the held-out states (the first --eval-states of the 50)
+        held_out = [r for r in range(min(50, args.eval_states)) if r in set(val_rows)]
+        sweep_stage(args, task_name, held_out, work, results, save)
     for key in ("sft_eval", "rl_eval"):
         if key in results:
             r = results[key]

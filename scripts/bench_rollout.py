@@ -16,6 +16,11 @@ Three parts (``--parts``, default all), each printed as a markdown table:
   (config/task/libero_smoke.yaml, tiny PI0, 2 workers): the first round (builds the workers) and
   the second (pooled workers); then one evaluation with the pool and one with
   ``reuse_envs=false`` (builds and closes its workers, the old behaviour of evaluation).
+* ``scheduler``: one RIPT round of ``--states`` init states x K ``--k`` episodes on LIBERO-Object's
+  ketchup task with the shipped small PI0 checkpoint (a real policy, so episodes end raggedly),
+  collected by the rollout generator with the ``lockstep`` loop and with the ``continuous``
+  scheduler, on the same ``--num-envs`` simulators and the same states. Prints wall time,
+  episodes/min and simulator utilisation (the workers' own busy seconds / simulators x wall).
 * ``profile``: cProfile of one in-process env taking render-on-demand steps (physics only) at the
   largest size: where the remaining time goes.
 
@@ -67,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-steps-wait", type=int, default=10)
     parser.add_argument("--soft-reset", action="store_true", help="also run the 'on' cases with hard_reset=False")
     parser.add_argument("--profile-steps", type=int, default=100)
+    parser.add_argument("--states", type=int, default=8, help="scheduler part: init states per round")
+    parser.add_argument("--k", type=int, default=8, help="scheduler part: rollouts per init state")
+    parser.add_argument("--schedulers", default="lockstep,continuous")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out-json", default=None)
     parser.add_argument("--out-md", default=None)
     return parser.parse_args(argv)
@@ -208,6 +217,73 @@ def round_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------------ scheduler
+
+KETCHUP = "pick_up_the_ketchup_and_place_it_in_the_basket"  # LIBERO-Object task 4
+
+
+def scheduler_round(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One round per scheduler on the same simulators, states and policy (see the module doc)."""
+    from torch.utils.data import DataLoader
+
+    from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
+    from ript.algos.rl_optimizers.rollout_generator import RolloutGenerator
+    from ript.datasets.init_state_dataset import InitStateDataset, collate_init_states
+    from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner
+
+    checkpoint = "builtin:pi0_small_libero_object_ketchup"
+    policy = PI0_OFT_Policy(device_id=args.device, pretrained_path=checkpoint, norm_stats_path=checkpoint,
+                            preset="small", strict_load=False)
+    policy.eval()
+    # The main job's runner settings (config/experiment/libero_object_ketchup.yaml).
+    runner = Pi0LiberoRunner("libero_object", task_names_to_use=[KETCHUP], num_parallel_envs=args.num_envs,
+                             action_mode="absolute", hard_reset=False, seed=0)
+    task_id = runner.benchmark.get_task_names().index(KETCHUP)
+    states = runner._init_states(KETCHUP)[:args.states]
+    loader = DataLoader(InitStateDataset([(task_id, KETCHUP, states)]), batch_size=args.states,
+                        collate_fn=collate_init_states)
+    env, _, _ = runner.create_env(KETCHUP)  # built once: both schedulers use the same workers
+    rows = []
+    try:
+        for name in args.schedulers.split(","):
+            runner.scheduler = name
+            generator = RolloutGenerator(runner, rloo_batch_size=args.k, demo_batch_size=args.states,
+                                         use_tqdm=False, task_names_to_use=[KETCHUP], seed=0)
+            batches = iter(loader)
+            busy_before = sum(env.busy_seconds() or [0.0])
+            started = time.perf_counter()
+            episodes, _, valid, _ = generator.generate_rollouts(policy, next(batches), batches, loader)
+            wall = time.perf_counter() - started
+            busy = sum(env.busy_seconds() or [0.0]) - busy_before
+            steps = [ep.num_steps for ep in episodes if ep.valid]
+            rows.append({"scheduler": name, "simulators": args.num_envs, "episodes": len(steps),
+                         "successes": int(sum(ep.success for ep in episodes if ep.valid)),
+                         "mean_steps": float(np.mean(steps)), "wall_s": wall,
+                         "episodes_per_min": 60.0 * len(steps) / wall,
+                         "utilization": busy / (args.num_envs * wall),
+                         "policy_calls": (generator.last_scheduler.stats.policy_calls
+                                          if generator.last_scheduler is not None else None),
+                         "inference_s": (generator.last_scheduler.stats.inference_s
+                                         if generator.last_scheduler is not None else None)})
+            print(f"[bench] {rows[-1]}", flush=True)
+    finally:
+        runner.close()
+    return rows
+
+
+def scheduler_markdown(rows: list[dict[str, Any]], args: argparse.Namespace, cores: int) -> str:
+    lines = [f"One round of {args.states} init states x K {args.k} on LIBERO-Object task 4 (shipped small "
+             f"PI0 checkpoint on {args.device}, {args.num_envs} simulators, {cores} cores):", "",
+             "| Scheduler | Episodes (successes) | Mean steps | Wall s | Episodes/min | Utilisation |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['scheduler']} | {r['episodes']} ({r['successes']}) | {r['mean_steps']:.0f} | "
+              f"{r['wall_s']:.1f} | {r['episodes_per_min']:.1f} | {r['utilization']:.2f} |" for r in rows]
+    by_name = {r["scheduler"]: r for r in rows}
+    if {"lockstep", "continuous"} <= set(by_name):
+        lines += ["", f"Speed-up (wall): {by_name['lockstep']['wall_s'] / by_name['continuous']['wall_s']:.2f}x"]
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------ profile
 
 
@@ -267,6 +343,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "round" in parts:
         report["round"] = ript_round(args)
         sections.append(round_markdown(report["round"]))
+    if "scheduler" in parts:
+        report["scheduler"] = scheduler_round(args)
+        sections.append(scheduler_markdown(report["scheduler"], args, cores))
     if "profile" in parts:
         report["profile"] = profile(args)
         sections.append(report["profile"])

@@ -53,7 +53,9 @@ BASE_CONFIG = "train_base_rl_openvla_oft"
 
 # ------------------------------------------------------------------------------ loading
 def is_training_checkpoint(path: Path) -> bool:
-    return (path / "trainable.safetensors").is_file() and (path / "state.pt").is_file()
+    from ript.training.checkpointing import is_training_checkpoint as _is_training_checkpoint
+
+    return _is_training_checkpoint(path)  # whole files or split into pieces (training.checkpoint_shard_mb)
 
 
 def resolve_training_checkpoint(path: str | Path) -> Path | None:

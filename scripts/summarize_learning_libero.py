@@ -9,6 +9,14 @@ success per round.
 
     python scripts/summarize_learning_libero.py docs/learning_libero_rounds/round1/rl_t* \
         --out-dir docs/learning_libero_rounds/round1
+
+``--sweeps`` summarises the held-out guidance curves instead (``bench_learning_libero.py --stages
+sweep``, as ``docs/device_runs/scripts/device_libero_round3.sh`` runs them): per task and start (the
+SFT dir) and per evaluated checkpoint (start / mid / after), success at each cfg scale pooled over
+seeds with 95 % Wilson intervals, and the branch gap per round (mean over seeds); writes
+``sweeps.md``, ``sweeps.json`` and ``guidance_curves.png``::
+
+    python scripts/summarize_learning_libero.py runs/r3/*/work --sweeps --out-dir docs/learning_libero_rounds/round3
 """
 from __future__ import annotations
 
@@ -114,15 +122,97 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+SWEEP_ORDER = ("start", "mid", "after")
+
+
+def load_sweeps(dirs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per (task, start): each sweep's cells pooled over seeds, and the per-round branch gap."""
+    groups: dict[str, dict[str, Any]] = {}
+    for d in dirs:
+        path = Path(d) / "results.json"
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        start = Path(str((result.get("args") or {}).get("sft_dir") or "own SFT")).name
+        group = groups.setdefault(f"task {result['task_id']}, {start}", {"seeds": [], "sweeps": {}, "gaps": []})
+        group["seeds"].append(result["seed"])
+        for name, entry in (result.get("sweeps") or {}).items():
+            for cfg, cell in (entry.get("by_cfg") or {}).items():
+                pooled = group["sweeps"].setdefault(name, {}).setdefault(cfg, [0, 0])
+                pooled[0] += int(cell["successes"])
+                pooled[1] += int(cell["episodes"])
+        group["gaps"].append([row["train/branch_gap"] for row in _metrics(Path(d)) if "train/branch_gap" in row])
+    if not any(g["sweeps"] for g in groups.values()):
+        raise SystemExit(f"no guidance sweeps (results.json with 'sweeps') in {list(dirs)}")
+    for group in groups.values():
+        rounds = max((len(g) for g in group["gaps"]), default=0)
+        group["gap_per_round"] = [sum(g[i] for g in group["gaps"] if len(g) > i) /
+                                  max(1, sum(len(g) > i for g in group["gaps"])) for i in range(rounds)]
+    return groups
+
+
+def sweeps_table(groups: dict[str, dict[str, Any]]) -> str:
+    scales = sorted({cfg for g in groups.values() for cells in g["sweeps"].values() for cfg in cells}, key=float)
+    lines = ["| task, start | checkpoint | seeds | " + " | ".join(f"cfg {c}" for c in scales) + " |",
+             "|---|---|---|" + "---:|" * len(scales)]
+    for label, group in groups.items():
+        names = sorted(group["sweeps"], key=lambda n: (SWEEP_ORDER.index(n) if n in SWEEP_ORDER else 99, n))
+        for name in names:
+            cells = []
+            for cfg in scales:
+                k, n = group["sweeps"][name].get(cfg, (0, 0))
+                lo, hi = wilson_interval(k, n)
+                cells.append(f"{k}/{n} ({100 * k / n:.0f} %, {100 * lo:.0f}–{100 * hi:.0f})" if n else "—")
+            lines.append(f"| {label} | {name} | {','.join(map(str, sorted(group['seeds'])))} | " + " | ".join(cells) + " |")
+        gaps = ", ".join(f"{100 * g:.2f}" for g in group["gap_per_round"])
+        lines.append(f"| {label} | branch gap per round (%) | | {gaps or '—'} |" + " |" * (len(scales) - 1))
+    return "\n".join(lines)
+
+
+def plot_sweeps(groups: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, (label, group) in zip(axes[0], groups.items()):
+        for j, name in enumerate(n for n in SWEEP_ORDER if n in group["sweeps"]):
+            cells = sorted(group["sweeps"][name].items(), key=lambda kv: float(kv[0]))
+            x = [float(c) for c, _ in cells]
+            rates = [k / n for _, (k, n) in cells]
+            intervals = [wilson_interval(k, n) for _, (k, n) in cells]
+            ax.errorbar(x, rates, yerr=[[r - lo for r, (lo, _) in zip(rates, intervals)],
+                                        [hi - r for r, (_, hi) in zip(rates, intervals)]],
+                        marker="o", capsize=3, color=f"C{j}", label=name)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("cfg scale")
+        ax.set_ylabel("held-out success (pooled, 95 % CI)")
+        ax.set_ylim(0, 1)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", help="bench_learning_libero work dirs (one per task and seed)")
     parser.add_argument("--out-dir", default=".", help="summary.md, summary.json and learning_libero.png go here")
+    parser.add_argument("--sweeps", action="store_true", help="the held-out guidance curves (sweeps.md/.json/.png)")
     args = parser.parse_args(argv)
-    table, summary = summarize(load_runs(args.run_dirs))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.sweeps:
+        groups = load_sweeps(args.run_dirs)
+        table = sweeps_table(groups)
+        (out / "sweeps.md").write_text(table + "\n")
+        (out / "sweeps.json").write_text(json.dumps(groups, indent=1) + "\n")
+        plot_sweeps(groups, out / "guidance_curves.png")
+        print(table)
+        return
+    table, summary = summarize(load_runs(args.run_dirs))
     (out / "summary.md").write_text(table + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(summary, out / "learning_libero.png")

@@ -35,10 +35,19 @@ FAST_REACH = [
 ]
 
 
-def test_resumed_run_reaches_the_same_weights_as_an_uninterrupted_one(tmp_path):
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    result = run_training_cli([*FAST_REACH, "training.n_steps=2", f"hydra.run.dir={straight}"], timeout_s=600)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted 2-round run both resume tests compare with (checkpoint files split into
+    pieces of 50 KB: the split changes no number, and the tests below read it back)."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    result = run_training_cli([*FAST_REACH, "training.n_steps=2", "training.checkpoint_shard_mb=0.05",
+                               f"hydra.run.dir={run_dir}"], timeout_s=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_resumed_run_reaches_the_same_weights_as_an_uninterrupted_one(tmp_path, straight):
+    interrupted = tmp_path / "interrupted"
     # Stop after one step, then continue in the same run directory up to step 2.
     result = run_training_cli([*FAST_REACH, "training.n_steps=1", f"hydra.run.dir={interrupted}"], timeout_s=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -103,3 +112,46 @@ def test_a_rank_that_raises_tears_the_torchrun_job_down(tmp_path):
     output = result.stdout + result.stderr
     assert "injected failure on rank 1" in output
     assert time.time() - started < 600
+
+
+# Wall-clock readings: the only values two identical runs may differ in.
+CLOCK_KEYS = ("time", "_s", "episodes_per_min", "simulator_utilization")
+
+
+def _timeless(rows: list[dict]) -> list[dict]:
+    """Metrics rows without wall-clock readings."""
+    return [{k: v for k, v in row.items() if not any(c in k for c in CLOCK_KEYS)} for row in rows]
+
+
+def test_a_run_resumed_elsewhere_from_a_copied_checkpoint_continues_the_same_run(tmp_path, straight):
+    # Issue 26: the GPU machine goes away after round 1; only its checkpoint (files split into pieces
+    # under a size limit) is copied to another directory, and a fresh process resumes from there into
+    # a new run directory. Same weights, bit for bit, and the same metrics rows, each round once.
+    import shutil
+
+    run = [*FAST_REACH, "training.n_steps=2", "training.checkpoint_shard_mb=0.05"]
+    first_leg, resumed = tmp_path / "machine1", tmp_path / "machine2"
+    result = run_training_cli([*run, "training.stop_after_step=1", f"hydra.run.dir={first_leg}"], timeout_s=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = latest_checkpoint(first_leg)
+    assert checkpoint.name == "step_1"
+    assert max(p.stat().st_size for p in checkpoint.iterdir()) <= 0.05 * 2**20  # every piece under the limit
+    assert len(list(checkpoint.glob("trainable.safetensors.part*"))) > 1
+    carried = shutil.copytree(checkpoint, tmp_path / "carried" / "step_1")  # nothing else travels
+
+    result = run_training_cli([*run, f"training.resume_from={carried}", f"hydra.run.dir={resumed}"], timeout_s=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout + result.stderr
+
+    straight_weights, straight_state = load_checkpoint(latest_checkpoint(straight))
+    resumed_weights, resumed_state = load_checkpoint(latest_checkpoint(resumed))
+    assert straight_state.step == resumed_state.step == 2
+    assert straight_weights.keys() == resumed_weights.keys()
+    for name, value in straight_weights.items():
+        assert torch.equal(resumed_weights[name], value), name
+    for straight_opt, resumed_opt in zip(straight_state.optimizers, resumed_state.optimizers):
+        for param_id, moments in straight_opt["state"].items():
+            assert torch.equal(resumed_opt["state"][param_id]["exp_avg_sq"], moments["exp_avg_sq"])
+    straight_rows, resumed_rows = read_metrics(straight), read_metrics(resumed)
+    assert [r["step"] for r in resumed_rows] == [1, 2]
+    assert _timeless(resumed_rows) == _timeless(straight_rows)

@@ -66,7 +66,8 @@ def test_plain_python_run_trains_saves_and_evaluates(tmp_path):
 
     from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
 
-    policy = PI0_OFT_Policy(norm_stats_path="builtin:libero")
+    # algo=pi0_cfg_rl trains with the per-layer condition (its default since issue 26; the class's is off).
+    policy = PI0_OFT_Policy(norm_stats_path="builtin:libero", cond_layer_modulation=True)
     policy.load_trainable_state_dict(weights_2)
     reloaded = policy.trainable_state_dict()
     assert all(torch.equal(reloaded[k], weights_2[k]) for k in weights_2)

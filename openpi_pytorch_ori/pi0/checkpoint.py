@@ -54,6 +54,11 @@ _LOCAL_TO_REFERENCE_PREFIXES: tuple[tuple[str, str], ...] = (
 LOCAL_EMBED_KEY = _PWE + "paligemma.model.language_model.embed_tokens.weight"
 LOCAL_TIED_LM_HEAD_KEY = _PWE + "paligemma.lm_head.weight"
 COND_EMBED_KEY = "model.cond_embed.weight"
+COND_LAYER_MOD_KEY = "model.cond_layer_mod"
+# The CFG condition's own parameters. No pretrained PI0 (nor a checkpoint saved before the per-layer
+# condition existed) has them; at zero both branches reproduce the checkpoint's policy exactly, so a
+# missing one is zero-filled and is not a strict-load failure.
+CONDITION_KEYS = (COND_EMBED_KEY, COND_LAYER_MOD_KEY)
 # Reference keys this implementation knowingly does not instantiate.
 IGNORED_REFERENCE_KEYS = {_PWE + "gemma_expert.lm_head.weight": "expert LM head is never used by PI0"}
 
@@ -62,8 +67,9 @@ IGNORED_REFERENCE_KEYS = {_PWE + "gemma_expert.lm_head.weight": "expert LM head 
 class LoadReport:
     """What `load_pi0_weights` did.
 
-    missing: local keys (``model.*``) the checkpoint did not provide (left as initialised;
-        ``model.cond_embed.weight`` is set to zero).
+    missing: local keys (``model.*``) the checkpoint did not provide (left as initialised).
+    zero_filled: CFG-condition keys (``CONDITION_KEYS``) the checkpoint did not provide; set to
+        zero, so both CFG branches are the checkpoint's policy. Never a strict-load failure.
     unexpected: checkpoint keys (as written in the file) that match nothing here.
     remapped: checkpoint key -> local key for every key whose name was translated.
     ignored: checkpoint keys known to be unused (e.g. the expert lm_head, the tied VLM lm_head).
@@ -71,6 +77,7 @@ class LoadReport:
     """
 
     missing: list[str] = field(default_factory=list)
+    zero_filled: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     remapped: dict[str, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
@@ -80,7 +87,7 @@ class LoadReport:
         """One line for logs: counts, plus the missing/unexpected names (the ones that matter)."""
         return (
             f"{len(self.files)} file(s), {len(self.remapped)} keys remapped, {len(self.ignored)} ignored, "
-            f"missing={self.missing}, unexpected={self.unexpected}"
+            f"{len(self.zero_filled)} condition keys zero-filled, missing={self.missing}, unexpected={self.unexpected}"
         )
 
 
@@ -92,7 +99,7 @@ class CheckpointKeyMismatchError(RuntimeError):
         super().__init__(
             f"Strict PI0 checkpoint load failed.\n  missing keys ({len(missing)}): {missing}\n"
             f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
-            "Load with strict=False to accept (missing cond_embed is then zero-initialised)."
+            "Check the preset/overrides match the checkpoint, or load with strict=False to accept."
         )
 
 
@@ -186,7 +193,9 @@ def load_pi0_weights(policy: nn.Module, path: str | os.PathLike, strict: bool = 
             report.unexpected.append(ckpt_key)
     if LOCAL_EMBED_KEY in expected and LOCAL_EMBED_KEY not in to_load and tied_head is not None:
         to_load[LOCAL_EMBED_KEY] = tied_head
-    report.missing = sorted(expected - set(to_load))
+    absent = expected - set(to_load)
+    report.zero_filled = sorted(absent & set(CONDITION_KEYS))
+    report.missing = sorted(absent - set(CONDITION_KEYS))
     report.unexpected.sort()
 
     if loaded and not to_load:
@@ -196,9 +205,12 @@ def load_pi0_weights(policy: nn.Module, path: str | os.PathLike, strict: bool = 
     if strict and (report.missing or report.unexpected):
         raise CheckpointKeyMismatchError(report.missing, report.unexpected)
     target.load_state_dict({k[len(strip) :]: v for k, v in to_load.items()}, strict=False)
-    if COND_EMBED_KEY in report.missing:
-        with torch.no_grad():
-            local_state[COND_EMBED_KEY].zero_()  # pretrained behaviour for both CFG branches
+    with torch.no_grad():
+        for key in report.zero_filled:
+            local_state[key].zero_()  # the checkpoint's behaviour for both CFG branches
+    if report.zero_filled:
+        logger.info("PI0 checkpoint %s has no CFG-condition parameters %s: zero-filled, so both branches "
+                    "start as the checkpoint's policy", path, report.zero_filled)
     if report.missing or report.unexpected:
         logger.warning("PI0 checkpoint %s: missing %s; unexpected %s", path, report.missing, report.unexpected)
     return report

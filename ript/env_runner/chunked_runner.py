@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -30,9 +30,20 @@ from ript.env_runner.pi0_runner_utils import (
     check_norm_stats_against_chunk, env_obs_to_pi0_observation, model_chunk_to_env_actions,
     to_numpy,
 )
+from ript.env_runner.rollout_scheduler import EpisodeSpec, RolloutScheduler
 from ript.types import ChunkObservation, Episode
 
 logger = logging.getLogger(__name__)
+
+def default_num_simulators(cores: int | None = None) -> int:
+    """Simulators to run when ``num_parallel_envs`` is not set: every core on a small machine, all
+    but two (the trainer and the policy's host work) on a larger one, at most 16."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores if cores <= 4 else min(16, cores - 2))
+
+
+Scheduler = Literal["continuous", "lockstep"]
+SCHEDULERS = ("continuous", "lockstep")
 
 # Gripper -1 is "open" in LIBERO/robosuite; the wait steps must not close it on an object.
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
@@ -74,7 +85,12 @@ class RecoverableVectorEnv:
         except Exception as exc:  # noqa: BLE001 -- EOFError, BrokenPipeError, MuJoCo errors...
             raise EnvFault(f"vectorised env {method}() failed: {exc!r}") from exc
 
-    def reset(self, id: Sequence[int] | None = None, render: bool = True) -> Any:  # noqa: A002 -- LIBERO's name
+    def reset(self, id: Sequence[int] | None = None, render: bool = True,  # noqa: A002 -- LIBERO's name
+              seeds: Sequence[int] | None = None) -> Any:
+        """``seeds``: per addressed env, the seed of the randomness its reset draws from; only
+        envs that declare ``seeds_on_reset`` get it (the others' resets take no seed)."""
+        if seeds is not None and getattr(self._env(), "seeds_on_reset", False):
+            return self._call("reset", id=id, render=render, seeds=list(seeds))
         return self._call("reset", id=id, render=render)
 
     def set_init_state(self, init_states: Any, id: Sequence[int] | None = None,  # noqa: A002
@@ -88,6 +104,30 @@ class RecoverableVectorEnv:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Any other method of the inner env, with the same fault handling."""
         return self._call(method, *args, **kwargs)
+
+    # ---- one request per worker (envs with worker processes; see LiberoVectorEnv) ----
+    @property
+    def supports_async(self) -> bool:
+        return bool(getattr(self._env(), "supports_async", False))
+
+    def send(self, worker: int, cmd: str, data: Any = None, render: bool = True) -> None:
+        self._call("send", worker, cmd, data, render=render)
+
+    def connection(self, worker: int) -> Any:
+        return self._env().connection(worker)
+
+    def receive(self, worker: int, cmd: str) -> Any:
+        return self._call("receive", worker, cmd)
+
+    def restart_worker(self, worker: int) -> None:
+        """Replace one dead or hung worker; the others keep their episodes."""
+        self.num_recreated += 1
+        self._call("restart_worker", worker)
+
+    def busy_seconds(self) -> list[float] | None:
+        """Seconds each worker spent serving requests, if the inner env counts them."""
+        busy = getattr(self.inner, "busy_s", None)
+        return None if busy is None else list(busy)
 
     def worker_pids(self) -> list[int]:
         """The inner env's worker process ids ([] when it has none or is not built)."""
@@ -160,16 +200,28 @@ class ChunkedRunner:
     ``max_pooled_tasks`` bounds how many tasks' workers are alive at once (a LIBERO worker holds
     ~1.6 GB): using another task closes the least recently used one's workers, which are rebuilt
     when that task comes back. None keeps every task's workers.
+
+    ``num_parallel_envs``: simulators per task (None: :func:`default_num_simulators`, from the
+    machine's cores); with the continuous scheduler it may exceed K.
+    ``scheduler``: ``continuous`` (default) runs episodes through a :class:`RolloutScheduler`, which
+    hands each simulator the next queued episode as soon as its own ends and samples chunks for
+    exactly the envs whose chunk starts; ``lockstep`` is the earlier loop: batches of
+    ``num_parallel_envs`` episodes, each batch until its slowest episode ends (kept for comparison,
+    ``scripts/bench_rollout.py``).
     """
 
-    def __init__(self, *, num_parallel_envs: int = 1, num_steps_wait: int = 10, open_loop: int = 50,
+    def __init__(self, *, num_parallel_envs: int | None = 1, num_steps_wait: int = 10, open_loop: int = 50,
                  action_mode: ActionMode = "relative", rotate_images_180: bool = True,
                  replan_steps: int | None = None, max_env_retries: int = 2,
                  n_action_steps: int | None = 50, allow_open_loop_mismatch: bool = False,
                  video_dir: str | None = None, norm_stats_check_threshold: float = 0.2,
                  render_on_demand: bool = True, reuse_envs: bool = True,
-                 max_pooled_tasks: int | None = None):
+                 max_pooled_tasks: int | None = None, scheduler: Scheduler = "continuous"):
         problems = []
+        if num_parallel_envs is None:
+            num_parallel_envs = default_num_simulators()
+        if scheduler not in SCHEDULERS:
+            problems.append(f"scheduler ({scheduler!r}) must be one of {list(SCHEDULERS)}")
         if num_parallel_envs < 1:
             problems.append(f"num_parallel_envs ({num_parallel_envs}) must be >= 1")
         if num_steps_wait < 0:
@@ -208,6 +260,8 @@ class ChunkedRunner:
         self.render_on_demand = bool(render_on_demand)
         self.reuse_envs = bool(reuse_envs)
         self.max_pooled_tasks = max_pooled_tasks
+        self.scheduler = scheduler
+        self._scheduler_calls = 0  # run_policy_in_env calls: part of their episodes' identity
         # Least recently used first; a task's entry stays while its workers are closed by the bound.
         self._env_pool: collections.OrderedDict[str, RecoverableVectorEnv] = collections.OrderedDict()
         self.norm_stats_warning: str | None = None
@@ -297,16 +351,26 @@ class ChunkedRunner:
         if self._env_pool.get(task_name) is not env:
             env.close()
 
+    def make_scheduler(self, policy: Any, *, cfg_scale: float = 1.0, replan_steps: int | None = None,
+                       base_seed: int | None = None,
+                       envs: Mapping[str, RecoverableVectorEnv] | None = None) -> RolloutScheduler:
+        """A :class:`RolloutScheduler` over this runner's simulators (``num_parallel_envs`` at once);
+        ``base_seed`` defaults to the runner's ``seed``."""
+        seed = getattr(self, "seed", 0) if base_seed is None else base_seed
+        return RolloutScheduler(self, policy, cfg_scale=cfg_scale, replan_steps=replan_steps,
+                                base_seed=seed, envs=dict(envs or {}))
+
     def run_policy_in_env(self, env_name: str, policy: Any, all_init_states: Any, render: bool = False,
                           created_env: Any = None, random_init: bool = False, cfg_scale: float = 1.0,
                           replan_steps: int | None = None
                           ) -> Iterator[tuple[bool, float, Episode]]:
-        """Roll ``policy`` out once per initial state; yield ``(success, total_reward, episode)``.
+        """Roll ``policy`` out once per initial state; yield ``(success, total_reward, episode)``
+        in the order of the states.
 
-        States are processed in batches of ``num_parallel_envs``. ``replan_steps`` defaults to the
-        training protocol (replan every ``open_loop`` steps), whatever ``self.replan_steps`` is.
-        ``random_init`` resets the envs randomly instead (the states then only give the count).
-        ``render`` records every step's agentview frame (``episode.extra["frames"]``) for videos.
+        ``replan_steps`` defaults to the training protocol (replan every ``open_loop`` steps),
+        whatever ``self.replan_steps`` is. ``random_init`` resets the envs randomly instead (the
+        states then only give the count). ``render`` records every step's agentview frame
+        (``episode.extra["frames"]``) for videos.
         """
         states = list(all_init_states)
         if isinstance(created_env, tuple):  # RIPT passes create_env()'s (env, task_id, env_num)
@@ -323,15 +387,34 @@ class ChunkedRunner:
         if self._env_pool.get(env_name) is env:
             self._use_pooled(env_name)  # the generator holds on to its env: count this use too
         try:
-            for start in range(0, len(states), env.env_num):
-                batch = states[start:start + env.env_num]
-                episodes = self._rollout_with_retries(env, env_name, batch, policy, cfg_scale,
-                                                      replan, render, random_init)
-                for ep in episodes:
-                    yield ep.success, ep.total_reward, ep
+            if self.scheduler == "lockstep":
+                yield from self._run_lockstep(env, env_name, states, policy, cfg_scale, replan, render,
+                                              random_init)
+                return
+            # Each call's episodes get their own identity, so equal states in two calls differ.
+            self._scheduler_calls += 1
+            scheduler = self.make_scheduler(policy, cfg_scale=cfg_scale, replan_steps=replan,
+                                            envs={env_name: env})
+            for i, state in enumerate(states):
+                scheduler.submit(EpisodeSpec(env_name, None if random_init else np.asarray(state),
+                                             key=("call", self._scheduler_calls, i), record_video=render))
+            by_index = {spec.key[2]: ep for spec, ep in scheduler.run()}
+            for i in range(len(states)):
+                ep = by_index[i]
+                yield ep.success, ep.total_reward, ep
         finally:
             if own_env:
                 self._release_env(env_name, env)
+
+    def _run_lockstep(self, env: RecoverableVectorEnv, env_name: str, states: list, policy: Any,
+                      cfg_scale: float, replan: int, render: bool, random_init: bool
+                      ) -> Iterator[tuple[bool, float, Episode]]:
+        for start in range(0, len(states), env.env_num):
+            batch = states[start:start + env.env_num]
+            episodes = self._rollout_with_retries(env, env_name, batch, policy, cfg_scale,
+                                                  replan, render, random_init)
+            for ep in episodes:
+                yield ep.success, ep.total_reward, ep
 
     def run(self, policy: Any, n_video: int = 0, do_tqdm: bool = False,
             save_video_fn: Callable[..., Any] | None = None, cfg_scale: float = 1.0,
@@ -342,17 +425,86 @@ class ChunkedRunner:
         ``init_states_by_task`` replaces a task's shipped states by the given ones (e.g. the
         init-state dataset's held-out split); ``num_trials_per_task`` then takes the first N of those.
         Episodes dropped after repeated simulator faults are left out of the success rates and
-        reported as ``rollout/num_env_faults``.
+        reported as ``rollout/num_env_faults``. With the continuous scheduler every episode of every
+        task is queued at once, and episode ``i`` of a task is seeded by ``(seed, "eval", task, i)``:
+        the same states give the same scenes and flow noise in every evaluation.
         """
         replan = self.replan_steps or self.open_loop
-        results: dict[str, Any] = {}
-        successes, faults, videos = [], 0, 0
+        states_by_task = {}
         for task_name in self._task_names():
             given = None if init_states_by_task is None else init_states_by_task.get(task_name)
-            states = self._eval_init_states(task_name, num_trials_per_task, given)
+            states_by_task[task_name] = self._eval_init_states(task_name, num_trials_per_task, given)
+        if self.scheduler == "lockstep":
+            successes_by_task, faults = self._evaluate_lockstep(policy, states_by_task, n_video, do_tqdm,
+                                                                save_video_fn, cfg_scale, replan)
+            stats = None
+        else:
+            successes_by_task, faults, stats = self._evaluate_scheduled(
+                policy, states_by_task, n_video, do_tqdm, save_video_fn, cfg_scale, replan)
+        results: dict[str, Any] = {}
+        successes = []
+        for task_name, task_successes in successes_by_task.items():
+            results[f"rollout/success_rate/{task_name}"] = float(np.mean(task_successes)) if task_successes else 0.0
+            successes.extend(task_successes)
+            logger.info("eval %s: success %.3f over %d episodes", task_name,
+                        results[f"rollout/success_rate/{task_name}"], len(task_successes))
+        results["rollout/overall_success_rate"] = float(np.mean(successes)) if successes else 0.0
+        results["rollout/num_episodes"] = len(successes)
+        results["rollout/num_env_faults"] = faults
+        results["rollout/protocol"] = self.protocol_name(replan)
+        results["rollout/cfg_scale"] = float(cfg_scale)
+        if stats is not None:
+            results.update(stats.metrics())
+        return results
+
+    def _evaluate_scheduled(self, policy: Any, states_by_task: dict[str, list], n_video: int,
+                            do_tqdm: bool, save_video_fn: Callable[..., Any] | None, cfg_scale: float,
+                            replan: int) -> tuple[dict[str, list[bool]], int, Any]:
+        scheduler = self.make_scheduler(policy, cfg_scale=cfg_scale, replan_steps=replan)
+        queued = 0
+        for task_name, states in states_by_task.items():
+            for i, state in enumerate(states):
+                scheduler.submit(EpisodeSpec(task_name, np.asarray(state), key=("eval", task_name, i),
+                                             record_video=queued < n_video))
+                queued += 1
+        bar = _progress(queued, "eval", do_tqdm)
+        successes: dict[str, dict[int, bool]] = {task: {} for task in states_by_task}
+        faults = videos = 0
+        try:
+            for spec, ep in scheduler.run():
+                if bar is not None:
+                    bar.update(1)
+                if not ep.valid:
+                    faults += 1
+                    continue
+                successes[spec.task_name][spec.key[2]] = bool(ep.success)
+                if spec.record_video and ep.extra.get("frames"):
+                    self._save_video(ep, videos, save_video_fn)
+                    videos += 1
+                ep.extra.pop("frames", None)
+        finally:
+            if bar is not None:
+                bar.close()
+            if not self.reuse_envs:
+                for task_name in states_by_task:
+                    self._close_unpooled(task_name, scheduler)
+        ordered = {task: [done[i] for i in sorted(done)] for task, done in successes.items()}
+        return ordered, faults, scheduler.stats
+
+    def _close_unpooled(self, task_name: str, scheduler: RolloutScheduler) -> None:
+        env = scheduler.env_of(task_name)
+        if env is not None:
+            self._release_env(task_name, env)
+
+    def _evaluate_lockstep(self, policy: Any, states_by_task: dict[str, list], n_video: int,
+                           do_tqdm: bool, save_video_fn: Callable[..., Any] | None, cfg_scale: float,
+                           replan: int) -> tuple[dict[str, list[bool]], int]:
+        successes: dict[str, list[bool]] = {}
+        faults = videos = 0
+        for task_name, states in states_by_task.items():
             bar = _progress(len(states), f"eval {task_name}", do_tqdm)
             env, _, _ = self.create_env(task_name)
-            task_successes = []
+            task_successes = successes[task_name] = []
             try:
                 with self._evaluation_scope(env):
                     for start in range(0, len(states), env.env_num):
@@ -374,16 +526,7 @@ class ChunkedRunner:
                 self._release_env(task_name, env)
                 if bar is not None:
                     bar.close()
-            results[f"rollout/success_rate/{task_name}"] = float(np.mean(task_successes)) if task_successes else 0.0
-            successes.extend(task_successes)
-            logger.info("eval %s: success %.3f over %d episodes", task_name,
-                        results[f"rollout/success_rate/{task_name}"], len(task_successes))
-        results["rollout/overall_success_rate"] = float(np.mean(successes)) if successes else 0.0
-        results["rollout/num_episodes"] = len(successes)
-        results["rollout/num_env_faults"] = faults
-        results["rollout/protocol"] = self.protocol_name(replan)
-        results["rollout/cfg_scale"] = float(cfg_scale)
-        return results
+        return successes, faults
 
     # ------------------------------------------------------------------ internals
     def _evaluation_scope(self, env: RecoverableVectorEnv) -> contextlib.AbstractContextManager:
@@ -463,15 +606,19 @@ class ChunkedRunner:
         self.timing["settle_steps"] += len(ids) * self.num_steps_wait
         return obs
 
-    def _sample_chunks(self, policy: Any, obs: list, description: str, cfg_scale: float,
-                       replan: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-        """One ``select_action`` for the given observations -> (pi0 obs, raw, norm chunk, env chunk)."""
+    def _sample_chunks(self, policy: Any, obs: list, descriptions: list[str], cfg_scale: float,
+                       replan: int, noise_seeds: list[int] | None = None
+                       ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+        """One ``select_action`` for the given observations -> (pi0 obs, raw, norm chunk, env chunk).
+
+        ``noise_seeds``: per observation, the seed of its flow noise (policies that take them)."""
         norm_stats: NormStats = policy.norm_stats
         # Frames are resized to the policy's input size openpi's way (None: as rendered).
-        pi0_obs, raw = env_obs_to_pi0_observation(obs, [description] * len(obs), norm_stats,
+        pi0_obs, raw = env_obs_to_pi0_observation(obs, descriptions, norm_stats,
                                                   rotate_180=self.rotate_images_180,
                                                   image_size=getattr(policy, "image_size", None))
-        norm_chunk = to_numpy(policy.select_action(pi0_obs, cfg_scale=cfg_scale))  # (k, T, 7)
+        seeded = {} if noise_seeds is None else {"noise_seeds": noise_seeds}
+        norm_chunk = to_numpy(policy.select_action(pi0_obs, cfg_scale=cfg_scale, **seeded))  # (k, T, 7)
         if norm_chunk.ndim != 3 or norm_chunk.shape[0] != len(obs) or norm_chunk.shape[2] != ACTION_DIM:
             raise ValueError(f"policy.select_action returned shape {norm_chunk.shape}; expected "
                              f"({len(obs)}, n_action_steps, {ACTION_DIM})")
@@ -520,7 +667,7 @@ class ChunkedRunner:
             live = [int(i) for i in np.flatnonzero(running)]
             if t % replan == 0:  # all live envs started together, so they replan together
                 pi0_obs, raw, norm_chunk, env_chunk = self._sample_chunks(
-                    policy, [obs[i] for i in live], description, cfg_scale, replan)
+                    policy, [obs[i] for i in live], [description] * len(live), cfg_scale, replan)
                 for j, i in enumerate(live):
                     bufs[i].chunk_start_steps.append(t)
                     bufs[i].chunk_observations.append(ChunkObservation(
@@ -552,20 +699,28 @@ class ChunkedRunner:
 
     def _to_episode(self, task_name: str, description: str, buf: _EpisodeBuffer,
                     init_state: Any) -> Episode:
-        horizon = buf.sampled_chunks[0].shape[0] if buf.sampled_chunks else (self.n_action_steps or self.open_loop)
+        return self._episode_from_record(task_name, buf.actions, buf.chunk_start_steps,
+                                         buf.chunk_observations, buf.sampled_chunks, buf.frames,
+                                         buf.total_reward, buf.success, init_state)
+
+    def _episode_from_record(self, task_name: str, actions: list, chunk_start_steps: list,
+                             chunk_observations: list, sampled_chunks: list, frames: list,
+                             total_reward: float, success: bool, init_state: Any) -> Episode:
+        """The :class:`Episode` of what one env recorded (both schedulers build it here)."""
+        horizon = sampled_chunks[0].shape[0] if sampled_chunks else (self.n_action_steps or self.open_loop)
         ep = Episode(
-            task_name=task_name, task_description=description, task_id=self._task_id(task_name),
-            success=buf.success, total_reward=buf.total_reward,
-            actions=np.asarray(buf.actions, dtype=np.float32).reshape(-1, ACTION_DIM),
-            chunk_start_steps=np.asarray(buf.chunk_start_steps, dtype=np.int64),
-            chunk_observations=buf.chunk_observations,
-            sampled_chunks=(np.stack(buf.sampled_chunks).astype(np.float32) if buf.sampled_chunks
+            task_name=task_name, task_description=self._task_description(task_name),
+            task_id=self._task_id(task_name), success=success, total_reward=total_reward,
+            actions=np.asarray(actions, dtype=np.float32).reshape(-1, ACTION_DIM),
+            chunk_start_steps=np.asarray(chunk_start_steps, dtype=np.int64),
+            chunk_observations=chunk_observations,
+            sampled_chunks=(np.stack(sampled_chunks).astype(np.float32) if sampled_chunks
                             else np.zeros((0, horizon, ACTION_DIM), np.float32)),
             init_state=None if init_state is None else np.asarray(init_state),
         )
         ep.extra["action_mode"] = self.action_mode
-        if buf.frames:
-            ep.extra["frames"] = buf.frames
+        if frames:
+            ep.extra["frames"] = frames
         return ep
 
 
@@ -579,4 +734,5 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc)
 
 
-__all__ = ["ChunkedRunner", "EnvFault", "NOOP_ACTION", "RecoverableVectorEnv", "save_episode_video"]
+__all__ = ["ChunkedRunner", "EnvFault", "NOOP_ACTION", "RecoverableVectorEnv", "SCHEDULERS", "default_num_simulators",
+           "save_episode_video"]

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ript.env_runner.chunked_runner import ChunkedRunner, EnvFault, RecoverableVectorEnv
+from ript.env_runner.chunked_runner import ChunkedRunner, Scheduler, EnvFault, RecoverableVectorEnv
 from ript.env_runner.pi0_runner_utils import ActionMode
 from ript.envs.libero_env import LiberoEnvFn, LiberoVectorEnv, load_benchmark
 from ript.utils.rendering import worker_thread_env
@@ -51,11 +51,13 @@ class Pi0LiberoRunner(ChunkedRunner):
             (:meth:`close` ends them); False builds and closes workers per evaluation.
         max_pooled_tasks: at most this many tasks' workers alive at once (~1.6 GB per worker);
             None = every task this rank uses.
+        scheduler: ``continuous`` (each simulator takes the next queued episode as soon as its
+            own ends; :mod:`ript.env_runner.rollout_scheduler`) or ``lockstep`` (the earlier loop).
         **unused: extra config keys (RIPT runner configs carry a few); logged and ignored.
     """
 
     def __init__(self, benchmark_name: str = "libero_goal", task_names_to_use: Sequence[str] | None = None,
-                 num_parallel_envs: int = 1, max_episode_length: int | None = None,
+                 num_parallel_envs: int | None = 1, max_episode_length: int | None = None,
                  num_steps_wait: int = 10, open_loop: int = 50, action_mode: ActionMode = "relative",
                  rotate_images_180: bool = True, camera_height: int = 256, camera_width: int = 256,
                  replan_steps: int | None = None, max_env_retries: int = 2, seed: int = 0,
@@ -63,7 +65,8 @@ class Pi0LiberoRunner(ChunkedRunner):
                  use_subprocess: bool | None = None, limit_worker_threads: bool = True,
                  step_timeout_s: float | None = 120.0, hard_reset: bool = True,
                  video_dir: str | None = None, render_on_demand: bool = True,
-                 reuse_envs: bool = True, max_pooled_tasks: int | None = None, **unused: Any):
+                 reuse_envs: bool = True, max_pooled_tasks: int | None = None,
+                 scheduler: Scheduler = "continuous", **unused: Any):
         if unused:
             # RIPT's runner configs carry extra keys (e.g. rank, world_size); accept, but say so.
             logger.info("Pi0LiberoRunner: ignoring config keys %s", sorted(unused))
@@ -73,7 +76,7 @@ class Pi0LiberoRunner(ChunkedRunner):
                          max_env_retries=max_env_retries, n_action_steps=n_action_steps,
                          allow_open_loop_mismatch=allow_open_loop_mismatch, video_dir=video_dir,
                          render_on_demand=render_on_demand, reuse_envs=reuse_envs,
-                         max_pooled_tasks=max_pooled_tasks)
+                         max_pooled_tasks=max_pooled_tasks, scheduler=scheduler)
         if camera_height < 1 or camera_width < 1:
             raise ValueError(f"camera_height/camera_width ({camera_height}x{camera_width}) must be positive")
         if max_episode_length is not None and max_episode_length < 1:
@@ -89,7 +92,7 @@ class Pi0LiberoRunner(ChunkedRunner):
         self.seed = seed
         # One env in-process avoids IPC and a second simulator copy; crashes then hit the caller,
         # so workers are used whenever there are several envs or the caller asks for isolation.
-        self.use_subprocess = num_parallel_envs > 1 if use_subprocess is None else use_subprocess
+        self.use_subprocess = self.num_parallel_envs > 1 if use_subprocess is None else use_subprocess
         self.limit_worker_threads = limit_worker_threads
         self.step_timeout_s = step_timeout_s
         # robosuite's hard reset rebuilds the MuJoCo model on every reset (LIBERO's default, what

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ript.env_runner.chunked_runner import ChunkedRunner
+from ript.env_runner.chunked_runner import ChunkedRunner, Scheduler
 from ript.env_runner.pi0_runner_utils import ActionMode
 from ript.envs.reach_env import ReachBenchmark, ReachEnvConfig, ReachVectorEnv
 
@@ -24,14 +24,16 @@ class ReachRunner(ChunkedRunner):
                  replan_steps: int | None = None, max_env_retries: int = 2, seed: int = 0,
                  n_action_steps: int | None = 50, allow_open_loop_mismatch: bool = False,
                  env_config: Mapping[str, Any] | ReachEnvConfig | None = None,
-                 video_dir: str | None = None, **unused: Any) -> None:
+                 video_dir: str | None = None, scheduler: Scheduler = "continuous",
+                 **unused: Any) -> None:
         # Reach actions are per-step moves, so "absolute" (executed as predicted) is the natural
         # convention; "relative" would add the chunk-start position to every move.
         super().__init__(num_parallel_envs=num_parallel_envs, num_steps_wait=num_steps_wait,
                          open_loop=open_loop, action_mode=action_mode,
                          rotate_images_180=rotate_images_180, replan_steps=replan_steps,
                          max_env_retries=max_env_retries, n_action_steps=n_action_steps,
-                         allow_open_loop_mismatch=allow_open_loop_mismatch, video_dir=video_dir)
+                         allow_open_loop_mismatch=allow_open_loop_mismatch, video_dir=video_dir,
+                         scheduler=scheduler)
         if not isinstance(env_config, ReachEnvConfig):
             env_config = ReachEnvConfig(**dict(env_config or {}))
         self.env_config = env_config

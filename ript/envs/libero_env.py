@@ -25,7 +25,9 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 import traceback
+from multiprocessing.connection import wait as wait_for_connections
 from multiprocessing.connection import Connection
 from typing import Any, Sequence
 
@@ -153,7 +155,11 @@ class LiberoEnv:
         self.env = env_fn()
         self.cameras = CameraSwitch(self.env.env)
 
-    def reset(self, render: bool = True) -> Any:
+    def reset(self, render: bool = True, seed: int | None = None) -> Any:
+        """``seed``: seed the RNG LIBERO's reset draws random fixture placements from first (the
+        scheduler keys it by the episode's identity, so a scene does not depend on the worker)."""
+        if seed is not None:
+            self.swap_rng(int(seed))
         self.cameras.set(render)
         obs = self.env.reset()
         if not self.env.env.hard_reset:
@@ -221,12 +227,15 @@ def _worker_main(conn: Any, env_fn: LiberoEnvFn) -> None:
                 break
             if cmd == "close":
                 break
+            started = time.perf_counter()
             try:
                 result = _serve(env, cmd, data, render)
             except Exception:  # noqa: BLE001 -- the parent decides (rebuild and retry)
-                conn.send(("error", traceback.format_exc()))
+                conn.send(("error", traceback.format_exc(), time.perf_counter() - started))
                 continue
-            conn.send(("ok", result))
+            # The seconds spent serving travel with the answer: the parent's simulator utilisation
+            # counts the workers' own time, not time an answer waited in the pipe.
+            conn.send(("ok", result, time.perf_counter() - started))
     except KeyboardInterrupt:
         pass
     finally:
@@ -238,7 +247,7 @@ def _worker_main(conn: Any, env_fn: LiberoEnvFn) -> None:
 
 def _serve(env: LiberoEnv, cmd: str, data: Any, render: bool) -> Any:
     if cmd == "reset":
-        return env.reset(render=render)
+        return env.reset(render=render, seed=data)
     if cmd == "set_init_state":
         return env.set_init_state(data, render=render)
     if cmd == "step":
@@ -271,40 +280,57 @@ class LiberoVectorEnv:
     talks over a socket pair. Every request must be answered within ``timeout_s``, so a hung
     worker becomes a fault instead of stalling training.
 
+    Two ways to talk to the workers:
+
+    * the vectorised calls ``reset`` / ``set_init_state`` / ``step`` (LIBERO's protocol): send to
+      the addressed workers, then wait for all of them;
+    * one request per worker (``send`` / ``ready`` / ``receive``), which the rollout scheduler uses
+      to hand a worker its next request the moment it answers, whatever the others are doing.
+      A worker that died or hung is replaced alone with ``restart_worker``.
+
     ``render=False`` on ``reset``/``set_init_state``/``step`` skips the camera rendering of that
     request (see :class:`CameraSwitch`); the default renders, as LIBERO's own vector envs do.
+    ``busy_s[j]`` adds up the seconds worker ``j`` spent serving requests.
     """
 
     renders_on_demand = True  # RecoverableVectorEnv passes render=False only to envs that say so
+    seeds_on_reset = True  # reset(seeds=...) seeds each worker's fixture-placement RNG first
 
     def __init__(self, env_fns: Sequence[LiberoEnvFn], use_subprocess: bool,
                  thread_env: dict[str, str] | None = None, timeout_s: float | None = 120.0,
                  start_timeout_s: float = 600.0):
         self.use_subprocess = use_subprocess
         self.timeout_s = timeout_s
+        self.start_timeout_s = start_timeout_s
+        self._env_fns = list(env_fns)
         self._envs: list[Any] = []
         self._conns: list[Connection] = []
         self._procs: list[subprocess.Popen] = []
+        self.busy_s = [0.0] * len(self._env_fns)
         if not use_subprocess:
             self._envs = [LiberoEnv(fn) for fn in env_fns]
             return
-        child_env = dict(os.environ, **(thread_env or {}))
+        self._child_env = dict(os.environ, **(thread_env or {}))
         # The worker must import the same `ript` and `libero` as this process.
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self._child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
             for fn in env_fns:
-                parent, child = multiprocessing.Pipe(duplex=True)
-                proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE, str(child.fileno())],
-                                        env=child_env, pass_fds=(child.fileno(),), close_fds=True)
-                child.close()
-                self._conns.append(parent)
+                conn, proc = self._spawn(fn)
+                self._conns.append(conn)
                 self._procs.append(proc)
-                parent.send(fn)
             for j in range(len(self._procs)):  # workers build their envs in parallel
                 self._recv(j, "start", start_timeout_s)
         except BaseException:
             self.kill()
             raise
+
+    def _spawn(self, env_fn: LiberoEnvFn) -> tuple[Connection, subprocess.Popen]:
+        parent, child = multiprocessing.Pipe(duplex=True)
+        proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE, str(child.fileno())],
+                                env=self._child_env, pass_fds=(child.fileno(),), close_fds=True)
+        child.close()
+        parent.send(env_fn)
+        return parent, proc
 
     def __len__(self) -> int:
         return len(self._procs) if self.use_subprocess else len(self._envs)
@@ -316,7 +342,9 @@ class LiberoVectorEnv:
         conn, pid = self._conns[j], self._procs[j].pid
         if timeout_s and not conn.poll(timeout_s):
             raise TimeoutError(f"LIBERO worker {j} (pid {pid}) did not answer {cmd!r} within {timeout_s} s")
-        status, payload = conn.recv()  # EOFError here = the worker died
+        status, payload, *served_s = conn.recv()  # EOFError here = the worker died
+        if served_s:
+            self.busy_s[j] += served_s[0]
         if status == "error":
             raise RuntimeError(f"LIBERO worker {j} (pid {pid}) failed in {cmd!r}:\n{payload}")
         return payload
@@ -324,14 +352,58 @@ class LiberoVectorEnv:
     def _request(self, cmd: str, ids: Sequence[int] | None, payloads: Sequence[Any], render: bool) -> list:
         ids = list(range(len(self))) if ids is None else list(ids)
         if not self.use_subprocess:
-            return [_serve(self._envs[j], cmd, data, render) for j, data in zip(ids, payloads)]
+            results = []
+            for j, data in zip(ids, payloads):
+                started = time.perf_counter()
+                results.append(_serve(self._envs[j], cmd, data, render))
+                self.busy_s[j] += time.perf_counter() - started
+            return results
         for j, data in zip(ids, payloads):  # send to all first: the workers run in parallel
             self._conns[j].send((cmd, data, render))
         return [self._recv(j, cmd, self.timeout_s) for j in ids]
 
-    def reset(self, id: Sequence[int] | None = None, render: bool = True) -> list:  # noqa: A002 -- LIBERO's name
+    # ------------------------------------------------------------------ one request per worker
+    @property
+    def supports_async(self) -> bool:
+        """Whether ``send``/``ready``/``receive`` work (worker processes; not one in-process env)."""
+        return self.use_subprocess
+
+    def send(self, j: int, cmd: str, data: Any = None, render: bool = True) -> None:
+        """Hand worker ``j`` one request (``reset`` takes a seed or None, ``set_init_state`` a state,
+        ``step`` an action); its answer is read with :meth:`receive` once :meth:`ready` lists it."""
+        if cmd == "step":
+            data = np.asarray(data, dtype=np.float64)
+        self._conns[j].send((cmd, data, render))
+
+    def ready(self, ids: Sequence[int], timeout_s: float | None) -> list[int]:
+        """The workers among ``ids`` whose answer (or death) can be read now, waiting up to
+        ``timeout_s`` for the first one."""
+        by_conn = {self._conns[j]: j for j in ids}
+        return sorted(by_conn[c] for c in wait_for_connections(list(by_conn), timeout_s))
+
+    def connection(self, j: int) -> Connection:
+        """Worker ``j``'s end of the pipe, for a caller that waits on several vector envs at once."""
+        return self._conns[j]
+
+    def receive(self, j: int, cmd: str) -> Any:
+        """Worker ``j``'s answer to its pending ``cmd`` (``step``: ``(obs, reward, done, info)``)."""
+        return self._recv(j, cmd, self.timeout_s)
+
+    def restart_worker(self, j: int) -> None:
+        """Replace worker ``j`` (dead, hung or failed) by a fresh one; the others keep running."""
+        proc = self._procs[j]
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        self._conns[j].close()
+        self._conns[j], self._procs[j] = self._spawn(self._env_fns[j])
+        self._recv(j, "start", self.start_timeout_s)
+
+    # ------------------------------------------------------------------ vectorised calls
+    def reset(self, id: Sequence[int] | None = None, render: bool = True,  # noqa: A002 -- LIBERO's name
+              seeds: Sequence[int | None] | None = None) -> list:
         n = len(self) if id is None else len(id)
-        return self._request("reset", id, [None] * n, render)
+        return self._request("reset", id, [None] * n if seeds is None else list(seeds), render)
 
     def set_init_state(self, init_states: Any, id: Sequence[int] | None = None,  # noqa: A002
                        render: bool = True) -> list:

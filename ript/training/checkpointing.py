@@ -2,7 +2,14 @@
 
 A checkpoint is a directory ``<run_dir>/checkpoints/step_<N>/`` holding
 * ``trainable.safetensors``: the trainable PI0 weights (what training changes),
-* ``state.pt``: both optimizers, both schedulers, the step counter, RNG states, rollout stats.
+* ``state.pt``: both optimizers, both schedulers, the step counter, RNG states, rollout stats,
+* ``metrics.jsonl``: the run's metrics rows up to this step, so a resume (on another machine, in
+  another directory) continues the same record: rows logged after the checkpoint are dropped.
+
+With ``max_file_bytes`` (``training.checkpoint_shard_mb``) a file larger than that is stored as
+byte pieces ``<name>.part001of003`` ...: a transfer that limits each file's size (the GPU
+machine returns files of at most 16 MB) carries the checkpoint unchanged, and loading joins them
+back, bit-exact. Nothing is compressed or converted.
 
 Each directory is written under a temporary name and renamed into place, so a run killed mid-save
 leaves either the previous checkpoint or the new one, never a half-written one.
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import pickle
 import os
@@ -24,13 +32,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save_file
 
 logger = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 WEIGHTS_FILE = "trainable.safetensors"
 STATE_FILE = "state.pt"
+METRICS_FILE = "metrics.jsonl"
+_PART = re.compile(r"^(?P<name>.+)\.part(?P<index>\d{3})of(?P<count>\d{3})$")
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -98,8 +109,14 @@ def save_checkpoint(
     weights: dict[str, torch.Tensor],
     state: TrainingState,
     keep_last: int = 3,
+    max_file_bytes: int | None = None,
+    metrics_path: str | os.PathLike | None = None,
 ) -> Path:
-    """Write ``step_<N>`` atomically, then delete all but the newest ``keep_last``."""
+    """Write ``step_<N>`` atomically, then delete all but the newest ``keep_last``.
+
+    ``max_file_bytes``: split every larger file into pieces of at most that size (None: never).
+    ``metrics_path``: the run's metrics.jsonl, copied in (a resume restores the record from it).
+    """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final_dir = root / f"step_{state.step}"
@@ -109,26 +126,103 @@ def save_checkpoint(
     tmp_dir.mkdir()
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp_dir / WEIGHTS_FILE))
     torch.save(state.__dict__, tmp_dir / STATE_FILE)
+    if metrics_path is not None and Path(metrics_path).is_file():
+        shutil.copyfile(metrics_path, tmp_dir / METRICS_FILE)
+    if max_file_bytes is not None:
+        for path in sorted(tmp_dir.iterdir()):
+            split_file(path, max_file_bytes)
     if final_dir.exists():
         shutil.rmtree(final_dir)
     os.replace(tmp_dir, final_dir)
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    logger.info("saved checkpoint %s", final_dir)
+    logger.info("saved checkpoint %s (%.1f MB)", final_dir, checkpoint_size_bytes(final_dir) / 2**20)
     return final_dir
+
+
+def split_file(path: Path, max_bytes: int) -> list[Path]:
+    """``path`` larger than ``max_bytes`` -> ``<name>.part001ofN`` pieces (the original removed)."""
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes={max_bytes} must be >= 1")
+    size = path.stat().st_size
+    if size <= max_bytes:
+        return [path]
+    count = -(-size // max_bytes)
+    if count > 999:
+        raise ValueError(f"{path.name} ({size} bytes) would need {count} pieces of {max_bytes} bytes (at most 999); "
+                         "raise training.checkpoint_shard_mb")
+    pieces = []
+    with path.open("rb") as source:
+        for index in range(1, count + 1):
+            piece = path.with_name(f"{path.name}.part{index:03d}of{count:03d}")
+            piece.write_bytes(source.read(max_bytes))
+            pieces.append(piece)
+    path.unlink()
+    return pieces
+
+
+def _has_file(directory: Path, name: str) -> bool:
+    return (directory / name).is_file() or any(directory.glob(f"{name}.part001of*"))
+
+
+def read_checkpoint_file(directory: str | os.PathLike, name: str) -> bytes:
+    """A checkpoint file's bytes, whole or joined from its pieces; an incomplete set is an error."""
+    directory = Path(directory)
+    if (directory / name).is_file():
+        return (directory / name).read_bytes()
+    pieces = sorted(p for p in directory.glob(f"{name}.part*") if (m := _PART.match(p.name)) and m["name"] == name)
+    counts = {int(_PART.match(p.name)["count"]) for p in pieces}
+    indices = [int(_PART.match(p.name)["index"]) for p in pieces]
+    if len(counts) != 1 or indices != list(range(1, next(iter(counts)) + 1)):
+        raise FileNotFoundError(
+            f"{directory}: pieces of {name} are incomplete ({[p.name for p in pieces]}); copy every "
+            f"{name}.partXXXofNNN file of the checkpoint")
+    return b"".join(p.read_bytes() for p in pieces)
+
+
+def checkpoint_size_bytes(checkpoint_dir: str | os.PathLike) -> int:
+    """Bytes on disk of one checkpoint (what a transfer of it moves)."""
+    return sum(p.stat().st_size for p in Path(checkpoint_dir).iterdir() if p.is_file())
+
+
+def checkpoint_metrics(checkpoint_dir: str | os.PathLike) -> str | None:
+    """The metrics.jsonl rows saved with a checkpoint (None for checkpoints written without them)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not _has_file(checkpoint_dir, METRICS_FILE):
+        return None
+    return read_checkpoint_file(checkpoint_dir, METRICS_FILE).decode()
+
+
+def estimate_checkpoint_bytes(params: list[torch.nn.Parameter], optimizers: list[torch.optim.Optimizer]) -> int:
+    """Trainable weights plus optimizer state, before any step has created the state: Adam-family
+    optimizers (``betas`` in their defaults) keep two moments per weight, momentum SGD one.
+    The success-replay buffer and the config add to it (measured after each save)."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in params)
+    state_bytes = 0
+    for optimizer in optimizers:
+        per_weight = 2 if "betas" in optimizer.defaults else int(bool(optimizer.defaults.get("momentum")))
+        state_bytes += per_weight * sum(p.numel() * p.element_size()
+                                        for group in optimizer.param_groups for p in group["params"])
+    return weight_bytes + state_bytes
 
 
 def load_checkpoint(checkpoint_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], TrainingState]:
     checkpoint_dir = Path(checkpoint_dir)
-    weights_path, state_path = checkpoint_dir / WEIGHTS_FILE, checkpoint_dir / STATE_FILE
-    if not weights_path.is_file() or not state_path.is_file():
+    if not _has_file(checkpoint_dir, WEIGHTS_FILE) or not _has_file(checkpoint_dir, STATE_FILE):
         raise FileNotFoundError(
             f"{checkpoint_dir} is not a training checkpoint (expected {WEIGHTS_FILE} and {STATE_FILE}); "
             "pass training.resume_from=<run_dir>/checkpoints/step_<N>"
         )
-    weights = load_file(str(weights_path))
-    raw_state = torch.load(state_path, map_location="cpu", weights_only=False)
+    weights = load_safetensors_bytes(read_checkpoint_file(checkpoint_dir, WEIGHTS_FILE))
+    raw_state = torch.load(io.BytesIO(read_checkpoint_file(checkpoint_dir, STATE_FILE)), map_location="cpu",
+                           weights_only=False)
     return weights, TrainingState(**raw_state)
+
+
+def is_training_checkpoint(path: str | os.PathLike) -> bool:
+    """A ``step_<N>`` directory (whole files or pieces), as opposed to PI0 weights."""
+    path = Path(path)
+    return path.is_dir() and _has_file(path, WEIGHTS_FILE) and _has_file(path, STATE_FILE)
 
 
 # What reading a damaged checkpoint raises: a short or garbled safetensors header, a truncated zip
@@ -142,13 +236,15 @@ def save_checkpoint_or_keep_previous(
     weights: dict[str, torch.Tensor],
     state: TrainingState,
     keep_last: int = 3,
+    **save_options: Any,
 ) -> Path | None:
     """:func:`save_checkpoint`, but a write that fails (a full disk, a quota, an I/O error) does
     not end the run: the partial temporary directory is removed, the previous checkpoint is left
     as it was (it is only deleted after a newer one is in place), and one line says so. Returns
-    None when nothing was written; training goes on and the next save tries again."""
+    None when nothing was written; training goes on and the next save tries again.
+    ``save_options``: :func:`save_checkpoint`'s (``max_file_bytes``, ``metrics_path``)."""
     try:
-        return save_checkpoint(run_dir, weights, state, keep_last=keep_last)
+        return save_checkpoint(run_dir, weights, state, keep_last=keep_last, **save_options)
     except OSError as error:
         for partial in checkpoint_root(run_dir).glob(f".tmp_step_{state.step}_{os.getpid()}"):
             shutil.rmtree(partial, ignore_errors=True)  # give the space back

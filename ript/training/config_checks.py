@@ -158,8 +158,25 @@ def check_hyperparameters(cfg: DictConfig, world_size: int) -> None:
             _fail(key, value, "must be >= 1")
     if cfg.training.keep_last_checkpoints < 0:
         _fail("training.keep_last_checkpoints", cfg.training.keep_last_checkpoints, "must be >= 0 (0 keeps every one)")
+    check_checkpoint_options(cfg)
     check_cfg_flow_options(cfg)
     check_eval_init_states(cfg)
+
+
+def check_checkpoint_options(cfg: DictConfig) -> None:
+    """Legs of a long run and checkpoints sized for a limited transfer (README, "What is saved")."""
+    training = cfg.training
+    stop = training.get("stop_after_step")
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= training.n_steps):
+        _fail("training.stop_after_step", stop, f"a round between 1 and training.n_steps={training.n_steps}, "
+                                                "or null to run to the end")
+    for key in ("checkpoint_shard_mb", "checkpoint_budget_mb"):
+        value = training.get(key)
+        if value is not None and _number(f"training.{key}", value) <= 0:
+            _fail(f"training.{key}", value, "a size in MB > 0, or null for no limit")
+    shard = training.get("checkpoint_shard_mb")
+    if shard is not None and shard * 2**20 < 1:
+        _fail("training.checkpoint_shard_mb", shard, "pieces must hold at least one byte; use e.g. 16")
 
 
 def check_eval_init_states(cfg: DictConfig) -> None:
@@ -203,6 +220,16 @@ def check_cfg_flow_options(cfg: DictConfig) -> None:
     if clip and cfg.task.get("benchmark_name") is None:
         _fail("algo.clip_labels", clip, f"clips labels to what LIBERO's controller executes, but task="
                                         f"{cfg.task.get('name')} is not a LIBERO suite; drop it")
+    per_round = algo.get("demo_replay_per_round", 0)
+    if int(_number("algo.demo_replay_per_round", per_round)) != per_round or per_round < 0:
+        _fail("algo.demo_replay_per_round", per_round, "the number of SFT demos replayed each round: an integer >= 0")
+    if per_round > 0 and algo.get("demo_replay_path") is None:
+        _fail("algo.demo_replay_per_round", per_round, "needs the demos: set algo.demo_replay_path=<pack.npz or "
+                                                       "demos.pkl> (scripts/sft_libero.py record), or use 0")
+    if per_round > 0:
+        _check_path("algo.demo_replay_path", algo.demo_replay_path, "the demo pack")
+    if _number("algo.demo_replay_weight", algo.get("demo_replay_weight", 1.0)) <= 0:
+        _fail("algo.demo_replay_weight", algo.demo_replay_weight, "a positive conditional-branch weight (1 = default)")
     if algo.get("bc_ablation", False) and algo.get("uncond_scope", "all") == "successes":
         _fail("algo.uncond_scope", algo.uncond_scope, "the BC ablation trains on every rollout by design; "
                                                       "use algo.uncond_scope=all with algo.bc_ablation=true")
@@ -221,6 +248,13 @@ def shipped_defaults(cfg: DictConfig) -> DictConfig:
         return compose(CONFIG_NAME, overrides=overrides)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return compose(CONFIG_NAME, overrides=overrides)
+
+
+# Keys whose shipped default is null (chosen at run time) but that take one type when set: the
+# example value stands for that type in the check and the message.
+NULL_DEFAULT_TYPES = {"algo.num_parallel_envs": 2, "training.stop_after_step": 12,
+                      "training.checkpoint_shard_mb": 15.0, "training.checkpoint_budget_mb": 64.0,
+                      "algo.demo_replay_num_demos": 5}
 
 
 def _typed_leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -252,7 +286,10 @@ def check_value_types(cfg: DictConfig, defaults: DictConfig | None = None) -> No
     error naming the key, before any check compares it with a number. Every key of the shipped
     config is covered; keys a user adds with ``++`` are left to their consumers."""
     defaults = shipped_defaults(cfg) if defaults is None else defaults
-    for key, default in _typed_leaves(OmegaConf.to_container(defaults, resolve=False)):
+    leaves = dict(_typed_leaves(OmegaConf.to_container(defaults, resolve=False)))
+    for key, example in NULL_DEFAULT_TYPES.items():
+        leaves.setdefault(key, example)
+    for key, default in leaves.items():
         try:
             value = OmegaConf.select(cfg, key, throw_on_missing=False)
         except OmegaConfBaseException:

@@ -22,6 +22,9 @@ from ript.datasets.init_state_dataset import collate_init_states
 from ript.training.checkpointing import (
     TrainingState,
     capture_rng_state,
+    checkpoint_metrics,
+    checkpoint_size_bytes,
+    estimate_checkpoint_bytes,
     UNREADABLE_CHECKPOINT_ERRORS,
     load_checkpoint,
     load_latest_valid_checkpoint,
@@ -108,9 +111,23 @@ class TrainingRun:
                 "rl_optimizer": self.rl_optimizer.state_dict() if hasattr(self.rl_optimizer, "state_dict") else None,
             },
         )
+        shard_mb = self.cfg.training.get("checkpoint_shard_mb")
         # A failed write (full disk) keeps the previous checkpoint and the run going.
-        return save_checkpoint_or_keep_previous(self.run_dir, self.policy.trainable_state_dict(), state,
-                                                keep_last=self.cfg.training.keep_last_checkpoints)
+        path = save_checkpoint_or_keep_previous(self.run_dir, self.policy.trainable_state_dict(), state,
+                                                keep_last=self.cfg.training.keep_last_checkpoints,
+                                                max_file_bytes=None if shard_mb is None else int(shard_mb * 2**20),
+                                                metrics_path=self.metrics.path)
+        if path is None:
+            return None
+        budget_mb = self.cfg.training.get("checkpoint_budget_mb")
+        size_mb = checkpoint_size_bytes(path) / 2**20
+        if budget_mb is not None and size_mb > budget_mb:
+            # The run goes on (its checkpoints are complete), but they cannot leave the machine in one
+            # transfer: say so on every save rather than discover it when the machine is gone.
+            logger.error("checkpoint %s is %.1f MB, over training.checkpoint_budget_mb=%s: it will not fit "
+                         "the transfer; train fewer parameters (algo.policy.train_expert_only=true) or lower "
+                         "algo.success_replay_per_state", path, size_mb, budget_mb)
+        return path
 
     def close(self) -> None:
         """End of the run: logs, the generator's envs and counter, the runner's pooled workers."""
@@ -185,10 +202,29 @@ def build_training_run(cfg: DictConfig, dist_info: DistInfo, raw_cfg: DictConfig
                                   seed=cfg.seed, rank=dist_info.rank, shuffle=cfg.train_dataloader.shuffle)
     run = TrainingRun(cfg, dist_info, run_dir, policy, env_runner, rollout_generator, rl_optimizer,
                       optimizers, schedulers, batches, metrics, task_names)
+    check_checkpoint_budget(cfg, policy, optimizers)
     install_fault_injection(run)  # test/soak hooks; nothing unless debug.fault_injection lists rounds
     _maybe_resume(run)
     logger.info("rank %d trains on tasks %s; run dir %s", dist_info.rank, task_names, run_dir)
     return run
+
+
+def check_checkpoint_budget(cfg: DictConfig, policy: Any, optimizers: list[torch.optim.Optimizer]) -> None:
+    """``training.checkpoint_budget_mb``: fail before the first round if a checkpoint (trainable
+    weights + optimizer moments, at full precision: a resume must be exact) cannot fit."""
+    budget_mb = cfg.training.get("checkpoint_budget_mb")
+    if budget_mb is None:
+        return
+    params = [p for group in policy.trainable_params.values() for p in group]
+    estimate_mb = estimate_checkpoint_bytes(params, optimizers) / 2**20
+    if estimate_mb > budget_mb:
+        raise ConfigError(
+            f"training.checkpoint_budget_mb={budget_mb!r}: a checkpoint of this run needs at least "
+            f"{estimate_mb:.1f} MB ({sum(p.numel() for p in params) / 1e6:.2f} M trainable parameters, their "
+            "optimizer moments included); train fewer parameters (algo.policy.freeze_vision_encoder=true, "
+            "algo.policy.train_expert_only=true) or raise the budget")
+    logger.info("checkpoint estimate %.1f MB (weights + optimizer moments) within training.checkpoint_budget_mb=%s",
+                estimate_mb, budget_mb)
 
 
 def _check_parallel_envs(cfg: DictConfig, dataset: Any) -> None:
@@ -210,6 +246,9 @@ def _check_parallel_envs(cfg: DictConfig, dataset: Any) -> None:
 def _maybe_resume(run: TrainingRun) -> None:
     found = _find_checkpoint(run)
     if found is None:
+        if run.cfg.training.resume:
+            # Rows of an attempt that died before its first checkpoint are logged again.
+            run.metrics.restore(None, up_to_step=-1)
         return
     checkpoint_dir, weights, state = found
     _check_same_model(run, checkpoint_dir, weights)
@@ -225,9 +264,10 @@ def _maybe_resume(run: TrainingRun) -> None:
     if run.dist_info.world_size == 1:
         restore_rng_state(state.rng)  # other ranks keep their own seeded streams
     run.step = state.step
-    # Rounds after the checkpoint were logged by the run that died; they are about to run again.
-    run.metrics.drop_rows_after(run.step)
-    logger.info("resumed from %s at step %d", checkpoint_dir, run.step)
+    # metrics.jsonl continues the checkpoint's record: its rows (or, for a checkpoint saved without
+    # them, this run dir's) up to the checkpoint's step; later rows are logged again by this run.
+    dropped = run.metrics.restore(checkpoint_metrics(checkpoint_dir), up_to_step=run.step)
+    logger.info("resumed from %s at step %d (%d metrics rows after it dropped)", checkpoint_dir, run.step, dropped)
 
 
 def _find_checkpoint(run: TrainingRun) -> tuple[Path, dict[str, torch.Tensor], TrainingState] | None:

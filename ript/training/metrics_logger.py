@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -86,28 +85,30 @@ class MetricsLogger:
                 logger.warning("wandb.log failed (%s); disabling wandb, metrics.jsonl continues", error)
                 self._wandb_run = None
 
-    def drop_rows_after(self, step: int) -> int:
-        """Remove the rows of steps after ``step`` (and a torn last line), atomically; returns how
-        many went. A resumed run calls it: the rounds after its checkpoint were logged by the run
-        that died and are about to be logged again, so each round stays in the file exactly once."""
-        if not self.enabled or not self.path.is_file():
+    def restore(self, rows: str | None, up_to_step: int) -> int:
+        """A resume continues the same record: the file becomes ``rows`` (the metrics saved with the
+        checkpoint; None: this file's own rows) without any row of a step after ``up_to_step``,
+        which the resumed run logs again. Returns how many rows were dropped."""
+        if not self.enabled:
             return 0
+        if rows is None:
+            rows = self.path.read_text() if self.path.exists() else ""
         kept, dropped = [], 0
-        for line in self.path.read_text().splitlines():
-            try:
-                row_step = json.loads(line)["step"]
-            except (ValueError, KeyError, TypeError):
-                dropped += 1  # a line cut short by a kill mid-write
+        for line in rows.splitlines():
+            if not line.strip():
                 continue
-            if row_step > step:
+            try:
+                step = json.loads(line).get("step", 0)
+            except ValueError:  # a line cut short by a kill mid-write
+                dropped += 1
+                continue
+            if step > up_to_step:
                 dropped += 1
             else:
-                kept.append(line)
-        if dropped:
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
-            logger.info("metrics.jsonl: dropped %d row(s) after step %d (they are logged again)", dropped, step)
+                kept.append(line + "\n")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.path)  # atomic: a crash here leaves the old file or the new one
         return dropped
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -222,8 +222,13 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         return batch
 
     @torch.no_grad()
-    def select_action(self, observation: Mapping[str, Any], cfg_scale: float = 1.0) -> torch.Tensor:
-        """PI0 observation (batch B) -> (B, n_action_steps, action_dim) normalised model-space actions."""
+    def select_action(self, observation: Mapping[str, Any], cfg_scale: float = 1.0,
+                      noise_seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """PI0 observation (batch B) -> (B, n_action_steps, action_dim) normalised model-space actions.
+
+        ``noise_seeds``: one seed per sample; sample ``i``'s flow noise is then drawn from its own
+        generator, so it does not depend on the other samples of the batch (the rollout scheduler
+        keys the seeds by episode and chunk). None draws from the global generator."""
         if cfg_scale < 0:
             raise ValueError(f"cfg_scale={cfg_scale} must be >= 0 (1.0 = conditional policy only)")
         batch = self._to_device_batch(observation)
@@ -231,10 +236,17 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         self.model.eval()
         try:
             noise = None
-            if self.noise_temperature != 1.0:
-                state = batch["state"]
-                shape = (state.shape[0], self.config.chunk_size, self.config.max_action_dim)
-                noise = self.noise_temperature * torch.randn(shape, dtype=torch.float32, device=self.device)
+            batch_size = batch["state"].shape[0]
+            shape = (self.config.chunk_size, self.config.max_action_dim)
+            if noise_seeds is not None:
+                if len(noise_seeds) != batch_size:
+                    raise ValueError(f"noise_seeds has {len(noise_seeds)} seeds for a batch of {batch_size}")
+                noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
+                                     for seed in noise_seeds]).to(self.device)  # (B, T, max_action_dim)
+                noise = self.noise_temperature * noise
+            elif self.noise_temperature != 1.0:
+                noise = self.noise_temperature * torch.randn((batch_size, *shape), dtype=torch.float32,
+                                                             device=self.device)
             actions = self.pi0.select_action(batch, cfg_scale=cfg_scale, noise=noise)  # (B, 50, max_action_dim)
         finally:
             self.model.train(was_training)

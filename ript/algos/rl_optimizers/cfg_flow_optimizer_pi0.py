@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -56,6 +57,7 @@ from ript.algos.rl_optimizers.cfg_flow_math import (
     weighted_cfg_flow_loss,
     window_alphas,
 )
+from ript.algos.rl_optimizers.demo_replay import DemoReplay
 from ript.algos.rl_optimizers.success_replay import SuccessReplay
 from ript.types import Episode
 from ript.utils.distributed import (
@@ -68,6 +70,7 @@ from ript.utils.distributed import (
 )
 
 logger = logging.getLogger(__name__)
+DEMO_EPISODE_INDEX_OFFSET = 1_000_000  # episode_index of replayed demos (seeds, episode weighting)
 
 GROUPS = ("model", "header")  # order of `optimizers` and keys of `policy.trainable_params`
 
@@ -101,6 +104,12 @@ class CFGFlowConfig:
     # the round re-enter the conditional branch with this weight. 0 = off (plain CFGRL round).
     success_replay_per_state: int = 0
     success_replay_weight: float = 1.0
+    # Replay of the SFT demos (demo_replay.py): this many successful demos of the pack at
+    # demo_replay_path enter the conditional branch each round with this weight. 0 = off.
+    demo_replay_path: str | None = None
+    demo_replay_per_round: int = 0
+    demo_replay_weight: float = 1.0
+    demo_replay_num_demos: int | None = None  # the first N demos of the pack (the start's); None: all
     # Diagnostics logged every round (docs/learning.md): branch gap on this many of the round's
     # windows (0 = off; one extra no-grad pass), and the weights' distance from the first round's.
     diagnostic_windows: int = 16
@@ -143,6 +152,15 @@ class CFGFlowConfig:
                "the number of stored successes replayed per init state; 0 turns replay off")
         _check(self.success_replay_weight > 0, "success_replay_weight", self.success_replay_weight,
                "replayed successes need a positive conditional-branch weight (default 1.0)")
+        _check(int(self.demo_replay_per_round) == self.demo_replay_per_round and self.demo_replay_per_round >= 0,
+               "demo_replay_per_round", self.demo_replay_per_round,
+               "the number of successful SFT demos replayed each round; 0 turns demo replay off")
+        _check(self.demo_replay_per_round == 0 or self.demo_replay_path is not None, "demo_replay_path",
+               self.demo_replay_path, "demo_replay_per_round > 0 needs a demo pack (.npz) or demos.pkl to replay")
+        _check(self.demo_replay_weight > 0, "demo_replay_weight", self.demo_replay_weight,
+               "replayed demos need a positive conditional-branch weight (default 1.0)")
+        _check(self.demo_replay_num_demos is None or self.demo_replay_num_demos >= 1, "demo_replay_num_demos",
+               self.demo_replay_num_demos, "the first N demos of the pack (the start's), N >= 1; null: all")
         _check(int(self.diagnostic_windows) == self.diagnostic_windows and self.diagnostic_windows >= 0,
                "diagnostic_windows", self.diagnostic_windows, "use 0 (off) or the number of windows to probe")
         for key in ("grad_norm_clip", "header_grad_norm_clip"):
@@ -240,6 +258,10 @@ class CFGFlowOptimizerPI0:
         rloo_batch_size: int | None = None,
         success_replay_per_state: int = 0,
         success_replay_weight: float = 1.0,
+        demo_replay_path: str | None = None,
+        demo_replay_per_round: int = 0,
+        demo_replay_weight: float = 1.0,
+        demo_replay_num_demos: int | None = None,
         diagnostic_windows: int = 16,
         track_weight_distance: bool = False,
         episode_weighting: EpisodeWeighting = "window",
@@ -258,6 +280,8 @@ class CFGFlowOptimizerPI0:
             max_consecutive_nonfinite=max_consecutive_nonfinite, seed=seed, bc_ablation=bc_ablation,
             shuffle_windows=shuffle_windows, seeded_noise=seeded_noise, noise_dim=noise_dim,
             success_replay_per_state=success_replay_per_state, success_replay_weight=success_replay_weight,
+            demo_replay_path=demo_replay_path, demo_replay_per_round=demo_replay_per_round,
+            demo_replay_weight=demo_replay_weight, demo_replay_num_demos=demo_replay_num_demos,
             diagnostic_windows=diagnostic_windows, track_weight_distance=track_weight_distance,
             episode_weighting=episode_weighting, uncond_scope=uncond_scope, clip_labels=clip_labels,
             anchor_l2=anchor_l2, cond_lr_scale=cond_lr_scale,
@@ -274,6 +298,8 @@ class CFGFlowOptimizerPI0:
         self.round = 0  # rounds done; seeds noise and shuffling
         self.consecutive_nonfinite = 0  # run-level: consecutive skipped optimisation steps
         self.replay = SuccessReplay(success_replay_per_state) if success_replay_per_state > 0 else None
+        self.demo_replay = (DemoReplay(demo_replay_path, demo_replay_per_round, seed, demo_replay_num_demos)
+                            if demo_replay_per_round > 0 else None)
         self._start_weights: list[torch.Tensor] | None = None  # for train/weight_distance
 
     # ------------------------------------------------------------------------------ state
@@ -303,9 +329,11 @@ class CFGFlowOptimizerPI0:
         """Rollouts -> RLOO -> weights -> windows -> CFG-Flow update. Returns rank-averaged metrics."""
         if len(optimizers) != len(GROUPS):
             raise ValueError(f"optimizers must be [model_optimizer, header_optimizer], got {len(optimizers)} items")
+        rollout_started = time.perf_counter()
         episodes, _task_ids, valid_mask, samples_checked = self.rollout_generator.generate_rollouts(
             model, batch, data_iterator, dataloader
         )
+        timing = self._rollout_timing(time.perf_counter() - rollout_started)
         needs_start = self.config.track_weight_distance or self.config.anchor_l2 > 0
         if needs_start and self._start_weights is None:
             # The first round's weights: the start (SFT) policy; the anchor pulls towards them.
@@ -313,15 +341,20 @@ class CFGFlowOptimizerPI0:
         scored = self.score_episodes(episodes, valid_mask)
         windows, n_skipped = self.make_windows(episodes, scored.weights, model)
         n_replayed = self._add_replayed_windows(episodes, windows, model)
+        n_demo = self._add_demo_windows(windows, model)
         self.assign_window_weights(windows)
+        training_started = time.perf_counter()
         stats = self.train_on_windows(model, windows, optimizers)
+        timing["time/training_s"] = time.perf_counter() - training_started
         diagnostics = self._diagnostics(model, episodes, scored, windows)
         diagnostics["n_replayed_windows"] = float(n_replayed)
+        diagnostics["n_demo_windows"] = float(n_demo)
         if windows:
             success = torch.tensor([w.success for w in windows])
             alphas = torch.tensor([w.uncond_weight for w in windows], dtype=torch.float64)
             diagnostics["failed_window_share"] = float((~success).double().mean())
             diagnostics["failed_alpha_share"] = failed_weight_share(alphas, success)
+        diagnostics.update(timing)
         metrics = self._round_metrics(episodes, scored, windows, n_skipped, stats, samples_checked, diagnostics)
         log_rank_zero(
             logger, "round %d: score %.3f, windows %d used / %d skipped, %d steps (%d non-finite skipped), "
@@ -331,6 +364,17 @@ class CFGFlowOptimizerPI0:
         )
         self.round += 1
         return metrics
+
+    def _rollout_timing(self, rollout_s: float) -> dict[str, float]:
+        """This rank's rollout phase: wall time, and with a scheduler, its inference time,
+        simulator utilisation and throughput (averaged over ranks in the round's metrics)."""
+        timing = {"time/rollout_s": rollout_s}
+        scheduler = getattr(self.rollout_generator, "last_scheduler", None)
+        if scheduler is not None:
+            timing["time/inference_s"] = scheduler.stats.inference_s
+            timing["sched/simulator_utilization"] = scheduler.stats.utilization
+            timing["sched/episodes_per_min"] = scheduler.stats.episodes_per_min
+        return timing
 
     def score_episodes(self, episodes: Sequence[Episode], valid_mask: Any) -> _Scored:
         """Rewards, RLOO advantages (RIPT) and conditional-branch weights (CFGRL) per episode."""
@@ -393,6 +437,19 @@ class CFGFlowOptimizerPI0:
         for w, a, f in zip(windows, alphas.tolist(), scales.tolist()):
             w.weight = float(w.weight * f)
             w.uncond_weight = float(a * f)
+
+    def _add_demo_windows(self, windows: list[Window], model: Any) -> int:
+        """Append windows of this round's replayed SFT demos (weight ``demo_replay_weight``, counted as
+        successes: the alpha scope and diagnostics treat them as positives). Returns windows added."""
+        if self.demo_replay is None:
+            return 0
+        demos = self.demo_replay.episodes_for_round(self.round, model.norm_stats, self._n_action_steps(model))
+        weights = torch.full((len(demos),), self.config.demo_replay_weight)
+        # Episode indices far above any round's rollouts and replays: their own noise seeds, and their
+        # own per-episode weight under episode_weighting="episode".
+        demo_windows, _ = self.make_windows(demos, weights, model, first_index=DEMO_EPISODE_INDEX_OFFSET)
+        windows.extend(demo_windows)
+        return len(demo_windows)
 
     def _add_replayed_windows(self, episodes: Sequence[Episode], windows: list[Window], model: Any) -> int:
         """Append windows of earlier successes of this round's init states (weight
@@ -631,6 +688,14 @@ class CFGFlowOptimizerPI0:
             out["train/weight_distance"] = r["diag/weight_distance"]  # identical replicas
         if "diag/n_replayed_windows" in r:
             out["train/replayed_windows"] = r["diag/n_replayed_windows"] * world
+        if "diag/n_demo_windows" in r:
+            out["train/demo_windows"] = r["diag/n_demo_windows"] * world
+        for key in ("time/rollout_s", "time/inference_s", "time/training_s"):
+            if f"diag/{key}" in r:
+                out[key] = r[f"diag/{key}"]  # mean over ranks
+        if "diag/sched/simulator_utilization" in r:
+            out["rollout/simulator_utilization"] = r["diag/sched/simulator_utilization"]
+            out["rollout/episodes_per_min"] = r["diag/sched/episodes_per_min"] * world  # all ranks
         for key in ("failed_window_share", "failed_alpha_share"):
             if f"diag/{key}" in r:
                 out[f"train/{key}"] = r[f"diag/{key}"]  # mean over ranks

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from ript.algos.rl_optimizers.file_counter import GlobalCounter, make_global_counter
+from ript.env_runner.rollout_scheduler import EpisodeSpec, derive_seed
 from ript.types import Episode
 from ript.utils import distributed as du
 
@@ -74,6 +75,17 @@ def _noise_temperature(model: Any, temperature: float) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- bookkeeping
+
+
+@dataclass
+class _OpenGroup:
+    """A group whose K episodes are queued or running (scheduled collection)."""
+
+    index: int  # draw order within the round: accepted groups are returned in this order
+    task_id: int
+    task_name: str
+    key: str | None  # rollout-stats key of its init state
+    episodes: list[Episode | None]
 
 
 @dataclass
@@ -311,6 +323,15 @@ class RolloutGenerator:
             logger.info("loaded rollout stats for %d init states from %s",
                         len(self.stats_tracker.history), self.rollout_stats_path)
         self.created_envs: dict[str, tuple[Any, int, int]] = {}
+        # Runners with a scheduler (ChunkedRunner) run all groups of a round through it, unless
+        # configured lockstep; RIPT-style runners get one run_policy_in_env call per group.
+        self._scheduled = (hasattr(env_runner, "make_scheduler")
+                           and getattr(env_runner, "scheduler", "continuous") != "lockstep")
+        # Rounds run so far: with base_seed it seeds every episode (resets, flow noise), so it is
+        # saved in checkpoints.
+        self.round_index = 0
+        self.base_seed = 0 if seed is None else int(seed)
+        self.last_scheduler: Any = None  # the last round's RolloutScheduler (its timing stats)
         self.last_round_stats = RoundStats()
         self.last_data_iterator: Iterator | None = None
 
@@ -354,22 +375,15 @@ class RolloutGenerator:
         """
         self.counter.reset()  # a fresh per-round key: nothing shared is zeroed (no race)
         stats = RoundStats()
-        episodes: list[Episode] = []
-        task_ids: list[int] = []
+        self.round_index += 1
         cursor = _BatchCursor(batch, data_iterator, dataloader)
         bar = tqdm(total=self.demo_batch_size, desc=f"rollouts[rank {self.rank}]",
                    disable=not self.use_tqdm, leave=False, dynamic_ncols=True)
         with torch.no_grad():
-            while stats.accepted < self.demo_batch_size and not self._should_stop(stats):
-                group = self._next_group(cursor, stats, model)
-                if group is None:
-                    continue
-                episodes.extend(group[0])
-                task_ids.extend([group[1]] * self.rloo_batch_size)
-                stats.accepted += 1
-                stats.global_accepted = self.counter.add(1)
-                bar.update(1)
-                bar.set_postfix(global_=f"{stats.global_accepted}/{self.global_threshold}")
+            if self._scheduled:
+                episodes, task_ids = self._collect_scheduled(model, cursor, stats, bar)
+            else:
+                episodes, task_ids = self._collect_group_by_group(model, cursor, stats, bar)
         bar.close()
         self.last_data_iterator = cursor.iterator
         valid = [True] * len(episodes)
@@ -378,11 +392,82 @@ class RolloutGenerator:
         return episodes, task_ids, valid, stats.samples_checked
 
     def state_dict(self) -> dict[str, Any]:
-        """Rollout stats for checkpoints (this rank's)."""
-        return {"rollout_stats": self.stats_tracker.state_dict()}
+        """Rollout stats and the round counter (it seeds the episodes) for checkpoints (this rank's)."""
+        return {"rollout_stats": self.stats_tracker.state_dict(), "round_index": self.round_index}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stats_tracker.load_state_dict(state.get("rollout_stats", {}))
+        self.round_index = int(state.get("round_index", self.round_index))
+
+    # ------------------------------------------------------------------ the two collection loops
+
+    def _collect_group_by_group(self, model: Any, cursor: "_BatchCursor", stats: RoundStats,
+                                bar: Any) -> tuple[list[Episode], list[int]]:
+        """RIPT's loop: one group at a time through ``run_policy_in_env`` (runners without a
+        scheduler, and ``scheduler=lockstep``)."""
+        episodes: list[Episode] = []
+        task_ids: list[int] = []
+        while stats.accepted < self.demo_batch_size and not self._should_stop(stats):
+            group = self._next_group(cursor, stats, model)
+            if group is None:
+                continue
+            episodes.extend(group[0])
+            task_ids.extend([group[1]] * self.rloo_batch_size)
+            self._accept(stats, bar)
+        return episodes, task_ids
+
+    def _collect_scheduled(self, model: Any, cursor: "_BatchCursor", stats: RoundStats,
+                           bar: Any) -> tuple[list[Episode], list[int]]:
+        """All groups through one :class:`RolloutScheduler`: every simulator takes the next queued
+        episode as its own ends. Groups are queued while ``accepted + open < demo_batch_size``; a
+        group is judged (stats, dynamic sampling) when its K-th episode ends, and a dropped one is
+        replaced at once. Accepted groups are returned in the order they were drawn, K by K."""
+        k = self.rloo_batch_size
+        scheduler = self.env_runner.make_scheduler(
+            model, cfg_scale=self.cfg_scale, base_seed=derive_seed(self.base_seed, "round", self.round_index))
+        self.last_scheduler = scheduler
+        open_groups: dict[int, _OpenGroup] = {}
+        accepted: list[_OpenGroup] = []
+        drawn = 0
+
+        def queue_groups() -> None:
+            nonlocal drawn
+            while len(accepted) + len(open_groups) < self.demo_batch_size and not self._should_stop(stats):
+                sample = self._draw_sample(cursor, stats)
+                if sample is None:
+                    continue
+                task_id, task_name, init_states, key = sample
+                group = _OpenGroup(drawn, task_id, task_name, key, [None] * k)
+                open_groups[drawn] = group
+                for i in range(k):
+                    scheduler.submit(EpisodeSpec(task_name, init_states[i], key=(self.round_index, drawn, i)))
+                stats.groups_run += 1
+                drawn += 1
+
+        with _noise_temperature(model, self.noise_temperature):
+            queue_groups()
+            for spec, episode in scheduler.run():
+                _, group_index, i = spec.key
+                group = open_groups[group_index]
+                self._label(episode, spec.init_state, group.key)
+                group.episodes[i] = episode
+                if any(ep is None for ep in group.episodes):
+                    continue
+                del open_groups[group_index]
+                if self._judge(group.task_name, group.key, group.episodes, stats):
+                    accepted.append(group)
+                    self._accept(stats, bar)
+                queue_groups()
+        accepted.sort(key=lambda g: g.index)
+        episodes = [ep for g in accepted for ep in g.episodes]
+        task_ids = [g.task_id for g in accepted for _ in range(k)]
+        return episodes, task_ids
+
+    def _accept(self, stats: RoundStats, bar: Any) -> None:
+        stats.accepted += 1
+        stats.global_accepted = self.counter.add(1)
+        bar.update(1)
+        bar.set_postfix(global_=f"{stats.global_accepted}/{self.global_threshold}")
 
     def close(self) -> None:
         """Close created envs and (if this generator made it) the counter."""
@@ -414,10 +499,10 @@ class RolloutGenerator:
             return True
         return False
 
-    def _next_group(
-        self, cursor: _BatchCursor, stats: RoundStats, model: Any
-    ) -> tuple[list[Episode], int] | None:
-        """Draw one sample and roll it out; None when it was skipped or dropped."""
+    def _draw_sample(self, cursor: _BatchCursor, stats: RoundStats
+                     ) -> tuple[int, str, np.ndarray, str | None] | None:
+        """The next sample's ``(task_id, task_name, (K, D) init states, stats key)``; None when
+        rollout-stats tracking skips it."""
         task_id, name, state = cursor.next_sample()
         stats.samples_checked += 1
         task_name = self._task_name(task_id, name)
@@ -426,8 +511,10 @@ class RolloutGenerator:
             stats.skipped_all_success += 1
             logger.debug("rank %d: skip all-success init state %s (%s)", self.rank, key[:12], task_name)
             return None
-        stats.groups_run += 1
-        episodes = self._run_group(model, task_name, init_states, key)
+        return task_id, task_name, init_states, key
+
+    def _judge(self, task_name: str, key: str | None, episodes: list[Episode], stats: RoundStats) -> bool:
+        """Record a finished group's successes; False when dynamic sampling drops it."""
         successes = [bool(ep.success) for ep in episodes]
         stats.record(task_name, successes)
         if key is not None:
@@ -435,6 +522,20 @@ class RolloutGenerator:
         if self.enable_dynamic_sampling and len(set(successes)) == 1:
             stats.dropped_uniform += 1
             logger.debug("rank %d: drop uniform group %s (%s)", self.rank, successes, task_name)
+            return False
+        return True
+
+    def _next_group(
+        self, cursor: _BatchCursor, stats: RoundStats, model: Any
+    ) -> tuple[list[Episode], int] | None:
+        """Draw one sample and roll it out; None when it was skipped or dropped."""
+        sample = self._draw_sample(cursor, stats)
+        if sample is None:
+            return None
+        task_id, task_name, init_states, key = sample
+        stats.groups_run += 1
+        episodes = self._run_group(model, task_name, init_states, key)
+        if not self._judge(task_name, key, episodes, stats):
             return None
         return episodes, task_id
 
@@ -512,11 +613,15 @@ class RolloutGenerator:
         for i, (success, total_reward, episode) in enumerate(results):
             episode.success = bool(success)
             episode.total_reward = float(total_reward)
-            if episode.init_state is None:
-                episode.init_state = np.asarray(init_states[i])
-            episode.extra["init_hash"] = key
+            self._label(episode, init_states[i], key)
             episodes.append(episode)
         return episodes
+
+    @staticmethod
+    def _label(episode: Episode, init_state: np.ndarray, key: str | None) -> None:
+        if episode.init_state is None:
+            episode.init_state = np.asarray(init_state)
+        episode.extra["init_hash"] = key
 
     def _pad(self, episodes: list[Episode], task_ids: list[int], valid: list[bool]) -> None:
         target = self.demo_batch_size * self.rloo_batch_size

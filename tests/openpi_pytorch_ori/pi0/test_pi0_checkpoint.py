@@ -1,9 +1,11 @@
-"""Checkpoint I/O in the reference key layout: round trips, missing cond_embed, strict mode,
-sharded checkpoints, layout remapping and clear errors."""
+"""Checkpoint I/O in the reference key layout: round trips, missing CFG-condition parameters
+(zero-filled, one log line, also under strict), strict mode, sharded checkpoints, layout remapping
+and clear errors."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ REFERENCE_VLM = "model.paligemma_with_expert.paligemma.language_model.model."
 REFERENCE_TIED_HEAD = "model.paligemma_with_expert.paligemma.language_model.lm_head.weight"
 REFERENCE_EXPERT_HEAD = "model.paligemma_with_expert.gemma_expert.lm_head.weight"
 COND_EMBED = "model.cond_embed.weight"
+COND_LAYER_MOD = "model.cond_layer_mod"
 
 
 def tiny_policy(seed: int, **overrides) -> PI0Policy:
@@ -97,28 +100,72 @@ def test_checkpoint_without_cond_embed_loads_reports_it_and_zeroes_it(tmp_path, 
     del tensors[COND_EMBED]
     save_file(tensors, str(tmp_path / "pretrained.safetensors"))
 
-    report = load_pi0_weights(target, tmp_path / "pretrained.safetensors")
-    assert report.missing == [COND_EMBED] and report.unexpected == []
+    report = load_pi0_weights(target, tmp_path / "pretrained.safetensors", strict=True)
+    assert report.zero_filled == [COND_EMBED] and report.missing == [] and report.unexpected == []
     assert torch.count_nonzero(target.model.cond_embed.weight) == 0
     losses_pos, losses_uncond, _ = outputs(target, batch)
     torch.testing.assert_close(losses_pos, losses_uncond, rtol=1e-5, atol=1e-5)  # interleaved layout: equal to rounding
 
 
+def _modulated(seed: int) -> PI0Policy:
+    policy = tiny_policy(seed, cond_layer_modulation=True)
+    with torch.no_grad():  # as if trained: the zero-fill must really overwrite it
+        policy.model.cond_layer_mod.normal_(std=0.5)
+    return policy
+
+
+def test_checkpoint_without_the_per_layer_condition_loads_zero_filled_with_one_log_line(tmp_path, batch, caplog):
+    # A checkpoint saved without cond_layer_modulation (the shipped one, any pretrained PI0) into the
+    # default model (modulation on): strict load passes, the modulation is zero, so every output equals
+    # the same checkpoint loaded into a model without modulation; one INFO line names the keys.
+    source = tiny_policy(seed=0)
+    save_pi0_weights(source, tmp_path / "plain.safetensors")
+    target = _modulated(seed=1)
+    with caplog.at_level(logging.INFO, logger="openpi_pytorch_ori.pi0.checkpoint"):
+        report = load_pi0_weights(target, tmp_path / "plain.safetensors", strict=True)
+    assert report.zero_filled == [COND_LAYER_MOD] and report.missing == [] and report.unexpected == []
+    assert torch.count_nonzero(target.model.cond_layer_mod) == 0
+    lines = [r.getMessage() for r in caplog.records if "zero-filled" in r.getMessage()]
+    assert len(lines) == 1 and COND_LAYER_MOD in lines[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # nothing else to warn about
+    assert_same_outputs(source, target, batch)
+
+
+def test_checkpoint_with_the_per_layer_condition_keeps_it(tmp_path, batch):
+    trained, fresh = _modulated(seed=0), _modulated(seed=1)
+    save_pi0_weights(trained, tmp_path / "mod.safetensors")
+    report = load_pi0_weights(fresh, tmp_path / "mod.safetensors", strict=True)
+    assert report.zero_filled == [] and report.missing == []
+    assert torch.equal(fresh.model.cond_layer_mod, trained.model.cond_layer_mod)
+    assert_same_outputs(trained, fresh, batch)
+
+
 def test_strict_mode_fails_listing_missing_and_unexpected_keys_and_loads_nothing(tmp_path):
-    source, target = tiny_policy(seed=0), tiny_policy(seed=1)
+    # Only the CFG-condition keys are zero-filled; any other missing or unexpected key still fails
+    # a strict load, named in the error, before any weight is touched.
+    source, target = tiny_policy(seed=0), _modulated(seed=1)
     save_pi0_weights(source, tmp_path / "full.safetensors")
     tensors = load_file(str(tmp_path / "full.safetensors"))
     del tensors[COND_EMBED]
+    del tensors["model.state_proj.bias"]
     tensors["model.some_head_we_do_not_have.weight"] = torch.zeros(3)
     save_file(tensors, str(tmp_path / "odd.safetensors"))
     before = {k: v.clone() for k, v in target.state_dict().items()}
 
     with pytest.raises(CheckpointKeyMismatchError) as error:
         load_pi0_weights(target, tmp_path / "odd.safetensors", strict=True)
-    assert COND_EMBED in str(error.value) and "model.some_head_we_do_not_have.weight" in str(error.value)
-    assert error.value.missing == [COND_EMBED]
+    assert "model.state_proj.bias" in str(error.value) and "model.some_head_we_do_not_have.weight" in str(error.value)
+    assert error.value.missing == ["model.state_proj.bias"]
     assert error.value.unexpected == ["model.some_head_we_do_not_have.weight"]
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+
+
+def test_strict_mode_refuses_a_per_layer_condition_the_model_does_not_have(tmp_path):
+    # The other direction is a real mismatch: a trained per-layer condition would be dropped.
+    save_pi0_weights(_modulated(seed=0), tmp_path / "mod.safetensors")
+    with pytest.raises(CheckpointKeyMismatchError) as error:
+        load_pi0_weights(tiny_policy(seed=1), tmp_path / "mod.safetensors", strict=True)
+    assert error.value.unexpected == [COND_LAYER_MOD] and error.value.missing == []
 
 
 def test_strict_mode_accepts_known_unused_reference_keys(tmp_path):

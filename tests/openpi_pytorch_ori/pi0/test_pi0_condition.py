@@ -34,7 +34,7 @@ def _loaded(fixture_doc, **overrides) -> PI0Policy:
     policy = PI0Policy(PI0Config.from_reference_json(doc, **overrides))
     report = load_pi0_weights(policy, path)
     if overrides.get("cond_layer_modulation"):
-        assert "model.cond_layer_mod" in report.missing  # reported, left at its zero init
+        assert "model.cond_layer_mod" in report.zero_filled  # reported, zero-filled, not "missing"
     return policy.eval()
 
 

@@ -71,8 +71,8 @@ def test_config_built_from_reference_numbers(reference, policy):
 
 def test_loader_reports_reference_checkpoint(reference):
     _, report = _build_policy(reference)
-    # cond_embed is ours (not in the reference): reported missing and left at zero.
-    assert report.missing == ["model.cond_embed.weight"]
+    # cond_embed is ours (not in the reference): zero-filled, not a missing key.
+    assert report.zero_filled == ["model.cond_embed.weight"] and report.missing == []
     # The expert's LM head is never used by PI0 and not instantiated; the tied VLM lm_head is a
     # duplicate of embed_tokens. Both are known and reported as ignored, not as failures.
     assert "model.paligemma_with_expert.gemma_expert.lm_head.weight" in report.ignored

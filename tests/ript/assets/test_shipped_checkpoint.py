@@ -59,6 +59,22 @@ def test_loads_strictly_into_the_small_preset():
         assert torch.equal(state[local], f.get_tensor(key).float())  # bf16 -> float32 exactly
 
 
+def test_loads_strictly_into_the_default_per_layer_condition_unchanged():
+    # algo=pi0_cfg_rl builds the policy with the per-layer condition (issue 26); the checkpoint predates
+    # it: a strict load zero-fills it, and the policy's chunk equals the one without the condition.
+    plain = _policy(pretrained_path=BUILTIN, strict_load=True)
+    modulated = _policy(pretrained_path=BUILTIN, strict_load=True, cond_layer_modulation=True)
+    assert torch.count_nonzero(modulated.pi0.model.cond_layer_mod) == 0
+    gen = torch.Generator().manual_seed(0)
+    obs = {"image.base_0_rgb": torch.randint(0, 256, (1, 3, 112, 112), dtype=torch.uint8, generator=gen),
+           "state": torch.randn(1, 8, generator=gen), "prompt": ["pick up the ketchup and place it in the basket"]}
+    chunks = []
+    for policy in (plain, modulated):
+        torch.manual_seed(0)
+        chunks.append(policy.select_action(obs, cfg_scale=2.0))  # both branches
+    torch.testing.assert_close(chunks[0], chunks[1], rtol=0, atol=1e-6)
+
+
 def test_norm_stats_are_the_checkpoints_own(policy):
     assert resolve_norm_stats_path(BUILTIN) == str(CKPT_DIR / "norm_stats.json")
     on_disk = load_norm_stats(str(CKPT_DIR / "norm_stats.json"))

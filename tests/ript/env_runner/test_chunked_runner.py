@@ -1,4 +1,4 @@
-"""Spec tests for ChunkedRunner's loop with a fake vectorised env and a fake policy (no simulator).
+"""Spec tests for ChunkedRunner's lockstep loop with a fake vectorised env and a fake policy (no simulator).
 
 The fake env encodes "how many steps has this env taken, wait steps included" in
 ``robot0_eef_pos[0]``, so a test can tell exactly which observation the policy saw.
@@ -115,6 +115,9 @@ class FakeRunner(ChunkedRunner):
     def __init__(self, env_kwargs_per_creation=None, max_len=120, tasks=("task_a",), **kw):
         kw.setdefault("num_steps_wait", WAIT)
         kw.setdefault("num_parallel_envs", 2)
+        # These specs pin the lockstep loop (batch composition, per-batch retries); the
+        # continuous scheduler has its own in test_rollout_scheduler.py.
+        kw.setdefault("scheduler", "lockstep")
         super().__init__(**kw)
         self.env_kwargs = list(env_kwargs_per_creation or [{}])
         self.created: list[FakeVectorEnv] = []

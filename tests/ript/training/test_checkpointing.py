@@ -244,3 +244,59 @@ def test_loading_a_non_checkpoint_names_expected_files_and_the_fix(tmp_path, con
     assert str(target) in message
     assert WEIGHTS_FILE in message and STATE_FILE in message
     assert "training.resume_from=" in message  # the fix: point at a step_<N> directory
+
+
+# --------------------------------------------------------------------------- transfer-sized checkpoints
+# The GPU machine returns files of at most 16 MB each (issue 26): training.checkpoint_shard_mb splits
+# larger checkpoint files into byte pieces; loading joins them back bit-exact.
+
+
+def test_files_over_the_limit_are_split_into_pieces_that_load_back_exactly(tmp_path):
+    model, optimizer, scheduler = _trained_module_and_optim()
+    weights = {"big": torch.randn(1000), **{n: p.detach().clone() for n, p in model.named_parameters()}}
+    state = _state(3, optimizer, scheduler, rollout_stats={"abc": [1, 0]})
+    path = save_checkpoint(tmp_path, weights, state, max_file_bytes=1500)
+
+    names = sorted(p.name for p in path.iterdir())
+    # 4000+ bytes of weights -> several pieces of <= 1500 bytes; nothing larger than the limit.
+    assert not (path / WEIGHTS_FILE).exists() and f"{WEIGHTS_FILE}.part001of00" in "".join(names)
+    assert all(p.stat().st_size <= 1500 for p in path.iterdir())
+    assert ckpt.is_training_checkpoint(path)
+    loaded_weights, loaded_state = load_checkpoint(path)
+    _assert_nested_equal(loaded_weights, weights)
+    _assert_nested_equal(loaded_state.optimizers, state.optimizers)
+    _assert_nested_equal(loaded_state.rng["torch"], state.rng["torch"])
+    assert loaded_state.step == 3 and loaded_state.rollout_stats == {"abc": [1, 0]}
+
+
+def test_small_files_stay_whole_under_the_limit(tmp_path):
+    path = save_checkpoint(tmp_path, _weights(1.0), _state(1), max_file_bytes=10**8)
+    assert (path / WEIGHTS_FILE).is_file() and (path / STATE_FILE).is_file()
+
+
+def test_a_missing_piece_is_named(tmp_path):
+    path = save_checkpoint(tmp_path, {"big": torch.randn(1000)}, _state(1), max_file_bytes=1500)
+    second = next(p for p in path.iterdir() if p.name.startswith(f"{WEIGHTS_FILE}.part002of"))
+    second.unlink()  # a transfer that lost one file
+    with pytest.raises(FileNotFoundError, match=r"pieces of trainable.safetensors are incomplete"):
+        load_checkpoint(path)
+
+
+def test_the_metrics_rows_travel_with_the_checkpoint(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "loss/fm_loss": 0.5}\n')
+    path = save_checkpoint(tmp_path, _weights(), _state(1), metrics_path=metrics)
+    metrics.write_text('{"step": 1, "loss/fm_loss": 0.5}\n{"step": 2, "loss/fm_loss": 0.4}\n')  # later rows
+    assert ckpt.checkpoint_metrics(path) == '{"step": 1, "loss/fm_loss": 0.5}\n'  # as of the save
+    assert ckpt.checkpoint_metrics(save_checkpoint(tmp_path / "other", _weights(), _state(1))) is None
+    assert ckpt.checkpoint_size_bytes(path) == sum(p.stat().st_size for p in path.iterdir())
+
+
+def test_checkpoint_estimate_counts_weights_and_optimizer_moments():
+    # Linear(10, 10): 110 float32 weights = 440 bytes. AdamW keeps exp_avg and exp_avg_sq (2 x 440),
+    # plain SGD nothing, momentum SGD one buffer (440): 440 + 880 = 1320; 440; 440 + 440 = 880.
+    layer = nn.Linear(10, 10)
+    params = list(layer.parameters())
+    assert ckpt.estimate_checkpoint_bytes(params, [torch.optim.AdamW(params)]) == 1320
+    assert ckpt.estimate_checkpoint_bytes(params, [torch.optim.SGD(params, lr=0.1)]) == 440
+    assert ckpt.estimate_checkpoint_bytes(params, [torch.optim.SGD(params, lr=0.1, momentum=0.9)]) == 880

@@ -188,6 +188,28 @@ def test_zero_training_steps(compose_cfg):
     _raises_naming(compose_cfg("training.n_steps=0"), "training.n_steps", 0)
 
 
+@pytest.mark.parametrize("override, key, value", [
+    ("training.stop_after_step=0", "training.stop_after_step", 0),
+    ("training.stop_after_step=3", "training.stop_after_step", 3),  # beyond n_steps=2
+    ("training.checkpoint_shard_mb=0", "training.checkpoint_shard_mb", 0),
+    ("training.checkpoint_budget_mb=-64", "training.checkpoint_budget_mb", -64),
+])
+def test_checkpoint_and_leg_options_out_of_range(compose_cfg, override, key, value):
+    _raises_naming(compose_cfg(override), key, value)
+
+
+@pytest.mark.parametrize("key, value", [("training.stop_after_step", "half"), ("training.checkpoint_shard_mb", "big"),
+                                        ("training.checkpoint_budget_mb", "64MB"), ("algo.demo_replay_num_demos", 2.5)])
+def test_null_default_options_of_the_wrong_type_name_the_type(compose_cfg, key, value):
+    # Their shipped default is null, so the type comes from NULL_DEFAULT_TYPES.
+    assert "must be" in _raises_naming(compose_cfg(f"{key}={value}"), key, value)
+
+
+def test_checkpoint_and_leg_options_in_range_pass(compose_cfg):
+    check_config(compose_cfg("training.stop_after_step=1", "training.checkpoint_shard_mb=16",
+                             "training.checkpoint_budget_mb=64"))
+
+
 # --------------------------------------------------------------------------- norm stats vs action mode
 
 

@@ -1,5 +1,5 @@
 """The pieces the soak (scripts/soak.py) leans on, one at a time: a checkpoint write that fails on a
-full disk, a resume that meets a damaged newest checkpoint, metrics rows of rounds that run again,
+full disk, a resume that meets a damaged newest checkpoint, a metrics line torn by a kill,
 the debug fault-injection hooks (off by default), and a collective that lost its peer."""
 from __future__ import annotations
 
@@ -102,26 +102,19 @@ def test_no_readable_checkpoint_means_a_fresh_start(tmp_path, caplog):
 
 
 # --------------------------------------------------------------------------- metrics of repeated rounds
-def test_rows_after_the_resumed_step_and_a_torn_line_are_dropped(tmp_path):
+def test_a_resume_drops_rows_after_its_step_and_a_line_torn_by_a_kill(tmp_path):
     metrics = MetricsLogger(tmp_path, wandb_mode="disabled")
     for step in (1, 2, 3):
         metrics.log(step, {"loss/fm_loss": float(step)})
     with (tmp_path / "metrics.jsonl").open("a") as handle:
         handle.write('{"step": 4, "loss/fm')  # the run died writing this line
-    assert metrics.drop_rows_after(2) == 2
+    # No checkpoint copy of the rows (None): the run directory's own file is the record.
+    assert metrics.restore(None, up_to_step=2) == 2
     metrics.log(3, {"loss/fm_loss": 30.0})  # the resumed run logs round 3 again
     from ript.training.run_summary import read_metrics
 
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["loss/fm_loss"] == 30.0
-
-
-def test_nothing_to_drop_leaves_the_file_alone(tmp_path):
-    metrics = MetricsLogger(tmp_path, wandb_mode="disabled")
-    metrics.log(1, {"a": 1.0})
-    before = (tmp_path / "metrics.jsonl").stat().st_mtime_ns
-    assert metrics.drop_rows_after(1) == 0
-    assert (tmp_path / "metrics.jsonl").stat().st_mtime_ns == before
 
 
 # --------------------------------------------------------------------------- debug.fault_injection

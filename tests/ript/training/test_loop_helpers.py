@@ -209,3 +209,48 @@ def test_merge_sums_env_rebuild_counts():
     results[0]["rollout/num_env_rebuilds"] = 2
     assert merge_eval_results(results)["rollout/num_env_rebuilds"] == 2
     assert merge_eval_results(results[1:])["rollout/num_env_rebuilds"] == 0
+
+
+# --------------------------------------------------------------------------- checkpoint budget
+# The small-preset LIBERO run (7.96 M parameters) against the GPU machine's 64 MB return budget:
+# every trainable fp32 weight costs 12 bytes in a checkpoint (weight + AdamW's two moments).
+
+
+def _small_policy_and_optimizers(**kwargs):
+    from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
+
+    policy = PI0_OFT_Policy(norm_stats_path="builtin:pi0_small_libero_object_ketchup", preset="small",
+                            dtype="float32", device_id="cpu", cond_layer_modulation=True, **kwargs)
+    optimizers = [torch.optim.AdamW(policy.trainable_params[g], lr=1e-5) for g in ("model", "header")]
+    return policy, optimizers
+
+
+def _budget_cfg(mb):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"training": {"checkpoint_budget_mb": mb}})
+
+
+def test_a_fully_trainable_small_pi0_does_not_fit_64_mb_and_the_error_names_the_fix():
+    from ript.training.config_checks import ConfigError
+    from ript.training.loop import check_checkpoint_budget
+
+    policy, optimizers = _small_policy_and_optimizers(freeze_vision_encoder=False)  # the SFT start's setting
+    with pytest.raises(ConfigError) as info:
+        check_checkpoint_budget(_budget_cfg(64), policy, optimizers)
+    message = str(info.value)
+    # 7.04 M trainable x 12 bytes = 80.6 MiB (the VLM's unused last-layer MLP and lm_head are frozen).
+    assert message.startswith("training.checkpoint_budget_mb=64:") and "80.6 MB" in message
+    assert "train_expert_only=true" in message
+    check_checkpoint_budget(_budget_cfg(None), policy, optimizers)  # no budget: no check
+
+
+def test_training_the_action_expert_only_fits_the_budget_of_one_run():
+    from ript.training.checkpointing import estimate_checkpoint_bytes
+    from ript.training.loop import check_checkpoint_budget
+
+    policy, optimizers = _small_policy_and_optimizers(train_expert_only=True)
+    params = [p for group in policy.trainable_params.values() for p in group]
+    # 1.18 M trainable (expert 1.115 M + heads and the per-layer condition) x 12 bytes = 13.5 MiB.
+    assert estimate_checkpoint_bytes(params, optimizers) / 2**20 == pytest.approx(13.5, abs=0.05)
+    check_checkpoint_budget(_budget_cfg(30), policy, optimizers)  # two runs' checkpoints in 64 MB

@@ -201,3 +201,26 @@ def test_disabled_mode_never_imports_or_starts_wandb(tmp_path, monkeypatch, capl
     # A tripwire hit would be swallowed by the logger's wandb guard and show up as a warning.
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert _records(tmp_path)[0]["a"] == 1
+
+
+def test_restore_keeps_the_checkpoints_rows_and_drops_later_ones(tmp_path):
+    # A resume from step 2 continues the same record: rows of steps 3+ (logged after the checkpoint
+    # by the run that died) go, the resumed run logs them again.
+    logger = MetricsLogger(tmp_path, wandb_mode="disabled")
+    for step in (0, 1, 2, 3):
+        logger.log(step, {"loss/fm_loss": float(step)})
+    saved = '{"step": 0, "a": 1}\n{"step": 1, "a": 2}\n{"step": 2, "a": 3}\n{"step": 2, "b": 4}\n'
+    assert logger.restore(saved, up_to_step=1) == 2
+    assert [json.loads(line) for line in logger.path.read_text().splitlines()] == [{"step": 0, "a": 1},
+                                                                                  {"step": 1, "a": 2}]
+    logger.log(2, {"loss/fm_loss": 9.0})  # appends after the restored rows
+    assert [json.loads(line)["step"] for line in logger.path.read_text().splitlines()] == [0, 1, 2]
+
+
+def test_restore_without_saved_rows_truncates_the_own_file(tmp_path):
+    logger = MetricsLogger(tmp_path, wandb_mode="disabled")
+    for step in (1, 2, 3):
+        logger.log(step, {"x": 1.0})
+    assert logger.restore(None, up_to_step=2) == 1
+    assert [json.loads(line)["step"] for line in logger.path.read_text().splitlines()] == [1, 2]
+    assert logger.restore(None, up_to_step=-1) == 2 and logger.path.read_text() == ""

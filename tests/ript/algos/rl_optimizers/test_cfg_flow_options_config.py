@@ -40,12 +40,15 @@ def test_all_options_together_compose_pass_the_checks_and_reach_their_constructo
         assert all(k in params for k in node if not k.startswith("_")), cls
 
 
-def test_defaults_keep_the_seed_behaviour(compose_cfg):
+def test_defaults_keep_the_seed_behaviour_except_the_per_layer_condition(compose_cfg):
+    # Issue 26 made the per-layer condition at 10x lr the default (verified on unseen reach seeds,
+    # docs/learning.md); every other option keeps the seed's behaviour.
     cfg = compose_cfg(["task=reach_rl"])
     algo = cfg.algo
-    assert (algo.episode_weighting, algo.uncond_scope, algo.clip_labels, algo.anchor_l2, algo.cond_lr_scale,
-            algo.rollout_noise_temperature, algo.cfg_scale, algo.policy.cond_layer_modulation) == \
-        ("window", "all", False, 0.0, 1.0, 1.0, 1.0, False)
+    assert (algo.episode_weighting, algo.uncond_scope, algo.clip_labels, algo.anchor_l2,
+            algo.rollout_noise_temperature, algo.cfg_scale) == ("window", "all", False, 0.0, 1.0, 1.0)
+    assert algo.policy.cond_layer_modulation is True and algo.cond_lr_scale == 10.0
+    assert OmegaConf.to_container(algo.rl_optimizer_factory, resolve=True)["cond_lr_scale"] == 10.0
 
 
 def test_clip_labels_composes_on_libero(compose_cfg):
@@ -66,6 +69,11 @@ BAD = [
     (["algo.cond_lr_scale=0"], "algo.cond_lr_scale=0", "> 0"),
     (["algo.rollout_noise_temperature=0"], "algo.rollout_noise_temperature=0", "> 0"),
     (["algo.clip_labels=true"], "algo.clip_labels=True", "not a LIBERO suite"),
+    (["algo.demo_replay_per_round=2"], "algo.demo_replay_per_round=2", "algo.demo_replay_path="),
+    (["algo.demo_replay_per_round=2", "algo.demo_replay_path=/no/such/pack.npz"],
+     "algo.demo_replay_path='/no/such/pack.npz'", "does not exist"),
+    (["algo.demo_replay_per_round=-1"], "algo.demo_replay_per_round=-1", "integer >= 0"),
+    (["algo.demo_replay_weight=0"], "algo.demo_replay_weight=0", "positive"),
 ]
 
 
@@ -76,3 +84,21 @@ def test_inconsistent_options_are_refused_with_key_value_and_fix(compose_cfg, ov
         check_config(cfg)
     message = str(info.value)
     assert message.startswith(key_value) and fix in message and "\n" not in message
+
+
+def test_the_if_the_lift_stalls_options_compose_and_reach_their_constructors(compose_cfg, tmp_path):
+    # Issue 26's fallbacks, each one key: SFT demos replayed as positives, a larger alpha (the
+    # unconditional branch's weight, algo.cfg_uncond_weight), and K 16 with dynamic sampling.
+    pack = tmp_path / "demos.npz"
+    pack.write_bytes(b"")  # only its existence is checked before the run is built
+    cfg = compose_cfg(["task=reach_rl", f"algo.demo_replay_path={pack}", "algo.demo_replay_per_round=4",
+                       "algo.demo_replay_weight=0.5", "algo.cfg_uncond_weight=0.5", "algo.rloo_batch_size=16",
+                       "algo.enable_dynamic_sampling=true"])
+    check_config(cfg)
+    algo = OmegaConf.to_container(cfg.algo, resolve=True)
+    opt, gen = algo["rl_optimizer_factory"], algo["rollout_generator_factory"]
+    assert (opt["demo_replay_path"], opt["demo_replay_per_round"], opt["demo_replay_weight"]) == (str(pack), 4, 0.5)
+    assert opt["cfg_uncond_weight"] == 0.5
+    assert gen["rloo_batch_size"] == 16 and gen["enable_dynamic_sampling"] is True
+    defaults = OmegaConf.to_container(compose_cfg(["task=reach_rl"]).algo.rl_optimizer_factory, resolve=True)
+    assert defaults["demo_replay_per_round"] == 0 and defaults["demo_replay_path"] is None  # off by default

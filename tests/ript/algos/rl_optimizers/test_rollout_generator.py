@@ -349,3 +349,59 @@ def test_noise_temperature_needs_a_policy_that_can_scale_its_noise():
     it = iter(loader)
     with pytest.raises(ValueError, match="noise_temperature"):
         gen.generate_rollouts(model=object(), batch=next(it), data_iterator=it, dataloader=loader)
+
+
+# --------------------------------------------------------------------------- with the scheduler
+def _scripted_round(scheduler: str, demo: int = 3, k: int = 4, seed: int = 4):
+    """A round on the scripted runner; K different held-out states per group so groups differ
+    (the scripted episodes depend on the init state only; tests/scheduler_fakes.py)."""
+    from ript.algos.rl_optimizers.cfg_flow_math import rloo_advantages
+    from scheduler_fakes import ObservationPolicy, ScriptedRunner, scripted_states
+
+    runner = ScriptedRunner(scheduler=scheduler, num_parallel_envs=3, max_len=30)
+    pool = scripted_states([5, 0, 0, 0, 0, 0, 29, 12])  # seed 4 draws two all-fail groups
+    gen = RolloutGenerator(runner, rloo_batch_size=k, demo_batch_size=demo, use_tqdm=False,
+                           enable_dynamic_sampling=True, use_val_init=True, mix_val_init_in_rloo=True,
+                           val_init_states={"task_a": pool}, seed=seed)
+    n = 4 * demo
+    batch = {"task_id": torch.zeros(n, dtype=torch.long), "task_name": ["task_a"] * n,
+             "init_state": {"states": torch.zeros(n, 3)}}
+    episodes, task_ids, valid, checked = gen.generate_rollouts(ObservationPolicy(), batch, iter(()), None)
+    rewards = [float(ep.success) for ep in episodes]
+    return gen, runner, episodes, task_ids, valid, checked, rloo_advantages(rewards, k, valid)
+
+
+def test_scheduler_gives_the_lockstep_groups_advantages_and_episodes():
+    old = _scripted_round("lockstep")
+    new = _scripted_round("continuous")
+    gen_old, gen_new = old[0], new[0]
+    assert gen_new.last_round_stats.dropped_uniform == gen_old.last_round_stats.dropped_uniform >= 1
+    assert gen_new.last_round_stats.groups_run == gen_old.last_round_stats.groups_run
+    assert new[3:6] == old[3:6]  # task ids, valid mask, samples checked
+    torch.testing.assert_close(new[6], old[6], rtol=0, atol=0)  # RLOO advantages
+    for a, b in zip(old[2], new[2]):
+        assert (a.success, a.num_steps) == (b.success, b.num_steps)
+        np.testing.assert_array_equal(a.init_state, b.init_state)
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.sampled_chunks, b.sampled_chunks)
+    assert gen_new.last_scheduler is not None and gen_old.last_scheduler is None
+
+
+def test_scheduler_replaces_a_group_dynamic_sampling_drops():
+    gen, runner, episodes, task_ids, valid, checked, adv = _scripted_round("continuous", demo=2)
+    stats = gen.last_round_stats
+    assert stats.accepted == 2 and stats.dropped_uniform >= 1
+    assert stats.groups_run == stats.accepted + stats.dropped_uniform  # one replacement per drop
+    assert len(episodes) == 2 * 4 and all(valid)
+    for group in range(2):  # every accepted group is mixed, K consecutive episodes
+        successes = {ep.success for ep in episodes[4 * group:4 * group + 4]}
+        assert successes == {True, False}
+    assert gen.last_scheduler.stats.episodes == 4 * stats.groups_run
+
+
+def test_scheduler_round_index_seeds_rounds_and_is_checkpointed():
+    gen = _scripted_round("continuous")[0]
+    assert gen.round_index == 1 and gen.state_dict()["round_index"] == 1
+    fresh = RolloutGenerator(FakeRunner(), rloo_batch_size=K, demo_batch_size=1, use_tqdm=False)
+    fresh.load_state_dict(gen.state_dict())
+    assert fresh.round_index == 1
