@@ -64,6 +64,10 @@ REACH = ["task=reach_rl", "task.task_names_to_use=[reach_red,reach_blue]", "algo
 LIBERO = ["task=libero_object_rl", "task.task_names_to_use=[pick_up_the_ketchup_and_place_it_in_the_basket]",
           "task.max_episode_length=60", "++task.env_runner.hard_reset=false", "algo.rloo_batch_size=2",
           "algo.num_parallel_envs=2", "algo.mini_batch_size=4", "train_dataloader.batch_size=1"]
+# The main run compares final weights with an uninterrupted twin, so it needs a run that is a function
+# of its seed: the continuous scheduler batches the policy calls by wall-clock timing (two
+# uninterrupted runs already differ in the last float bits), the lockstep loop does not.
+LIBERO_DETERMINISTIC = ["task.env_runner.scheduler=lockstep"]
 LIBERO_WORKER_MARK = "ript.envs.libero_env import _worker_entry"  # the worker's command line
 
 # Faults of the main run. "process" ones come from outside the trainer; the others are config.
@@ -258,7 +262,7 @@ def main_run_args(plan: Plan, run_dir: Path) -> list[str]:
     def rounds_of(kind: str) -> str:
         return "[" + ",".join(str(f.round) for f in plan.main if f.kind == kind) + "]"
 
-    env_args = REACH if plan.env == "reach" else LIBERO
+    env_args = REACH if plan.env == "reach" else [*LIBERO, *LIBERO_DETERMINISTIC]
     return [*env_args, *COMMON, f"training.n_steps={plan.rounds}", "training.resume=true",
             f"debug.fault_injection.nonfinite_loss_rounds={rounds_of(NONFINITE)}",
             f"debug.fault_injection.checkpoint_write_fails_rounds={rounds_of(WRITE_FAILS)}",
