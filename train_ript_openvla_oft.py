@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ript.training.config_checks import ConfigError, check_config
 from ript.training.loop import TrainingRun, build_training_run, evaluate, train_one_step
-from ript.utils.distributed import cleanup_distributed, setup_distributed
+from ript.utils.distributed import PeerLostError, cleanup_distributed, peer_failure_reason, setup_distributed
 
 logger = logging.getLogger("train_ript_openvla_oft")
 
@@ -73,10 +73,13 @@ def train(cfg: DictConfig, run: TrainingRun, stop: StopRequest) -> dict[str, Any
             final_eval = evaluate(cfg, run)
             run.metrics.log(run.step, final_eval)
         # Saved after the round's evaluation, so a checkpoint's metrics hold every row of its step.
+        saved = None
         if run.step % cfg.training.save_every_n_steps == 0 or last_step or leg_end or stop.requested:
-            run.save()
+            saved = run.save()  # None on ranks > 0, and where the write failed (said in the log)
         if _stop_requested_anywhere(stop):
-            logger.warning("stopping at step %d on request (checkpoint saved)", run.step)
+            logger.warning("stopping at step %d on request (%s)", run.step,
+                           "checkpoint saved" if saved is not None or run.dist_info.rank != 0
+                           else "checkpoint NOT saved, see above; the previous one is kept")
             break
         if leg_end:
             logger.info("training.stop_after_step=%d reached (checkpoint saved)", run.step)
@@ -98,7 +101,16 @@ def _stop_requested_anywhere(stop: StopRequest) -> bool:
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     """setup -> train -> cleanup; usable from Python and tests as well as the Hydra CLI."""
-    dist_info = setup_distributed()
+    # A dead or frozen rank fails the next collective within this time instead of hanging forever.
+    timeout_s = _collective_timeout_s(cfg)
+    try:
+        dist_info = setup_distributed(timeout_s=timeout_s)
+    except RuntimeError as error:
+        reason = peer_failure_reason(error)
+        if reason is None:
+            raise
+        raise PeerLostError(f"rank {os.environ.get('RANK', '?')}: the process group did not form ({reason}) within "
+                            f"training.collective_timeout_s={timeout_s}; did every rank start?") from None
     _configure_logging(dist_info.rank)
     stop = StopRequest()
     run = None
@@ -113,6 +125,15 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         return final_eval
     except ConfigError:
         raise  # a user error, reported in one line by main(); no traceback
+    except RuntimeError as error:
+        reason = peer_failure_reason(error) if dist_info.is_distributed else None
+        if reason is None:
+            logger.exception("rank %d failed; tearing down the process group", dist_info.rank)
+            raise
+        raise PeerLostError(
+            f"rank {dist_info.rank}: a collective failed ({reason}): another rank died or stopped answering "
+            f"(training.collective_timeout_s={_collective_timeout_s(cfg)}); see its log"
+        ) from None
     except BaseException:
         logger.exception("rank %d failed; tearing down the process group", dist_info.rank)
         raise
@@ -121,6 +142,14 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         if run is not None:
             run.close()
         cleanup_distributed()
+
+
+def _collective_timeout_s(cfg: DictConfig) -> float:
+    """Read before the pre-flight checks (the process group comes first), so checked here."""
+    value = cfg.training.get("collective_timeout_s", 1800.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"training.collective_timeout_s={value!r}: must be a number of seconds > 0, e.g. 600")
+    return float(value)
 
 
 def _format_success(eval_metrics: dict[str, Any]) -> str:
@@ -147,6 +176,9 @@ def main(cfg: DictConfig) -> None:
         # stderr directly: logging may not be configured yet, and Hydra would add a traceback.
         sys.stderr.write(f"Config error: {error} (HYDRA_FULL_ERROR=1 shows the traceback)\n")
         sys.exit(CONFIG_ERROR_EXIT_CODE)
+    except PeerLostError as error:
+        sys.stderr.write(f"Distributed error: {error}\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -163,7 +164,11 @@ def load_pi0_weights(policy: nn.Module, path: str | os.PathLike, strict: bool = 
     files = resolve_checkpoint_files(path)
     loaded: dict[str, torch.Tensor] = {}
     for file in files:
-        loaded.update(load_file(str(file), device="cpu"))
+        try:
+            loaded.update(load_file(str(file), device="cpu"))
+        except SafetensorError as error:  # a truncated download, or another format under this name
+            raise ValueError(f"{file} is not a readable safetensors file ({error}): truncated or of another "
+                             "format; re-download it or pass another checkpoint") from error
     if loaded and not any(k.startswith("model.") for k in loaded):
         loaded = {f"model.{k}": v for k, v in loaded.items()}  # openpi's own export has no prefix
 
@@ -193,6 +198,9 @@ def load_pi0_weights(policy: nn.Module, path: str | os.PathLike, strict: bool = 
     report.missing = sorted(absent - set(CONDITION_KEYS))
     report.unexpected.sort()
 
+    if loaded and not to_load:
+        raise ValueError(f"{path} holds no PI0 parameter (its keys look like {sorted(loaded)[:3]}): a checkpoint "
+                         "of another model; pass a PI0 checkpoint")
     _check_shapes(to_load, local_state)
     if strict and (report.missing or report.unexpected):
         raise CheckpointKeyMismatchError(report.missing, report.unexpected)

@@ -54,6 +54,8 @@ def load_tokenizer(path: str | os.PathLike | None):
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"Tokenizer directory {str(path)!r} does not exist: {hint}")
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        raise FileNotFoundError(f"Tokenizer directory {str(path)!r} holds no tokenizer.json or tokenizer.model: {hint}")
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if tokenizer.bos_token_id is None or tokenizer.pad_token_id is None:
         raise ValueError(f"Tokenizer at {str(path)!r} needs a <bos> and a <pad> token for PI0 prompts.")

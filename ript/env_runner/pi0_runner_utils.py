@@ -111,6 +111,10 @@ def _stats_entry(entry: Any, path: str, key: str, want_dim: int, optional: bool 
             f"{want_dim} are needed ({group} of the LIBERO PI0 setup); is this the stats file "
             f"of a different robot/dataset?"
         )
+    if not np.all(np.isfinite(values[:want_dim])):
+        bad = np.flatnonzero(~np.isfinite(values[:want_dim])).tolist()
+        raise ValueError(f"norm stats file {path!r}: {key!r} holds NaN or inf at dims {bad}; every "
+                         "statistic must be a finite number (recompute the statistics)")
     return values[:want_dim]
 
 

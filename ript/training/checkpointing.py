@@ -17,8 +17,10 @@ leaves either the previous checkpoint or the new one, never a half-written one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
+import pickle
 import os
 import random
 import re
@@ -29,6 +31,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
@@ -220,3 +223,59 @@ def is_training_checkpoint(path: str | os.PathLike) -> bool:
     """A ``step_<N>`` directory (whole files or pieces), as opposed to PI0 weights."""
     path = Path(path)
     return path.is_dir() and _has_file(path, WEIGHTS_FILE) and _has_file(path, STATE_FILE)
+
+
+# What reading a damaged checkpoint raises: a short or garbled safetensors header, a truncated zip
+# (torch.save's format), a truncated pickle, a state dict of another version.
+UNREADABLE_CHECKPOINT_ERRORS = (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, OSError,
+                                KeyError, TypeError, ValueError)
+
+
+def save_checkpoint_or_keep_previous(
+    run_dir: str | os.PathLike,
+    weights: dict[str, torch.Tensor],
+    state: TrainingState,
+    keep_last: int = 3,
+    **save_options: Any,
+) -> Path | None:
+    """:func:`save_checkpoint`, but a write that fails (a full disk, a quota, an I/O error) does
+    not end the run: the partial temporary directory is removed, the previous checkpoint is left
+    as it was (it is only deleted after a newer one is in place), and one line says so. Returns
+    None when nothing was written; training goes on and the next save tries again.
+    ``save_options``: :func:`save_checkpoint`'s (``max_file_bytes``, ``metrics_path``)."""
+    try:
+        return save_checkpoint(run_dir, weights, state, keep_last=keep_last, **save_options)
+    except OSError as error:
+        for partial in checkpoint_root(run_dir).glob(f".tmp_step_{state.step}_{os.getpid()}"):
+            shutil.rmtree(partial, ignore_errors=True)  # give the space back
+        previous = latest_checkpoint(run_dir)
+        reason = errno.errorcode.get(error.errno, type(error).__name__) if error.errno else type(error).__name__
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        logger.error("checkpoint step_%d not written (%s: %s); %s; training continues",
+                     state.step, reason, error.strerror or error, kept)
+        return None
+
+
+def load_latest_valid_checkpoint(
+    run_dir: str | os.PathLike,
+) -> tuple[Path, dict[str, torch.Tensor], TrainingState] | None:
+    """The newest checkpoint of ``run_dir`` that loads, with its contents; None if there is none.
+
+    A checkpoint damaged on disk after it was written (a truncated file, a disk error) is skipped
+    with a warning, and the one resumed from is named in the same line, so a resume loses the
+    rounds since the previous checkpoint instead of failing the run."""
+    unreadable: list[str] = []
+    for checkpoint in reversed(list_checkpoints(run_dir)):
+        try:
+            weights, state = load_checkpoint(checkpoint)
+        except (FileNotFoundError, *UNREADABLE_CHECKPOINT_ERRORS) as error:
+            unreadable.append(f"{checkpoint.name} ({type(error).__name__}: {' '.join(str(error).split())[:200]})")
+            continue
+        if unreadable:
+            logger.warning("unreadable checkpoint(s) %s; resuming from the previous one, %s",
+                           ", ".join(unreadable), checkpoint)
+        return checkpoint, weights, state
+    if unreadable:
+        logger.warning("no readable checkpoint in %s (unreadable: %s): starting fresh",
+                       checkpoint_root(run_dir), ", ".join(unreadable))
+    return None

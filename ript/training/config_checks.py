@@ -150,6 +150,14 @@ def check_hyperparameters(cfg: DictConfig, world_size: int) -> None:
               f"the global batch of init states must be a positive multiple of the world size {world_size}")
     if cfg.training.n_steps < 1:
         _fail("training.n_steps", cfg.training.n_steps, "must be >= 1")
+    # Used as divisors (step % every_n) or streak limits: 0 would crash or abort at once.
+    for key in ("training.save_every_n_steps", "logging.log_every_n_steps", "rollout.every_n_steps",
+                "training.max_consecutive_nonfinite"):
+        value = OmegaConf.select(cfg, key, default=1)
+        if value is not None and value < 1:
+            _fail(key, value, "must be >= 1")
+    if cfg.training.keep_last_checkpoints < 0:
+        _fail("training.keep_last_checkpoints", cfg.training.keep_last_checkpoints, "must be >= 0 (0 keeps every one)")
     check_checkpoint_options(cfg)
     check_cfg_flow_options(cfg)
     check_eval_init_states(cfg)

@@ -25,13 +25,15 @@ from ript.training.checkpointing import (
     checkpoint_metrics,
     checkpoint_size_bytes,
     estimate_checkpoint_bytes,
-    latest_checkpoint,
+    UNREADABLE_CHECKPOINT_ERRORS,
     load_checkpoint,
+    load_latest_valid_checkpoint,
     preserved_rng_state,
     restore_rng_state,
-    save_checkpoint,
+    save_checkpoint_or_keep_previous,
 )
 from ript.training.config_checks import ConfigError, building
+from ript.training.fault_injection import install_fault_injection
 from ript.training.metrics_logger import MetricsLogger
 from ript.utils.distributed import DistInfo, is_dist_ready
 
@@ -110,10 +112,13 @@ class TrainingRun:
             },
         )
         shard_mb = self.cfg.training.get("checkpoint_shard_mb")
-        path = save_checkpoint(self.run_dir, self.policy.trainable_state_dict(), state,
-                               keep_last=self.cfg.training.keep_last_checkpoints,
-                               max_file_bytes=None if shard_mb is None else int(shard_mb * 2**20),
-                               metrics_path=self.metrics.path)
+        # A failed write (full disk) keeps the previous checkpoint and the run going.
+        path = save_checkpoint_or_keep_previous(self.run_dir, self.policy.trainable_state_dict(), state,
+                                                keep_last=self.cfg.training.keep_last_checkpoints,
+                                                max_file_bytes=None if shard_mb is None else int(shard_mb * 2**20),
+                                                metrics_path=self.metrics.path)
+        if path is None:
+            return None
         budget_mb = self.cfg.training.get("checkpoint_budget_mb")
         size_mb = checkpoint_size_bytes(path) / 2**20
         if budget_mb is not None and size_mb > budget_mb:
@@ -167,6 +172,7 @@ def build_training_run(cfg: DictConfig, dist_info: DistInfo, raw_cfg: DictConfig
         all_tasks = instantiate(cfg.task.dataset).task_names
         task_names = split_tasks_across_ranks(list(all_tasks), dist_info.rank, dist_info.world_size)
         dataset = instantiate(cfg.task.dataset, task_names_to_use=task_names)
+    _check_parallel_envs(cfg, dataset)
     with building(raw_cfg, "algo.env_runner"):
         env_runner = instantiate(cfg.algo.env_runner, task_names_to_use=task_names)
     with building(raw_cfg, "algo.policy"):
@@ -197,6 +203,7 @@ def build_training_run(cfg: DictConfig, dist_info: DistInfo, raw_cfg: DictConfig
     run = TrainingRun(cfg, dist_info, run_dir, policy, env_runner, rollout_generator, rl_optimizer,
                       optimizers, schedulers, batches, metrics, task_names)
     check_checkpoint_budget(cfg, policy, optimizers)
+    install_fault_injection(run)  # test/soak hooks; nothing unless debug.fault_injection lists rounds
     _maybe_resume(run)
     logger.info("rank %d trains on tasks %s; run dir %s", dist_info.rank, task_names, run_dir)
     return run
@@ -220,16 +227,31 @@ def check_checkpoint_budget(cfg: DictConfig, policy: Any, optimizers: list[torch
                 estimate_mb, budget_mb)
 
 
+def _check_parallel_envs(cfg: DictConfig, dataset: Any) -> None:
+    """A rollout round runs ``rloo_batch_size`` episodes of each init state it draws, so a task can
+    never fill more than ``rloo_batch_size x`` its init states envs: the extra simulators would
+    never run an episode, and on LIBERO each holds ~1.6 GB. (Fewer init states than envs is fine:
+    scripts/bench_learning.py runs 3 scenes on rloo_batch_size envs.)"""
+    n_envs, rloo = cfg.algo.get("num_parallel_envs"), cfg.algo.get("rloo_batch_size")
+    counts = {name: len(states) for name, states in getattr(dataset, "states_by_task", {}).items()}
+    if not isinstance(n_envs, int) or not isinstance(rloo, int) or not counts:
+        return
+    task, fewest = min(counts.items(), key=lambda item: item[1])
+    if n_envs > rloo * fewest:
+        raise ConfigError(f"algo.num_parallel_envs={n_envs}: more parallel envs than algo.rloo_batch_size x init "
+                          f"states of task {task} ({rloo} x {fewest} = {rloo * fewest}), so some would never run "
+                          f"an episode; use algo.num_parallel_envs<={rloo * fewest}")
+
+
 def _maybe_resume(run: TrainingRun) -> None:
-    cfg = run.cfg.training
-    checkpoint_dir = cfg.get("resume_from") or (latest_checkpoint(run.run_dir) if cfg.resume else None)
-    if checkpoint_dir is None:
-        if cfg.resume:
-            logger.warning("training.resume=true but no checkpoint in %s: starting fresh", run.run_dir)
+    found = _find_checkpoint(run)
+    if found is None:
+        if run.cfg.training.resume:
             # Rows of an attempt that died before its first checkpoint are logged again.
             run.metrics.restore(None, up_to_step=-1)
         return
-    weights, state = load_checkpoint(checkpoint_dir)
+    checkpoint_dir, weights, state = found
+    _check_same_model(run, checkpoint_dir, weights)
     run.policy.load_trainable_state_dict(weights)
     for optimizer, optimizer_state in zip(run.optimizers, state.optimizers):
         optimizer.load_state_dict(optimizer_state)
@@ -246,6 +268,47 @@ def _maybe_resume(run: TrainingRun) -> None:
     # them, this run dir's) up to the checkpoint's step; later rows are logged again by this run.
     dropped = run.metrics.restore(checkpoint_metrics(checkpoint_dir), up_to_step=run.step)
     logger.info("resumed from %s at step %d (%d metrics rows after it dropped)", checkpoint_dir, run.step, dropped)
+
+
+def _find_checkpoint(run: TrainingRun) -> tuple[Path, dict[str, torch.Tensor], TrainingState] | None:
+    """``training.resume_from`` (must load: it is the user's input) or, with ``training.resume``,
+    the newest checkpoint of the run directory that loads (a damaged newest one is skipped)."""
+    cfg = run.cfg.training
+    resume_from = cfg.get("resume_from")
+    if resume_from:
+        try:
+            weights, state = load_checkpoint(resume_from)
+        except FileNotFoundError as error:
+            raise ConfigError(f"training.resume_from={str(resume_from)!r}: {error}") from error
+        except UNREADABLE_CHECKPOINT_ERRORS as error:
+            raise ConfigError(f"training.resume_from={str(resume_from)!r}: unreadable checkpoint "
+                              f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); pass an intact "
+                              "<run_dir>/checkpoints/step_<N>") from error
+        return Path(resume_from), weights, state
+    if not cfg.resume:
+        return None
+    found = load_latest_valid_checkpoint(run.run_dir)
+    if found is None:
+        logger.warning("training.resume=true but no usable checkpoint in %s: starting fresh", run.run_dir)
+    return found
+
+
+def _check_same_model(run: TrainingRun, checkpoint_dir: Path, weights: dict[str, torch.Tensor]) -> None:
+    """A checkpoint of another preset / model fails here in one line, not deep in a tensor copy."""
+    module = getattr(run.policy, "pi0", None)  # all parameters: a frozen-then-unfrozen one is not foreign
+    named = module.named_parameters() if module is not None else run.policy.trainable_state_dict().items()
+    params = {name: value.shape for name, value in named}
+    unknown = sorted(set(weights) - set(params))
+    mismatched = [(k, tuple(v.shape), tuple(params[k])) for k, v in weights.items()
+                  if k in params and tuple(v.shape) != tuple(params[k])]
+    if not unknown and not mismatched:
+        return
+    key = "training.resume_from" if run.cfg.training.get("resume_from") else "training.resume"
+    what = (f"{len(unknown)} parameters this policy lacks (e.g. {unknown[0]})" if unknown else
+            f"{mismatched[0][0]} has shape {mismatched[0][1]}, this policy {mismatched[0][2]}")
+    preset = run.cfg.algo.policy.get("preset")
+    raise ConfigError(f"{key}={str(checkpoint_dir)!r}: a checkpoint of another model ({what}); resume with the "
+                      f"algo.policy settings it was trained with (this run: preset={preset}) or start a new run dir")
 
 
 def train_one_step(cfg: DictConfig, run: TrainingRun) -> dict[str, Any]:

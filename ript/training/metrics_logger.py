@@ -97,7 +97,12 @@ class MetricsLogger:
         for line in rows.splitlines():
             if not line.strip():
                 continue
-            if json.loads(line).get("step", 0) > up_to_step:
+            try:
+                step = json.loads(line).get("step", 0)
+            except ValueError:  # a line cut short by a kill mid-write
+                dropped += 1
+                continue
+            if step > up_to_step:
                 dropped += 1
             else:
                 kept.append(line + "\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -123,6 +124,27 @@ def cleanup_distributed() -> None:
     """Tear down the default process group if one is up (safe to call twice)."""
     if is_dist_ready():
         dist.destroy_process_group()
+
+
+# What gloo / NCCL say when the other end of a collective is gone (killed: the socket closes) or
+# stopped answering (frozen, or a network partition: the collective timeout expires).
+_PEER_LOST = re.compile(r"closed by peer|reset by peer|broken pipe|timed out|timeout|communicator was aborted",
+                        re.IGNORECASE)
+
+
+class PeerLostError(RuntimeError):
+    """A collective failed because another rank died or stopped answering; the message is one line."""
+
+
+def peer_failure_reason(error: BaseException) -> str | None:
+    """One line describing ``error`` if it is a collective that lost a peer, else None."""
+    dist_error = getattr(dist, "DistError", ())
+    if not isinstance(error, RuntimeError) or not (isinstance(error, dist_error) or _PEER_LOST.search(str(error))):
+        return None
+    lines = str(error).strip().splitlines()
+    first = lines[0] if lines else type(error).__name__
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # drop gloo's "[/path/pair.cc:553] " prefix
+    return re.split(r"\.\s", first)[0][:300]  # the first sentence; gloo appends advice and an emoji
 
 
 def unwrap(model: T) -> T:

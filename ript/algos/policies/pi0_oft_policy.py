@@ -113,7 +113,10 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         with torch.device(self.device):
             policy = PI0Policy(self.config, tokenizer=tokenizer)
         if pretrained_path is not None:
-            report = load_pi0_weights(policy, pretrained_path, strict=strict_load)
+            try:
+                report = load_pi0_weights(policy, pretrained_path, strict=strict_load)
+            except ValueError as error:  # unreadable, foreign, or another preset: name the argument
+                raise ValueError(f"pretrained_path: {error}") from error
             logger.info("loaded PI0 weights from %s: %s", pretrained_path, report.summary())
         # PI0Policy applies config.dtype itself (bf16 backbone, float32 heads); only move it.
         policy.to(device=self.device)

@@ -218,6 +218,17 @@ def test_missing_path_says_what_to_pass(tmp_path):
         load_pi0_weights(tiny_policy(seed=0), tmp_path / "empty_dir")
 
 
+def test_truncated_or_foreign_files_are_value_errors_naming_the_file(tmp_path):
+    save_pi0_weights(tiny_policy(seed=0), tmp_path / "tiny.safetensors")
+    raw = (tmp_path / "tiny.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="cut.safetensors is not a readable safetensors file"):
+        load_pi0_weights(tiny_policy(seed=0), tmp_path / "cut.safetensors")
+    save_file({"bert.encoder.weight": torch.zeros(2, 2)}, str(tmp_path / "bert.safetensors"))
+    with pytest.raises(ValueError, match="bert.safetensors holds no PI0 parameter"):
+        load_pi0_weights(tiny_policy(seed=0), tmp_path / "bert.safetensors")
+
+
 def test_shape_mismatch_names_the_key_and_both_shapes(tmp_path):
     save_pi0_weights(tiny_policy(seed=0), tmp_path / "tiny.safetensors")
     wider_state = tiny_policy(seed=0, max_state_dim=16)

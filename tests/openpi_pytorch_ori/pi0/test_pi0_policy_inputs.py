@@ -164,6 +164,9 @@ def test_missing_tokenizer_path_is_a_clear_error(tmp_path):
         load_tokenizer(tmp_path / "no_such_dir")
     with pytest.raises(FileNotFoundError, match="tokenizer_path"):
         load_tokenizer(None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no tokenizer.json or tokenizer.model"):
+        load_tokenizer(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="tokenizer_path"):
         PI0Policy(PI0Config.preset("tiny", tokenizer_path=str(tmp_path / "no_such_dir")))
 

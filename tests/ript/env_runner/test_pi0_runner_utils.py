@@ -245,6 +245,16 @@ def test_missing_file_and_keys_are_named(tmp_path):
         load_norm_stats(tmp_path / "broken.json")
 
 
+def test_non_finite_statistics_are_refused_but_padding_past_the_used_dims_is_not_read(tmp_path):
+    action = _group(7)
+    action["std"][2] = float("nan")
+    with pytest.raises(ValueError, match=r"'action.std' holds NaN or inf at dims \[2\]"):
+        load_norm_stats(_write(tmp_path, {"state": _group(8), "action": action}))
+    padded = _group(32)
+    padded["mean"][20] = float("inf")  # openpi pads to 32 dims; only the first 8 are used
+    assert load_norm_stats(_write(tmp_path, {"state": padded, "action": _group(7)})).state_dim == 8
+
+
 # ---------------------------------------------------------------- start-up sanity check
 def test_norm_stats_check_passes_in_range_and_warns_out_of_range(caplog):
     stats = _stats()  # q01 = -1, q99 = 1 for every action dim
