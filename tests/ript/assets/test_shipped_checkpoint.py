@@ -105,10 +105,12 @@ def test_one_chunk_on_a_real_libero_object_observation(policy):
     row = int(split_train_val_rows(50, 25, 0)[1][0])  # the first held-out init state
     env, _, _ = runner.create_env(TASK)
     try:
-        env.reset(id=[0])
-        obs = env.set_init_state(runner._init_states(TASK)[row:row + 1], id=[0])[0]
-        for _ in range(runner.num_steps_wait):  # objects settle, as the runner does before chunk 1
-            obs = env.step(NOOP_ACTION[None], id=[0])[0][0]
+        # As the runner does before chunk 1: objects settle; only the last step's cameras are
+        # rendered (render on demand, the runner's default; images identical to always rendering).
+        env.reset(id=[0], render=False)
+        env.set_init_state(runner._init_states(TASK)[row:row + 1], id=[0], render=False)
+        for k in range(runner.num_steps_wait):
+            obs = env.step(NOOP_ACTION[None], id=[0], render=k == runner.num_steps_wait - 1)[0][0]
     finally:
         runner.close()
     pi0_obs, raw = env_obs_to_pi0_observation([obs], [runner._task_description(TASK)], policy.norm_stats,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from multiprocess_helpers import free_port
+from multiprocess_helpers import free_port, run_forked
 import ript.algos.rl_optimizers.cfg_flow_optimizer_pi0 as opt_module
 from cfg_flow_test_utils import H, make_episode, make_norm_stats
 from ript.algos.rl_optimizers.cfg_flow_optimizer_pi0 import CFGFlowOptimizerPI0
@@ -395,9 +395,8 @@ def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_no_deadlock_and_one_average(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_dist_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    port = free_port()
+    run_forked(_dist_worker, [(rank, 2, port, str(tmp_path)) for rank in range(2)])  # fails on a hang
     for scenario in SCENARIOS:
         r0, r1 = (torch.load(tmp_path / f"{scenario}_rank{r}.pt") for r in (0, 1))
         for a, b in zip(r0["params"], r1["params"]):  # one synchronised update on both ranks
