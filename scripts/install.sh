@@ -29,7 +29,7 @@ if ! "$python_bin" -c "import torch" >/dev/null 2>&1; then
   "$python_bin" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 fi
 
-if ! "$python_bin" -c "import ript, openpi_pytorch_ori, hydra, libero, pytest" >/dev/null 2>&1 \
+if ! "$python_bin" -c "import ript, openpi_pytorch_ori, hydra, libero, pytest, xdist" >/dev/null 2>&1 \
    || [ "${FORCE_REINSTALL:-0}" = 1 ]; then
   echo "[install] installing ript-pi0 and its dependencies"
   "$python_bin" -m pip install -q -e "${repo_root}[test]"
