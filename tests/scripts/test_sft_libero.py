@@ -13,8 +13,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "ript" / "datasets"))
-from test_demo_pack import synthetic_demo  # noqa: E402
+from demo_fakes import synthetic_demo  # noqa: E402
 
 from ript.datasets.demo_pack import save_demo_pack  # noqa: E402
 

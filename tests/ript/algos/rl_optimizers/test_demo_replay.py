@@ -11,26 +11,12 @@ from ript.algos.rl_optimizers.demo_replay import DemoReplay, load_successful_dem
 from ript.datasets.demo_pack import save_demo_pack
 from test_cfg_flow_optimizer_pi0 import FakePolicy, episodes_k2, make_optimizer, sgd
 
-STRIDE = 10
+from demo_fakes import synthetic_demo
 
 
 def _demo(rng: np.random.Generator, num_steps: int, index: int, success: bool) -> dict:
-    """A recorded demo dict (images converted, at image steps only), as ript.envs.libero_object_demos
-    writes; 4-px frames like the fake rollouts' (cfg_flow_test_utils), so both collate together."""
-    quat = rng.normal(size=(num_steps, 4))
-    demo = {"robot0_eef_pos": rng.normal(size=(num_steps, 3)),
-            "robot0_eef_quat": quat / np.linalg.norm(quat, axis=1, keepdims=True),
-            "robot0_gripper_qpos": rng.normal(size=(num_steps, 2)),
-            "actions": rng.uniform(-1, 1, (num_steps, 7)).astype(np.float32),
-            "executed_actions": rng.uniform(-1, 1, (num_steps, 7)).astype(np.float32),
-            "init_state": rng.normal(size=77), "task_name": "pick_up_the_ketchup_and_place_it_in_the_basket",
-            "task_id": 4, "task_description": "pick up the ketchup and place it in the basket",
-            "init_state_index": index, "success": success, "mistake": "none",
-            "image_stride": STRIDE, "camera_size": 256, "image_size": 4, "images_converted": True}
-    for key in ("agentview_image", "robot0_eye_in_hand_image"):
-        demo[key] = [rng.integers(0, 256, (4, 4, 3), dtype=np.uint8) if t % STRIDE == 0 else None
-                     for t in range(num_steps)]
-    return demo
+    """4-px frames like the fake rollouts' (cfg_flow_test_utils), so both collate together."""
+    return synthetic_demo(rng, num_steps, index, image_size=4, success=success)
 
 
 @pytest.fixture()
