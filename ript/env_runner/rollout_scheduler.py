@@ -84,6 +84,7 @@ class SchedulerStats:
     env_steps: int = 0  # policy steps (settle steps not included)
     policy_calls: int = 0
     policy_batch_sum: int = 0  # sum of select_action batch sizes
+    peak_running: int = 0  # most episodes running at once (at most num_simulators)
 
     @property
     def utilization(self) -> float:
@@ -307,6 +308,7 @@ class RolloutScheduler:
             self._begin(sim, spec)
             free -= 1
         self._queue.extendleft(reversed(skipped))
+        self.stats.peak_running = max(self.stats.peak_running, self.num_running)
 
     def _begin(self, sim: _Simulator, spec: EpisodeSpec) -> None:
         """Start (or restart after a fault) ``spec`` on ``sim``: a reset seeded by the episode."""

@@ -405,3 +405,21 @@ def test_scheduler_round_index_seeds_rounds_and_is_checkpointed():
     fresh = RolloutGenerator(FakeRunner(), rloo_batch_size=K, demo_batch_size=1, use_tqdm=False)
     fresh.load_state_dict(gen.state_dict())
     assert fresh.round_index == 1
+
+
+def test_scheduler_runs_groups_of_several_tasks_side_by_side():
+    from scheduler_fakes import ObservationPolicy, ScriptedRunner, scripted_states
+
+    runner = ScriptedRunner(tasks=("task_a", "task_b"), num_parallel_envs=2, max_len=20)
+    pool = scripted_states([5, 0, 12, 0, 3, 9, 0, 8])
+    gen = RolloutGenerator(runner, rloo_batch_size=2, demo_batch_size=4, use_tqdm=False,
+                           use_val_init=True, mix_val_init_in_rloo=True, seed=1,
+                           val_init_states={"task_a": pool, "task_b": pool[::-1]})
+    names = ["task_a", "task_b", "task_b", "task_a"]
+    batch = {"task_id": torch.tensor([0, 1, 1, 0]), "task_name": names, "init_state": {"states": torch.zeros(4, 3)}}
+    episodes, task_ids, valid, _ = gen.generate_rollouts(ObservationPolicy(), batch, iter(()), None)
+    assert [ep.task_name for ep in episodes] == [n for n in names for _ in range(2)]  # draw order, K by K
+    assert task_ids == [0, 0, 1, 1, 1, 1, 0, 0] and all(valid)
+    assert len(runner.created) == 2  # one vectorised env per task, both used in the same round
+    # never more episodes running at once than num_parallel_envs, whatever the task
+    assert gen.last_scheduler.stats.peak_running == 2 and gen.last_scheduler.stats.episodes == 8
