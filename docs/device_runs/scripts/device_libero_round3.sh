@@ -11,7 +11,7 @@
 #
 # and carries whatever the machine still lacks:
 #   fresh machine, call 1: carry .gpu_libero/part1  (+ gpu_inputs, only if the 5-demo start must be trained here)
-#   fresh machine, call 2: carry .gpu_libero/part2  (LIBERO, MuJoCo, EGL, Hydra: ../shared/tools/gpu_libero/pack.sh)
+#   fresh machine, call 2: carry .gpu_libero/part2  (LIBERO, MuJoCo, EGL loaders, Hydra: packed for a machine without a package index)
 #   fresh machine, call 3: carry .r3                (what earlier calls returned); the experiment's very
 #                          first call instead runs `NEW=1 bash ...` with nothing to carry
 #   machine still warm:    carry nothing            (the work goes on in the background between calls)
