@@ -256,6 +256,7 @@ class ChunkedRunner:
         self._scheduler_calls = 0  # run_policy_in_env calls: part of their episodes' identity
         # Least recently used first; a task's entry stays while its workers are closed by the bound.
         self._env_pool: collections.OrderedDict[str, RecoverableVectorEnv] = collections.OrderedDict()
+        self._tasks_in_use: collections.Counter = collections.Counter()  # holds by running schedulers
         self.norm_stats_warning: str | None = None
         self._norm_stats_checked = False
         self._range_checked = False
@@ -316,11 +317,19 @@ class ChunkedRunner:
         if self.max_pooled_tasks is None:
             return
         live = [t for t, env in self._env_pool.items() if env.inner is not None and t != task_name]
-        for stale in live[:max(0, len(live) - (self.max_pooled_tasks - 1))]:
+        # Tasks a running scheduler holds keep their workers (their episodes are mid-flight); a
+        # round with more tasks than the bound exceeds it until the round ends.
+        evictable = [t for t in live if not self._tasks_in_use[t]]
+        for stale in evictable[:max(0, len(live) - (self.max_pooled_tasks - 1))]:
             logger.info("env pool: closing the workers of task %s (max_pooled_tasks=%d)", stale,
                         self.max_pooled_tasks)
             self._env_pool[stale].close()
             self.timing["pool_evictions"] += 1
+
+    def hold_task(self, task_name: str, held: bool = True) -> None:
+        """Mark a task's pooled workers as in use (a scheduler runs episodes on them), so the
+        ``max_pooled_tasks`` bound does not close them; ``held=False`` releases one hold."""
+        self._tasks_in_use[task_name] += 1 if held else -1
 
     @property
     def env_pool(self) -> dict[str, RecoverableVectorEnv]:

@@ -274,6 +274,8 @@ class RolloutScheduler:
         Episodes queued while the loop runs (between two yields) are run in the same call.
         """
         started = time.perf_counter()
+        for task_name in self._sims:  # tasks of an earlier run() call of this scheduler
+            self.runner.hold_task(task_name)
         try:
             while self._queue or self.num_running:
                 self._fill_free_simulators()
@@ -283,6 +285,8 @@ class RolloutScheduler:
             self.stats.wall_s += time.perf_counter() - started
             self._collect_busy_time()
             self._stop_inference_thread()
+            for task_name in self._sims:
+                self.runner.hold_task(task_name, held=False)
 
     # ------------------------------------------------------------------ filling simulators
     def _simulators(self, task_name: str) -> list[_Simulator]:
@@ -290,6 +294,7 @@ class RolloutScheduler:
             env = self._given_envs.get(task_name)
             if env is None:
                 env, _, _ = self.runner.create_env(task_name)
+            self.runner.hold_task(task_name)  # the pool bound must not close it mid-episode
             self._sims[task_name] = [_Simulator(env, task_name, j) for j in range(len(env))]
             self._requests[task_name] = _Requests(env)
             self._busy_marks[task_name] = (env.inner, env.busy_seconds())

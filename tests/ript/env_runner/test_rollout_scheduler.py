@@ -198,3 +198,17 @@ def test_batch_invariant_inference_samples_each_episode_alone():
     assert len(policy.calls) == sum(len(ep.chunk_start_steps) for ep in reference)
     for a, b in zip(reference, alone):
         _same_episode(a, b)
+
+
+def test_the_pool_bound_never_closes_a_task_whose_episodes_are_running():
+    runner = ScriptedRunner(tasks=("task_a", "task_b"), max_pooled_tasks=1)
+    scheduler = runner.make_scheduler(ObservationPolicy())
+    for task in ("task_a", "task_b", "task_a", "task_b"):  # both tasks' episodes run side by side
+        scheduler.submit(EpisodeSpec(task, scripted_states([0])[0], key=(task, scheduler.num_queued)))
+    episodes = [ep for _, ep in scheduler.run()]
+    assert all(ep.valid and ep.num_steps == 40 for ep in episodes) and len(episodes) == 4
+    assert len(runner.created) == 2 and not any(env.closed for env in runner.created)
+    assert runner.fault_counts["env_errors"] == 0
+    # once the run is over the bound applies again: using task_a closes task_b's workers
+    runner.create_env("task_a")
+    assert runner.created[1].closed and not runner.created[0].closed
