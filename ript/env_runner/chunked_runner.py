@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 import numpy as np
 
 from ript.env_runner.pi0_runner_utils import (
-    ACTION_DIM, ACTION_MODES, CAMERA_KEY_TO_SLOT, ActionMode, NormStats,
+    ACTION_DIM, ACTION_MODES, CAMERA_KEY_TO_SLOT, NOOP_ACTION, ActionMode, EnvFault, NormStats,
     check_norm_stats_against_chunk, env_obs_to_pi0_observation, model_chunk_to_env_actions,
     to_numpy,
 )
@@ -45,12 +45,6 @@ def default_num_simulators(cores: int | None = None) -> int:
 Scheduler = Literal["continuous", "lockstep"]
 SCHEDULERS = ("continuous", "lockstep")
 
-# Gripper -1 is "open" in LIBERO/robosuite; the wait steps must not close it on an object.
-NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
-
-
-class EnvFault(RuntimeError):
-    """A vectorised env (or one of its worker processes) failed; the env must be rebuilt."""
 
 
 class RecoverableVectorEnv:
@@ -462,15 +456,16 @@ class ChunkedRunner:
                             do_tqdm: bool, save_video_fn: Callable[..., Any] | None, cfg_scale: float,
                             replan: int) -> tuple[dict[str, list[bool]], int, Any]:
         scheduler = self.make_scheduler(policy, cfg_scale=cfg_scale, replan_steps=replan)
-        queued = 0
+        queue_position = {}
         for task_name, states in states_by_task.items():
             for i, state in enumerate(states):
+                queue_position[(task_name, i)] = len(queue_position)
                 scheduler.submit(EpisodeSpec(task_name, np.asarray(state), key=("eval", task_name, i),
-                                             record_video=queued < n_video))
-                queued += 1
-        bar = _progress(queued, "eval", do_tqdm)
+                                             record_video=len(queue_position) <= n_video))
+        bar = _progress(len(queue_position), "eval", do_tqdm)
         successes: dict[str, dict[int, bool]] = {task: {} for task in states_by_task}
-        faults = videos = 0
+        recorded: dict[int, Episode] = {}  # videos are saved in queue order, not in finishing order
+        faults = 0
         try:
             for spec, ep in scheduler.run():
                 if bar is not None:
@@ -480,9 +475,12 @@ class ChunkedRunner:
                     continue
                 successes[spec.task_name][spec.key[2]] = bool(ep.success)
                 if spec.record_video and ep.extra.get("frames"):
-                    self._save_video(ep, videos, save_video_fn)
-                    videos += 1
-                ep.extra.pop("frames", None)
+                    recorded[queue_position[(spec.task_name, spec.key[2])]] = ep
+                else:
+                    ep.extra.pop("frames", None)
+            for videos, position in enumerate(sorted(recorded)):
+                self._save_video(recorded[position], videos, save_video_fn)
+                recorded[position].extra.pop("frames", None)
         finally:
             if bar is not None:
                 bar.close()

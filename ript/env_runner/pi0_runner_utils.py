@@ -323,8 +323,17 @@ def check_norm_stats_against_chunk(norm_stats: NormStats, unnormalised_chunk: An
     return message
 
 
+# Gripper -1 is "open" in LIBERO/robosuite; the wait steps must not close it on an object.
+NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
+
+
+class EnvFault(RuntimeError):
+    """A vectorised env (or one of its worker processes) failed; the env must be rebuilt."""
+
+
 __all__ = [
-    "ACTION_MODES", "ActionMode", "CAMERA_KEY_TO_SLOT", "NormStats", "check_norm_stats_against_chunk",
+    "ACTION_MODES", "ActionMode", "CAMERA_KEY_TO_SLOT", "EnvFault", "NOOP_ACTION", "NormStats",
+    "check_norm_stats_against_chunk",
     "env_actions_to_model_chunk", "env_obs_to_pi0_observation", "load_norm_stats",
     "model_chunk_to_env_actions", "quat_to_axis_angle", "raw_state_from_env_obs",
     "resize_with_pad_like_openpi", "to_numpy",

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from ript.env_runner.pi0_runner_utils import CAMERA_KEY_TO_SLOT
+from ript.env_runner.pi0_runner_utils import CAMERA_KEY_TO_SLOT, NOOP_ACTION, EnvFault
 from ript.types import ChunkObservation, Episode
 
 if TYPE_CHECKING:  # the runner imports this module; only type hints go the other way
@@ -169,8 +169,6 @@ class _Requests:
     def run_vectorised(self) -> tuple[list[tuple[int, Any]], float, Exception | None]:
         """Lockstep envs: every outstanding request, one vectorised call per command.
         -> ([(worker, answer)], seconds, the fault that stopped it or None)."""
-        from ript.env_runner.chunked_runner import EnvFault
-
         by_cmd: dict[str, list[int]] = collections.defaultdict(list)
         for worker, (cmd, _, _) in sorted(self.outstanding.items()):
             by_cmd[cmd].append(worker)
@@ -325,8 +323,6 @@ class RolloutScheduler:
                    runner._render(read_now))
 
     def _send(self, sim: _Simulator, cmd: str, data: Any, render: bool) -> None:
-        from ript.env_runner.chunked_runner import EnvFault
-
         try:
             self._requests[sim.task_name].send(sim, cmd, data, render)
         except EnvFault as fault:  # a worker that died between requests fails on send
@@ -383,8 +379,6 @@ class RolloutScheduler:
         return [(sim, answer) for sim, answer in answers if sim is not None]
 
     def _receive(self, task_name: str, worker: int) -> tuple[_Simulator | None, Any]:
-        from ript.env_runner.chunked_runner import EnvFault
-
         sim = self._sims[task_name][worker]
         try:
             return sim, self._requests[task_name].receive(worker)
@@ -404,8 +398,6 @@ class RolloutScheduler:
         return next(iter(self._requests.values())).env
 
     def _fail_hung_workers(self) -> None:
-        from ript.env_runner.chunked_runner import EnvFault
-
         now = time.perf_counter()
         for task_name, requests in self._requests.items():
             timeout = getattr(requests.env.inner, "timeout_s", None)
@@ -451,8 +443,6 @@ class RolloutScheduler:
 
     def _settle(self, sim: _Simulator, obs: Any, steps_left: int) -> None:
         """Noop steps that let objects settle (not part of the episode), then the first chunk."""
-        from ript.env_runner.chunked_runner import NOOP_ACTION
-
         sim.obs = obs
         if steps_left <= 0:
             sim.phase = "chunk"
@@ -557,8 +547,6 @@ class RolloutScheduler:
     # ------------------------------------------------------------------ faults
     def _on_fault(self, sim: _Simulator, fault: Exception) -> None:
         """A worker died or hung under ``sim``: replace that worker, retry its episode only."""
-        from ript.env_runner.chunked_runner import EnvFault
-
         counts = self.runner.fault_counts
         counts["env_errors"] += 1
         counts["env_recreated"] += 1

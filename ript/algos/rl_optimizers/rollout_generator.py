@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from ript.algos.rl_optimizers.file_counter import GlobalCounter, make_global_counter
-from ript.env_runner.rollout_scheduler import EpisodeSpec, derive_seed
+from ript.env_runner.rollout_scheduler import EpisodeSpec
 from ript.types import Episode
 from ript.utils import distributed as du
 
@@ -423,8 +423,8 @@ class RolloutGenerator:
         group is judged (stats, dynamic sampling) when its K-th episode ends, and a dropped one is
         replaced at once. Accepted groups are returned in the order they were drawn, K by K."""
         k = self.rloo_batch_size
-        scheduler = self.env_runner.make_scheduler(
-            model, cfg_scale=self.cfg_scale, base_seed=derive_seed(self.base_seed, "round", self.round_index))
+        # The episode keys carry the round, so one base seed serves every round.
+        scheduler = self.env_runner.make_scheduler(model, cfg_scale=self.cfg_scale, base_seed=self.base_seed)
         self.last_scheduler = scheduler
         open_groups: dict[int, _OpenGroup] = {}
         accepted: list[_OpenGroup] = []

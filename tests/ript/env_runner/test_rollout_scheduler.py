@@ -212,3 +212,12 @@ def test_the_pool_bound_never_closes_a_task_whose_episodes_are_running():
     # once the run is over the bound applies again: using task_a closes task_b's workers
     runner.create_env("task_a")
     assert runner.created[1].closed and not runner.created[0].closed
+
+
+def test_evaluation_videos_are_saved_in_queue_order_not_finishing_order():
+    saved = []
+    runner = ScriptedRunner(tasks=("task_a",), max_len=30)
+    # the first state's episode runs to the cap, the second succeeds after 3 steps and ends first
+    runner.run(ObservationPolicy(), n_video=2, init_states_by_task={"task_a": scripted_states([0, 3])},
+               save_video_fn=lambda frames, task, index, success: saved.append((index, len(frames), success)))
+    assert saved == [(0, 30, False), (1, 3, True)]
