@@ -66,6 +66,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "train --out); default: <work-dir>/sft and <work-dir>/norm_stats.json")
     p.add_argument("--num-envs", type=int, default=1, help="parallel simulators for RL rounds and evaluation")
     p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--sampler", default="eager", choices=["eager", "cuda_graph"],
+                   help="how select_action runs in RL rounds and sweeps (cuda_graph: GPU only, same numbers)")
     g = p.add_argument_group("demos")
     g.add_argument("--demos-per-state", type=int, default=1)
     g.add_argument("--demo-noise", type=float, default=0.2, help="expert action noise std")
@@ -138,11 +140,12 @@ def split_rows(num_states: int, num_val: int, seed: int) -> tuple[list[int], lis
 PRESET_IMAGE_SIZE = {"small": 112, "tiny": 56}  # openpi_pytorch_ori/pi0/configuration_pi0.py presets
 
 
-def make_policy(norm_stats_path: Path, pretrained_path: Path | None = None, preset: str = "small") -> Any:
+def make_policy(norm_stats_path: Path, pretrained_path: Path | None = None, preset: str = "small",
+                sampler: str = "eager") -> Any:
     from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
 
     return PI0_OFT_Policy(norm_stats_path=str(norm_stats_path), preset=preset, dtype="float32",
-                          freeze_vision_encoder=False,
+                          freeze_vision_encoder=False, sampler=sampler,
                           pretrained_path=None if pretrained_path is None else str(pretrained_path))
 
 
@@ -240,7 +243,7 @@ def rl_overrides(args: argparse.Namespace, task_name: str, work: Path, run_dir: 
         f"+algo.rl_optimizer_factory.num_epochs={args.num_epochs}",
         "rollout.enabled=false", "logging.mode=disabled", "algo.rollout_generator_factory.use_tqdm=false",
         f"algo.policy.cond_layer_modulation={str(args.cond_layer_modulation).lower()}",
-        f"algo.cond_lr_scale={args.cond_lr_scale}",
+        f"algo.cond_lr_scale={args.cond_lr_scale}", f"algo.policy.sampler={args.sampler}",
         # --resume-rl: the same run from its newest checkpoint (metrics.jsonl continues its record).
         *(["training.resume=true"] if args.resume_rl else []),
         *args.rl_override,
@@ -280,10 +283,12 @@ def sweep_policy(args: argparse.Namespace, work: Path) -> tuple[Any, dict[str, A
     """The policy ``--sweep-from`` names, and what it is (for the record)."""
     if args.sweep_from == "start":
         weights = sft_weights(args, work)
-        return make_policy(sft_norm_stats(args, work), weights, args.preset), {"from": "start", "path": str(weights)}
+        policy = make_policy(sft_norm_stats(args, work), weights, args.preset, args.sampler)
+        return policy, {"from": "start", "path": str(weights)}
     from eval_cfg_sweep import load_policy_and_config
 
-    policy, _, info = load_policy_and_config(args.sweep_from)  # a training checkpoint: its own config
+    # A training checkpoint: its own config, with this call's sampler (it changes speed, not numbers).
+    policy, _, info = load_policy_and_config(args.sweep_from, overrides=[f"algo.policy.sampler={args.sampler}"])
     return policy, {"from": info["path"], "step": info.get("step")}
 
 

@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--states", type=int, default=8, help="scheduler part: init states per round")
     parser.add_argument("--k", type=int, default=8, help="scheduler part: rollouts per init state")
     parser.add_argument("--schedulers", default="lockstep,continuous")
+    parser.add_argument("--sampler", default="eager", choices=["eager", "cuda_graph"],
+                        help="scheduler part: how select_action runs (cuda_graph replays CUDA graphs; GPU only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out-json", default=None)
     parser.add_argument("--out-md", default=None)
@@ -233,8 +235,9 @@ def scheduler_round(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     checkpoint = "builtin:pi0_small_libero_object_ketchup"
     policy = PI0_OFT_Policy(device_id=args.device, pretrained_path=checkpoint, norm_stats_path=checkpoint,
-                            preset="small", strict_load=False)
+                            preset="small", strict_load=False, sampler=args.sampler)
     policy.eval()
+    sampler = args.sampler if policy.device.type == "cuda" else "eager"  # CUDA graphs need a GPU
     # The main job's runner settings (config/experiment/libero_object_ketchup.yaml).
     runner = Pi0LiberoRunner("libero_object", task_names_to_use=[KETCHUP], num_parallel_envs=args.num_envs,
                              action_mode="absolute", hard_reset=False, seed=0)
@@ -256,7 +259,7 @@ def scheduler_round(args: argparse.Namespace) -> list[dict[str, Any]]:
             wall = time.perf_counter() - started
             busy = sum(env.busy_seconds() or [0.0]) - busy_before
             steps = [ep.num_steps for ep in episodes if ep.valid]
-            rows.append({"scheduler": name, "simulators": args.num_envs, "episodes": len(steps),
+            rows.append({"scheduler": name, "sampler": sampler, "simulators": args.num_envs, "episodes": len(steps),
                          "successes": int(sum(ep.success for ep in episodes if ep.valid)),
                          "mean_steps": float(np.mean(steps)), "wall_s": wall,
                          "episodes_per_min": 60.0 * len(steps) / wall,
@@ -274,10 +277,14 @@ def scheduler_round(args: argparse.Namespace) -> list[dict[str, Any]]:
 def scheduler_markdown(rows: list[dict[str, Any]], args: argparse.Namespace, cores: int) -> str:
     lines = [f"One round of {args.states} init states x K {args.k} on LIBERO-Object task 4 (shipped small "
              f"PI0 checkpoint on {args.device}, {args.num_envs} simulators, {cores} cores):", "",
-             "| Scheduler | Episodes (successes) | Mean steps | Wall s | Episodes/min | Utilisation |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['scheduler']} | {r['episodes']} ({r['successes']}) | {r['mean_steps']:.0f} | "
-              f"{r['wall_s']:.1f} | {r['episodes_per_min']:.1f} | {r['utilization']:.2f} |" for r in rows]
+             "| Scheduler | Sampler | Episodes (successes) | Mean steps | Wall s | Episodes/min | Utilisation | "
+             "Policy calls (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        calls = "-" if r["policy_calls"] is None else f"{r['policy_calls']} ({r['inference_s']:.1f})"
+        lines.append(f"| {r['scheduler']} | {r['sampler']} | {r['episodes']} ({r['successes']}) | "
+                     f"{r['mean_steps']:.0f} | {r['wall_s']:.1f} | {r['episodes_per_min']:.1f} | "
+                     f"{r['utilization']:.2f} | {calls} |")
     by_name = {r["scheduler"]: r for r in rows}
     if {"lockstep", "continuous"} <= set(by_name):
         lines += ["", f"Speed-up (wall): {by_name['lockstep']['wall_s'] / by_name['continuous']['wall_s']:.2f}x"]

@@ -45,7 +45,8 @@
 # LIBERO seed 0; the issue's report seeds are 11-13: RUNS="n10_s11 n5_s11 n10_s12 n5_s12 n10_s13 n5_s13"
 # (runs go one after the other, each on all NENV simulators). Estimate, not measured: ~40-60 s a round
 # on the continuous scheduler with 14 simulators + ~2.5 min a sweep -> ~25-30 min, i.e. 3-4 calls, a run.
-# Env knobs: RUNS ("n10_s11 n5_s11": <start>_s<seed>), NENV
+# Env knobs: RUNS ("n10_s11 n5_s11": <start>_s<seed>), SAMPLER (eager | cuda_graph: select_action as CUDA
+# graphs in RL rounds and sweeps, same numbers, less launch overhead), NENV
 # (algo.num_parallel_envs, 14), ROUNDS (24), MID (12), LR (1e-5), EPOCHS (4), STATES (8 init states a
 # round), K (8), SCALES ("1 1.5 2 3"), EVAL_STATES (50: the held-out ones among the first N shipped
 # states), R3_DIR / GL_DIR (/tmp/r3, /tmp/gl), EXTRA (more Hydra overrides for RL, space-separated).
@@ -61,13 +62,13 @@
 set -uo pipefail
 MODE=${1:-500}
 R=${R3_DIR:-/tmp/r3}; GL=${GL_DIR:-/tmp/gl}; REPO=$R/repo
-RUNS=${RUNS:-"n10_s11 n5_s11"}; NENV=${NENV:-14}; ROUNDS=${ROUNDS:-24}; MID=${MID:-12}
+RUNS=${RUNS:-"n10_s11 n5_s11"}; SAMPLER=${SAMPLER:-eager}; NENV=${NENV:-14}; ROUNDS=${ROUNDS:-24}; MID=${MID:-12}
 LR=${LR:-1e-5}; EPOCHS=${EPOCHS:-4}; STATES=${STATES:-8}; K=${K:-8}; SCALES=${SCALES:-"1 1.5 2 3"}
 EVAL_STATES=${EVAL_STATES:-50}
 PACK=gpu_inputs/libero_object_task4_25demos.npz   # scripts/sft_libero.py record --task 4 (round 1's pack)
 SHIPPED=ript/assets/checkpoints/pi0_small_libero_object_ketchup
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export RUNS NENV ROUNDS MID LR EPOCHS STATES K SCALES EVAL_STATES EXTRA="${EXTRA:-}" R3_DIR=$R GL_DIR=$GL
+export RUNS SAMPLER NENV ROUNDS MID LR EPOCHS STATES K SCALES EVAL_STATES EXTRA="${EXTRA:-}" R3_DIR=$R GL_DIR=$GL
 mkdir -p $R/in $GL/in $R/runs
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a $R/driver.log; }
 
@@ -105,7 +106,7 @@ if [ "$MODE" = pipeline ]; then
         && touch $sd/.made_here || { log "$run: SFT failed (tail $d/sft.log)"; exit 1; }
     fi
     B=(python3 scripts/bench_learning_libero.py --task 4 --seed $seed --work-dir $d/work --sft-dir $sd
-       --num-envs $NENV --eval-split heldout --eval-states $EVAL_STATES --cfg-scales $SCALES)
+       --num-envs $NENV --sampler $SAMPLER --eval-split heldout --eval-states $EVAL_STATES --cfg-scales $SCALES)
     RL=(--rl-steps $ROUNDS --save-every 1 --init-states-per-round $STATES --rloo $K --rl-lr $LR --mini-batch-size 16
         --num-epochs $EPOCHS --resume-rl --rl-override algo.clip_labels=true --rl-override algo.episode_weighting=episode
         --rl-override algo.policy.train_expert_only=true --rl-override training.keep_last_checkpoints=2

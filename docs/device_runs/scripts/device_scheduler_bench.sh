@@ -5,6 +5,7 @@
 #
 #   call 1 (carry .gpu_libero/part1 .devdeps):  bash THIS part1
 #   call 2 (carry .gpu_libero/part2 .devdeps):  bash THIS bench "7:lockstep,continuous 14:continuous" [rl]
+#          a case is SIMULATORS:SCHEDULERS[:SAMPLER], e.g. "14:continuous:cuda_graph" (sampler default eager)
 #   call 3 (no carry, machine still warm):       bash THIS poll WAIT_S
 # With "rl", call 2 then starts (setsid, in the background) a CFG-Flow RL run from the shipped
 # 10-demo ketchup checkpoint on the continuous scheduler: 8 states x K 8 a round, 14 simulators,
@@ -27,9 +28,10 @@ vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 [ -f $vendor ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
 nproc; nvidia-smi --query-gpu=name --format=csv,noheader
 for case in ${2:-"7:lockstep,continuous 14:continuous"}; do
-  n=${case%%:*}; schedulers=${case#*:}
-  python3 scripts/bench_rollout.py --parts scheduler --states 8 --k 8 --num-envs $n \
-    --schedulers $schedulers --out-md $OUT/scheduler_n$n.md --out-json $OUT/scheduler_n$n.json 2>&1 \
+  n=${case%%:*}; rest=${case#*:}; schedulers=${rest%%:*}; sampler=eager
+  [ "$rest" != "$schedulers" ] && sampler=${rest#*:}
+  python3 scripts/bench_rollout.py --parts scheduler --states 8 --k 8 --num-envs $n --sampler $sampler \
+    --schedulers $schedulers --out-md $OUT/scheduler_n${n}_$sampler.md --out-json $OUT/scheduler_n${n}_$sampler.json 2>&1 \
     | grep -v -e WARNING -e "^\[info\]"
 done
 if [ "${3:-}" = rl ]; then
