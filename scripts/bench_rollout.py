@@ -75,12 +75,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--states", type=int, default=8, help="scheduler part: init states per round")
     parser.add_argument("--k", type=int, default=8, help="scheduler part: rollouts per init state")
     parser.add_argument("--schedulers", default="lockstep,continuous")
-    parser.add_argument("--sampler", default="eager", choices=["eager", "cuda_graph"],
-                        help="scheduler part: how select_action runs (cuda_graph replays CUDA graphs; GPU only)")
+    parser.add_argument("--sampler", default="eager",
+                        help="scheduler part: how select_action runs, comma-separated cases of eager | cuda_graph "
+                             "(CUDA graphs per batch size; GPU only, eager elsewhere)")
+    parser.add_argument("--repeats", type=int, default=1, help="scheduler part: timed rounds per case")
+    parser.add_argument("--warmup", action="store_true",
+                        help="scheduler part: one untimed round per sampler first (workers, graph captures)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out-json", default=None)
     parser.add_argument("--out-md", default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for sampler in args.sampler.split(","):
+        if sampler not in ("eager", "cuda_graph"):
+            parser.error(f"--sampler: {sampler!r} is not a sampler; use eager, cuda_graph or both, comma-separated")
+    return args
 
 
 # ------------------------------------------------------------------------------------ throughput
@@ -234,10 +242,11 @@ def scheduler_round(args: argparse.Namespace) -> list[dict[str, Any]]:
     from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner
 
     checkpoint = "builtin:pi0_small_libero_object_ketchup"
-    policy = PI0_OFT_Policy(device_id=args.device, pretrained_path=checkpoint, norm_stats_path=checkpoint,
-                            preset="small", strict_load=False, sampler=args.sampler)
-    policy.eval()
-    sampler = args.sampler if policy.device.type == "cuda" else "eager"  # CUDA graphs need a GPU
+    policies = {}
+    for sampler in args.sampler.split(","):
+        policy = PI0_OFT_Policy(device_id=args.device, pretrained_path=checkpoint, norm_stats_path=checkpoint,
+                                preset="small", strict_load=False, sampler=sampler)
+        policies[sampler if policy.device.type == "cuda" else "eager"] = policy.eval()  # graphs need a GPU
     # The main job's runner settings (config/experiment/libero_object_ketchup.yaml).
     runner = Pi0LiberoRunner("libero_object", task_names_to_use=[KETCHUP], num_parallel_envs=args.num_envs,
                              action_mode="absolute", hard_reset=False, seed=0)
@@ -245,30 +254,38 @@ def scheduler_round(args: argparse.Namespace) -> list[dict[str, Any]]:
     states = runner._init_states(KETCHUP)[:args.states]
     loader = DataLoader(InitStateDataset([(task_id, KETCHUP, states)]), batch_size=args.states,
                         collate_fn=collate_init_states)
-    env, _, _ = runner.create_env(KETCHUP)  # built once: both schedulers use the same workers
+    env, _, _ = runner.create_env(KETCHUP)  # built once: every case uses the same workers
+
+    def one_round(scheduler: str, sampler: str) -> dict[str, Any]:
+        runner.scheduler = scheduler
+        generator = RolloutGenerator(runner, rloo_batch_size=args.k, demo_batch_size=args.states,
+                                     use_tqdm=False, task_names_to_use=[KETCHUP], seed=0)
+        batches = iter(loader)
+        busy_before = sum(env.busy_seconds() or [0.0])
+        started = time.perf_counter()
+        episodes, _, _, _ = generator.generate_rollouts(policies[sampler], next(batches), batches, loader)
+        wall = time.perf_counter() - started
+        busy = sum(env.busy_seconds() or [0.0]) - busy_before
+        steps = [ep.num_steps for ep in episodes if ep.valid]
+        stats = generator.last_scheduler.stats if generator.last_scheduler is not None else None
+        return {"scheduler": scheduler, "sampler": sampler, "simulators": args.num_envs, "episodes": len(steps),
+                "successes": int(sum(ep.success for ep in episodes if ep.valid)),
+                "mean_steps": float(np.mean(steps)), "wall_s": wall, "episodes_per_min": 60.0 * len(steps) / wall,
+                "utilization": busy / (args.num_envs * wall),
+                "policy_calls": stats.policy_calls if stats else None,
+                "inference_s": stats.inference_s if stats else None}
+
     rows = []
     try:
-        for name in args.schedulers.split(","):
-            runner.scheduler = name
-            generator = RolloutGenerator(runner, rloo_batch_size=args.k, demo_batch_size=args.states,
-                                         use_tqdm=False, task_names_to_use=[KETCHUP], seed=0)
-            batches = iter(loader)
-            busy_before = sum(env.busy_seconds() or [0.0])
-            started = time.perf_counter()
-            episodes, _, valid, _ = generator.generate_rollouts(policy, next(batches), batches, loader)
-            wall = time.perf_counter() - started
-            busy = sum(env.busy_seconds() or [0.0]) - busy_before
-            steps = [ep.num_steps for ep in episodes if ep.valid]
-            rows.append({"scheduler": name, "sampler": sampler, "simulators": args.num_envs, "episodes": len(steps),
-                         "successes": int(sum(ep.success for ep in episodes if ep.valid)),
-                         "mean_steps": float(np.mean(steps)), "wall_s": wall,
-                         "episodes_per_min": 60.0 * len(steps) / wall,
-                         "utilization": busy / (args.num_envs * wall),
-                         "policy_calls": (generator.last_scheduler.stats.policy_calls
-                                          if generator.last_scheduler is not None else None),
-                         "inference_s": (generator.last_scheduler.stats.inference_s
-                                         if generator.last_scheduler is not None else None)})
-            print(f"[bench] {rows[-1]}", flush=True)
+        # Untimed rounds first: the workers' first episodes and the samplers' CUDA graph captures
+        # (one per batch size) are start-up costs that a run pays once, not every round.
+        for sampler in policies if args.warmup else ():
+            print(f"[bench] warm-up {one_round('continuous', sampler)}", flush=True)
+        for _ in range(args.repeats):  # cases alternate, so drift on the machine hits them alike
+            for scheduler in args.schedulers.split(","):
+                for sampler in policies:
+                    rows.append(one_round(scheduler, sampler))
+                    print(f"[bench] {rows[-1]}", flush=True)
     finally:
         runner.close()
     return rows

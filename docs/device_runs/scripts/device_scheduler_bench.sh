@@ -5,7 +5,8 @@
 #
 #   call 1 (carry .gpu_libero/part1 .devdeps):  bash THIS part1
 #   call 2 (carry .gpu_libero/part2 .devdeps):  bash THIS bench "7:lockstep,continuous 14:continuous" [rl]
-#          a case is SIMULATORS:SCHEDULERS[:SAMPLER], e.g. "14:continuous:cuda_graph" (sampler default eager)
+#          a case is SIMULATORS:SCHEDULERS[:SAMPLERS], e.g. "14:continuous:eager,cuda_graph" (default eager);
+#          BENCH_ARGS="--warmup --repeats 2": untimed warm-up rounds first, then each case twice, alternating
 #   call 3 (no carry, machine still warm):       bash THIS poll WAIT_S
 # With "rl", call 2 then starts (setsid, in the background) a CFG-Flow RL run from the shipped
 # 10-demo ketchup checkpoint on the continuous scheduler: 8 states x K 8 a round, 14 simulators,
@@ -30,8 +31,8 @@ nproc; nvidia-smi --query-gpu=name --format=csv,noheader
 for case in ${2:-"7:lockstep,continuous 14:continuous"}; do
   n=${case%%:*}; rest=${case#*:}; schedulers=${rest%%:*}; sampler=eager
   [ "$rest" != "$schedulers" ] && sampler=${rest#*:}
-  python3 scripts/bench_rollout.py --parts scheduler --states 8 --k 8 --num-envs $n --sampler $sampler \
-    --schedulers $schedulers --out-md $OUT/scheduler_n${n}_$sampler.md --out-json $OUT/scheduler_n${n}_$sampler.json 2>&1 \
+  python3 scripts/bench_rollout.py --parts scheduler --states 8 --k 8 --num-envs $n --sampler $sampler ${BENCH_ARGS:-} \
+    --schedulers $schedulers --out-md $OUT/scheduler_n${n}_${sampler/,/_}.md --out-json $OUT/scheduler_n${n}_${sampler/,/_}.json 2>&1 \
     | grep -v -e WARNING -e "^\[info\]"
 done
 if [ "${3:-}" = rl ]; then
