@@ -134,21 +134,29 @@ def load_sweeps(dirs: Sequence[str]) -> dict[str, dict[str, Any]]:
             continue
         result = json.loads(path.read_text())
         start = Path(str((result.get("args") or {}).get("sft_dir") or "own SFT")).name
-        group = groups.setdefault(f"task {result['task_id']}, {start}", {"seeds": [], "sweeps": {}, "gaps": []})
+        group = groups.setdefault(f"task {result['task_id']}, {start}", {"seeds": [], "sweeps": {}, "gaps": [],
+                                                                                     "train": []})
         group["seeds"].append(result["seed"])
         for name, entry in (result.get("sweeps") or {}).items():
             for cfg, cell in (entry.get("by_cfg") or {}).items():
                 pooled = group["sweeps"].setdefault(name, {}).setdefault(cfg, [0, 0])
                 pooled[0] += int(cell["successes"])
                 pooled[1] += int(cell["episodes"])
-        group["gaps"].append([row["train/branch_gap"] for row in _metrics(Path(d)) if "train/branch_gap" in row])
+        rows = _metrics(Path(d))
+        group["gaps"].append([row["train/branch_gap"] for row in rows if "train/branch_gap" in row])
+        group["train"].append([row["rollout/mean_scores"] for row in rows if "rollout/mean_scores" in row])
     if not any(g["sweeps"] for g in groups.values()):
         raise SystemExit(f"no guidance sweeps (results.json with 'sweeps') in {list(dirs)}")
     for group in groups.values():
-        rounds = max((len(g) for g in group["gaps"]), default=0)
-        group["gap_per_round"] = [sum(g[i] for g in group["gaps"] if len(g) > i) /
-                                  max(1, sum(len(g) > i for g in group["gaps"])) for i in range(rounds)]
+        group["gap_per_round"] = _mean_per_round(group["gaps"])
+        group["train_per_round"] = _mean_per_round(group["train"])
     return groups
+
+
+def _mean_per_round(per_seed: list[list[float]]) -> list[float]:
+    """Round i's mean over the seeds that reached round i."""
+    rounds = max((len(values) for values in per_seed), default=0)
+    return [sum(v[i] for v in per_seed if len(v) > i) / sum(len(v) > i for v in per_seed) for i in range(rounds)]
 
 
 def sweeps_table(groups: dict[str, dict[str, Any]]) -> str:
@@ -175,8 +183,8 @@ def plot_sweeps(groups: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, (label, group) in zip(axes[0], groups.items()):
+    fig, axes = plt.subplots(2, len(groups), figsize=(5 * len(groups), 7.5), squeeze=False)
+    for ax, curve_ax, (label, group) in zip(axes[0], axes[1], groups.items()):
         for j, name in enumerate(n for n in SWEEP_ORDER if n in group["sweeps"]):
             cells = sorted(group["sweeps"][name].items(), key=lambda kv: float(kv[0]))
             x = [float(c) for c, _ in cells]
@@ -190,6 +198,18 @@ def plot_sweeps(groups: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("held-out success (pooled, 95 % CI)")
         ax.set_ylim(0, 1)
         ax.legend()
+        rounds = range(1, len(group["train_per_round"]) + 1)
+        curve_ax.plot(rounds, group["train_per_round"], marker="o", ms=3, color="C0", label="training success")
+        curve_ax.set_xlabel("RL round")
+        curve_ax.set_ylabel("training rollouts' success (mean over seeds)")
+        curve_ax.set_ylim(0, 1)
+        gap_ax = curve_ax.twinx()
+        gap_ax.plot(range(1, len(group["gap_per_round"]) + 1), [100 * g for g in group["gap_per_round"]],
+                    color="C3", ls="--", label="branch gap")
+        gap_ax.set_ylabel("branch gap (%)", color="C3")
+        gap_ax.set_ylim(bottom=0)
+        curve_ax.legend(loc="upper left")
+        gap_ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

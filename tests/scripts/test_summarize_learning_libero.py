@@ -52,7 +52,7 @@ def test_unfinished_runs_are_refused(tmp_path):
         summary_script.main([str(run)])
 
 
-def _sweep_dir(root: Path, seed: int, cells: dict, gaps: list[float]) -> Path:
+def _sweep_dir(root: Path, seed: int, cells: dict, gaps: list[float], train: list[float] | None = None) -> Path:
     """A bench work dir with held-out sweeps: cells = {name: {cfg: (successes, episodes)}}."""
     run = root / f"n5_s{seed}" / "work"
     (run / "rl").mkdir(parents=True)
@@ -61,15 +61,17 @@ def _sweep_dir(root: Path, seed: int, cells: dict, gaps: list[float]) -> Path:
     result = {"task_id": 4, "task_name": "task_4", "seed": seed, "args": {"sft_dir": "/tmp/r3/start_n5"},
               "sweeps": sweeps}
     (run / "results.json").write_text(json.dumps(result))
-    (run / "rl" / "metrics.jsonl").write_text("".join(json.dumps({"train/branch_gap": g}) + "\n" for g in gaps))
+    train = train or [0.5] * len(gaps)
+    (run / "rl" / "metrics.jsonl").write_text("".join(json.dumps({"train/branch_gap": g, "rollout/mean_scores": s}) + "\n"
+                                                      for g, s in zip(gaps, train)))
     return run
 
 
 def test_guidance_sweeps_are_pooled_over_seeds_per_start_and_checkpoint(tmp_path, capsys):
     dirs = [_sweep_dir(tmp_path, 11, {"start": {"1": (4, 50), "3": (2, 50)}, "after": {"1": (10, 50), "3": (12, 50)}},
-                       gaps=[0.01, 0.02]),
+                       gaps=[0.01, 0.02], train=[0.4, 0.7]),
             _sweep_dir(tmp_path, 12, {"start": {"1": (6, 50), "3": (3, 50)}, "after": {"1": (20, 50), "3": (25, 50)}},
-                       gaps=[0.03])]
+                       gaps=[0.03], train=[0.6])]
     summary_script.main([str(d) for d in dirs] + ["--sweeps", "--out-dir", str(tmp_path / "out")])
     groups = json.loads((tmp_path / "out" / "sweeps.json").read_text())
     group = groups["task 4, start_n5"]
@@ -77,6 +79,7 @@ def test_guidance_sweeps_are_pooled_over_seeds_per_start_and_checkpoint(tmp_path
     assert group["sweeps"]["after"] == {"1": [30, 100], "3": [37, 100]}
     # Branch gap per round: round 1 mean(0.01, 0.03) = 0.02; round 2 only seed 11 ran it: 0.02.
     assert group["gap_per_round"] == pytest.approx([0.02, 0.02])
+    assert group["train_per_round"] == pytest.approx([0.5, 0.7])  # the plot's lower panel, same pooling
     table = (tmp_path / "out" / "sweeps.md").read_text()
     # 30/100: Wilson 95 % = 21.9-39.6 %; rows in the order start, after.
     assert "| task 4, start_n5 | after | 11,12 | 30/100 (30 %, 22–40) | 37/100 (37 %, 28–47) |" in table
