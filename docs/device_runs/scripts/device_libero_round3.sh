@@ -45,8 +45,10 @@
 # LIBERO seed 0; the issue's report seeds are 11-13: RUNS="n10_s11 n5_s11 n10_s12 n5_s12 n10_s13 n5_s13"
 # (runs go one after the other, each on all NENV simulators). Estimate, not measured: ~40-60 s a round
 # on the continuous scheduler with 14 simulators + ~2.5 min a sweep -> ~25-30 min, i.e. 3-4 calls, a run.
-# Env knobs: RUNS ("n10_s11 n5_s11": <start>_s<seed>), SAMPLER (eager | cuda_graph: select_action as CUDA
-# graphs in RL rounds and sweeps, same numbers, less launch overhead), NENV
+# Env knobs: RUNS ("n10_s11 n5_s11": <start>_s<seed>[.<tag>]; a tag names a variant, e.g. the EXTRA of a
+# tuning run on seed 0: RUNS=n10_s0.epochs1 EXTRA="..."), SWEEPS ("start mid after": which held-out
+# sweeps to run; without mid, RL goes straight to ROUNDS), SAMPLER (cuda_graph, the default: select_action as CUDA
+# graphs in RL rounds and sweeps, same numbers, less launch overhead; or eager), NENV
 # (algo.num_parallel_envs, 14), ROUNDS (24), MID (12), LR (1e-5), EPOCHS (4), STATES (8 init states a
 # round), K (8), SCALES ("1 1.5 2 3"), EVAL_STATES (50: the held-out ones among the first N shipped
 # states), R3_DIR / GL_DIR (/tmp/r3, /tmp/gl), EXTRA (more Hydra overrides for RL, space-separated).
@@ -62,13 +64,13 @@
 set -uo pipefail
 MODE=${1:-500}
 R=${R3_DIR:-/tmp/r3}; GL=${GL_DIR:-/tmp/gl}; REPO=$R/repo
-RUNS=${RUNS:-"n10_s11 n5_s11"}; SAMPLER=${SAMPLER:-eager}; NENV=${NENV:-14}; ROUNDS=${ROUNDS:-24}; MID=${MID:-12}
+RUNS=${RUNS:-"n10_s11 n5_s11"}; SWEEPS=${SWEEPS:-"start mid after"}; SAMPLER=${SAMPLER:-cuda_graph}; NENV=${NENV:-14}; ROUNDS=${ROUNDS:-24}; MID=${MID:-12}
 LR=${LR:-1e-5}; EPOCHS=${EPOCHS:-4}; STATES=${STATES:-8}; K=${K:-8}; SCALES=${SCALES:-"1 1.5 2 3"}
 EVAL_STATES=${EVAL_STATES:-50}
 PACK=gpu_inputs/libero_object_task4_25demos.npz   # scripts/sft_libero.py record --task 4 (round 1's pack)
 SHIPPED=ript/assets/checkpoints/pi0_small_libero_object_ketchup
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export RUNS SAMPLER NENV ROUNDS MID LR EPOCHS STATES K SCALES EVAL_STATES EXTRA="${EXTRA:-}" R3_DIR=$R GL_DIR=$GL
+export RUNS SWEEPS SAMPLER NENV ROUNDS MID LR EPOCHS STATES K SCALES EVAL_STATES EXTRA="${EXTRA:-}" R3_DIR=$R GL_DIR=$GL
 mkdir -p $R/in $GL/in $R/runs
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a $R/driver.log; }
 
@@ -77,7 +79,9 @@ setup_env() {
   local vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
   [ -f $vendor ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
 }
-start_dir() { case ${1%_s*} in n10) echo $REPO/$SHIPPED ;; *) echo $R/start_${1%_s*} ;; esac; }
+base_of() { echo ${1%%.*}; }  # n10_s0.epochs1 -> n10_s0
+start_dir() { local base=${1%%.*}; case ${base%_s*} in n10) echo $REPO/$SHIPPED ;; *) echo $R/start_${base%_s*} ;; esac; }
+wants() { case " $SWEEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 newest() { for c in "$@"; do [ -d "$c" ] && echo "${c##*_} $c"; done | sort -n | tail -n 1 | cut -d' ' -f2; }
 newest_ckpt() { newest $R/runs/$1/work/rl/checkpoints/step_*; }
 running() { [ -f $R/pipeline.pid ] && kill -0 "$(cat $R/pipeline.pid)" 2>/dev/null; }
@@ -97,7 +101,7 @@ PY
 if [ "$MODE" = pipeline ]; then
   setup_env; cd $REPO
   for run in $RUNS; do
-    start=${run%_s*}; seed=${run##*_s}; d=$R/runs/$run; sd=$(start_dir $run); mkdir -p $d
+    base=$(base_of $run); start=${base%_s*}; seed=${base##*_s}; d=$R/runs/$run; sd=$(start_dir $run); mkdir -p $d
     if [ ! -f $sd/model.safetensors ]; then
       if [ ! -f $R/in/$PACK ]; then log "$run: no start ($sd) and no $PACK: carry .r3/start_$start or gpu_inputs"; exit 1; fi
       log "$run: SFT of the $start start"
@@ -113,18 +117,20 @@ if [ "$MODE" = pipeline ]; then
         --rl-override training.checkpoint_shard_mb=15 --rl-override training.checkpoint_budget_mb=40)
     for o in ${EXTRA:-}; do RL+=(--rl-override "$o"); done
     step() { log "$run: $1"; shift; "$@" >> $d/run.log 2>&1 || { log "$run: failed (tail $d/run.log)"; exit 1; }; }
-    sweep_done $run start || step "sweep start" "${B[@]}" --stages sweep --sweep-from start --sweep-name start
-    [ $(step_of $run) -ge $MID ] || step "RL to round $MID" "${B[@]}" --stages rl "${RL[@]}" \
-      --rl-override training.stop_after_step=$MID
-    [ $(step_of $run) -ge $MID ] || { log "$run: RL ended before round $MID"; exit 1; }
-    # The mid sweep reads step_$MID, which stays (keep_last_checkpoints=2) until round $((MID + 2)) is saved.
-    sweep_done $run mid || step "sweep mid" "${B[@]}" --stages sweep \
-      --sweep-from $R/runs/$run/work/rl/checkpoints/step_$MID --sweep-name mid
+    ! wants start || sweep_done $run start || step "sweep start" "${B[@]}" --stages sweep --sweep-from start --sweep-name start
+    if wants mid; then
+      [ $(step_of $run) -ge $MID ] || step "RL to round $MID" "${B[@]}" --stages rl "${RL[@]}" \
+        --rl-override training.stop_after_step=$MID
+      [ $(step_of $run) -ge $MID ] || { log "$run: RL ended before round $MID"; exit 1; }
+      # The mid sweep reads step_$MID, which stays (keep_last_checkpoints=2) until round $((MID + 2)) is saved.
+      sweep_done $run mid || step "sweep mid" "${B[@]}" --stages sweep \
+        --sweep-from $R/runs/$run/work/rl/checkpoints/step_$MID --sweep-name mid
+    fi
     [ $(step_of $run) -ge $ROUNDS ] || step "RL to round $ROUNDS" "${B[@]}" --stages rl "${RL[@]}"
-    sweep_done $run after || step "sweep after" "${B[@]}" --stages sweep --sweep-from $(newest_ckpt $run) --sweep-name after
-    log "$run: done"
+    ! wants after || sweep_done $run after || step "sweep after" "${B[@]}" --stages sweep --sweep-from $(newest_ckpt $run) --sweep-name after
+    touch $d/done; log "$run: done"
   done
-  log "ALL DONE"; exit 0
+  log "ALL DONE [$RUNS]"; exit 0
 fi
 
 # ------------------------------------------------------------------ a call
@@ -152,7 +158,7 @@ if [ ! -f $R/started ] && [ -f $R/in/results.tgz ]; then  # a fresh machine: con
 fi
 [ "${NEW:-0}" = 1 ] && touch $R/started
 if [ ! -f $R/started ]; then log "nothing to continue from: carry .r3 (or NEW=1 for the experiment's first call)"; exit 0; fi
-if ! running && ! grep -q "ALL DONE" $R/driver.log 2>/dev/null; then
+if ! running && ! grep -qF "ALL DONE [$RUNS]" $R/driver.log 2>/dev/null; then
   setsid nohup bash $REPO/docs/device_runs/scripts/device_libero_round3.sh pipeline > $R/pipeline.log 2>&1 < /dev/null &
   echo $! > $R/pipeline.pid; log "pipeline started for [$RUNS]"
 fi
@@ -162,7 +168,7 @@ while [ $(( $(date +%s) - T0 )) -lt $WALL_S ] && running; do sleep 10; done
 (cd $R && tar czf $OUT/results.tgz --exclude=checkpoints --exclude='*.safetensors' --exclude='*.pt' --exclude=.made_here \
    runs $(ls -d start_* 2>/dev/null) driver.log pipeline.log 2>/dev/null) || true
 for run in $RUNS; do  # the run in training (or awaiting its last sweep) needs its newest checkpoint
-  c=$(newest_ckpt $run); [ -z "$c" ] && continue; sweep_done $run after && continue
+  c=$(newest_ckpt $run); [ -z "$c" ] && continue; [ -f $R/runs/$run/done ] && continue
   mkdir -p $OUT/${run}_$(basename $c) && cp $c/* $OUT/${run}_$(basename $c)/
 done
 [ -f $R/start_n5/.made_here ] && mkdir -p $OUT/start_n5 && cp $R/start_n5/model.safetensors $OUT/start_n5/
