@@ -10,8 +10,8 @@
 #     bash docs/device_runs/scripts/device_libero_round3.sh [WALL_S]     (run timeout_s=600; WALL_S=500)
 #
 # and carries whatever the machine still lacks:
-#   fresh machine, call 1: carry .gpu_libero/part1  (+ gpu_inputs, only if the 5-demo start must be trained here)
-#   fresh machine, call 2: carry .gpu_libero/part2  (LIBERO, MuJoCo, EGL loaders, Hydra: packed for a machine without a package index)
+#   fresh machine, call 1: carry .gpu_libero/part1
+#   fresh machine, call 2: carry .gpu_libero/part2 (+ gpu_inputs/libero_object_task4_10demos.npz for a 5-demo start or demo replay)
 #   fresh machine, call 3: carry .r3                (what earlier calls returned); the experiment's very
 #                          first call instead runs `NEW=1 bash ...` with nothing to carry
 #   machine still warm:    carry nothing            (the work goes on in the background between calls)
@@ -52,7 +52,7 @@
 # (algo.num_parallel_envs, 14), ROUNDS (24), MID (12), LR (1e-5), EPOCHS (4), STATES (8 init states a
 # round), K (8), SCALES ("1 1.5 2 3"), EVAL_STATES (50: the held-out ones among the first N shipped
 # states), R3_DIR / GL_DIR (/tmp/r3, /tmp/gl), EXTRA (more Hydra overrides for RL, space-separated).
-# If the lift stalls (each one key, off by default): EXTRA="algo.demo_replay_path=/tmp/r3/in/gpu_inputs/libero_object_task4_25demos.npz
+# If the lift stalls (each one key, off by default): EXTRA="algo.demo_replay_path=/tmp/r3/in/gpu_inputs/libero_object_task4_10demos.npz
 # algo.demo_replay_num_demos=5 algo.demo_replay_per_round=4" (the start's SFT demos as positives; carry
 # gpu_inputs), EXTRA="algo.cfg_uncond_weight=0.3" (a larger alpha), K=16 EXTRA="algo.enable_dynamic_sampling=true".
 # Sizes measured in a CPU crash test: a checkpoint after one round is 13.9 MB (4.7 MB weights, 9.4 MB
@@ -67,7 +67,9 @@ R=${R3_DIR:-/tmp/r3}; GL=${GL_DIR:-/tmp/gl}; REPO=$R/repo
 RUNS=${RUNS:-"n10_s11 n5_s11"}; SWEEPS=${SWEEPS:-"start mid after"}; SAMPLER=${SAMPLER:-cuda_graph}; NENV=${NENV:-14}; ROUNDS=${ROUNDS:-24}; MID=${MID:-12}
 LR=${LR:-1e-5}; EPOCHS=${EPOCHS:-4}; STATES=${STATES:-8}; K=${K:-8}; SCALES=${SCALES:-"1 1.5 2 3"}
 EVAL_STATES=${EVAL_STATES:-50}
-PACK=gpu_inputs/libero_object_task4_25demos.npz   # scripts/sft_libero.py record --task 4 (round 1's pack)
+# The demo pack (scripts/sft_libero.py record --task 4 --max-demos 10; 4.6 MB, so it travels with
+# .gpu_libero/part2): the 5-demo start is trained on its first 5 demos, demo replay reads it.
+PACK=${PACK:-gpu_inputs/libero_object_task4_10demos.npz}
 SHIPPED=ript/assets/checkpoints/pi0_small_libero_object_ketchup
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export RUNS SWEEPS SAMPLER NENV ROUNDS MID LR EPOCHS STATES K SCALES EVAL_STATES EXTRA="${EXTRA:-}" R3_DIR=$R GL_DIR=$GL
