@@ -171,7 +171,9 @@ def make_rl_optimizer(args: argparse.Namespace, episodes: list[Any]) -> Any:
         grad_norm_clip=1.0, a_max=5.0, cfg_uncond_weight=args.alpha, weight_mode="binary", window_stride=50,
         window_mode="aligned", short_window="pad", action_mode="absolute", success_replay_per_state=2,
         episode_weighting="episode", clip_labels=args.clip_labels, cond_lr_scale=args.cond_lr_scale,
-        uncond_scope=args.uncond_scope, anchor_l2=args.anchor_l2, diagnostic_windows=16, seed=0)
+        uncond_scope=args.uncond_scope, anchor_l2=args.anchor_l2, diagnostic_windows=16, seed=0,
+        demo_replay_path=args.demo_pack if args.demo_replay_per_round else None,
+        demo_replay_per_round=args.demo_replay_per_round)
 
 
 def collect_round(args: argparse.Namespace, policy: Any, runner: Any, rows: list[int]) -> list[Any]:
@@ -321,6 +323,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.1, help="algo.cfg_uncond_weight")
     p.add_argument("--uncond-scope", default="all", choices=["all", "successes"], help="algo.uncond_scope")
     p.add_argument("--anchor-l2", type=float, default=0.0, help="algo.anchor_l2")
+    p.add_argument("--demo-replay-per-round", type=int, default=0,
+                   help="algo.demo_replay_per_round with --demo-pack as the pack (0: off, as in run B)")
     p.add_argument("--num-epochs", type=int, default=4)
     p.add_argument("--mini-batch-size", type=int, default=16)
     p.add_argument("--match-steps", type=int, default=100,
@@ -491,7 +495,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         unit_pos = np.array([episodes[u["episode"]].success for u in units])
         unit_keep = keep
         res = {}
-        for label, sel in (("pos", is_pos), ("neg", ~is_pos)):
+        is_fail = np.array([not w.success for w in windows])
+        for label, sel in (("pos", is_pos), ("neg", ~is_pos), ("fail", is_fail), ("success_w0", ~is_pos & ~is_fail)):
             if sel.any():
                 res[f"fm_loss_{label}_before"] = float(loss_before[sel].mean())
                 res[f"fm_loss_{label}_after"] = float(loss_after[sel].mean())
@@ -519,7 +524,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rl.config = type(rl.config)(**{**vars(rl.config), "num_epochs": 1})
     while steps < args.match_steps:
         rl.round += 1
-        steps += rl.train_on_windows(policy, windows, optimizers).steps_taken
+        pass_windows = list(windows)
+        rl._add_demo_windows(pass_windows, policy)  # demo replay (when on) draws this pass's demos
+        for w in pass_windows[len(windows):]:
+            w.uncond_weight = args.alpha
+        steps += rl.train_on_windows(policy, pass_windows, optimizers).steps_taken
     if steps > min(results):
         measure(steps)
     report["d_update"] = {"optimize_metrics": checkpoints, "by_steps": {str(k): v for k, v in results.items()}}
