@@ -476,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return np.stack([sample(policy, obs_list, [s] * len(obs_list)) for s in probe_seeds])
 
     before = {"untrained": probe(untrained), "trained": probe(trained)}
+    trained_labels = clip if args.clip_labels else noclip  # what the update fits
     own_before = sample(policy, [window_obs(u["window"]) for u in units], [u["seed"] for u in units])
     checkpoints = {}
     t0 = time.time()
@@ -513,8 +514,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for label, sel in (("pos", unit_pos), ("neg", ~unit_pos)):
             if sel.any():
                 k_ = unit_keep[sel]
-                res[f"own_noise_{label}_rms_to_label_before"] = float(np.sqrt(np.mean(((own_before - clip)[sel][k_]) ** 2)))
-                res[f"own_noise_{label}_rms_to_label_after"] = float(np.sqrt(np.mean(((own_after - clip)[sel][k_]) ** 2)))
+                res[f"own_noise_{label}_rms_to_label_before"] = float(np.sqrt(np.mean(((own_before - trained_labels)[sel][k_]) ** 2)))
+                res[f"own_noise_{label}_rms_to_label_after"] = float(np.sqrt(np.mean(((own_after - trained_labels)[sel][k_]) ** 2)))
                 res[f"own_noise_{label}_rms_change"] = float(np.sqrt(np.mean(((own_after - own_before)[sel][k_]) ** 2)))
         results[n_steps] = res
         logger.info("d: after %d steps: %s", n_steps, res)
