@@ -226,7 +226,13 @@ def check_cfg_flow_options(cfg: DictConfig) -> None:
     if per_round > 0 and algo.get("demo_replay_path") is None:
         _fail("algo.demo_replay_per_round", per_round, "needs the demos: set algo.demo_replay_path=<pack.npz or "
                                                        "demos.pkl> (scripts/sft_libero.py record), or use 0")
-    if per_round > 0:
+    probe = algo.get("demo_probe_windows", 0)
+    if int(_number("algo.demo_probe_windows", probe)) != probe or probe < 0:
+        _fail("algo.demo_probe_windows", probe, "the number of demo windows probed each round: an integer >= 0")
+    if probe > 0 and algo.get("demo_replay_path") is None:
+        _fail("algo.demo_probe_windows", probe, "reads the demos: set algo.demo_replay_path=<pack.npz or demos.pkl> "
+                                                "(scripts/sft_libero.py record), or use 0")
+    if per_round > 0 or probe > 0:
         _check_path("algo.demo_replay_path", algo.demo_replay_path, "the demo pack")
     if _number("algo.demo_replay_weight", algo.get("demo_replay_weight", 1.0)) <= 0:
         _fail("algo.demo_replay_weight", algo.demo_replay_weight, "a positive conditional-branch weight (1 = default)")

@@ -52,9 +52,10 @@
 # (algo.num_parallel_envs, 14), ROUNDS (24), MID (12), LR (1e-5), EPOCHS (4), STATES (8 init states a
 # round), K (8), SCALES ("1 1.5 2 3"), EVAL_STATES (50: the held-out ones among the first N shipped
 # states), R3_DIR / GL_DIR (/tmp/r3, /tmp/gl), EXTRA (more Hydra overrides for RL, space-separated).
-# If the lift stalls (each one key, off by default): EXTRA="algo.demo_replay_path=/tmp/r3/in/gpu_inputs/libero_object_task4_10demos.npz
-# algo.demo_replay_num_demos=5 algo.demo_replay_per_round=4" (the start's SFT demos as positives; carry
-# gpu_inputs), EXTRA="algo.cfg_uncond_weight=0.3" (a larger alpha), K=16 EXTRA="algo.enable_dynamic_sampling=true".
+# With the demo pack carried, every run logs train/demo_fm_loss (the loss on the start's own demos:
+# forgetting). If the lift stalls (each one key, off by default): EXTRA="algo.demo_replay_per_round=4"
+# (the start's SFT demos as positives; the pack path and demo count are set from the run's start),
+# EXTRA="algo.cfg_uncond_weight=0.3" (a larger alpha), K=16 EXTRA="algo.enable_dynamic_sampling=true".
 # Sizes measured in a CPU crash test: a checkpoint after one round is 13.9 MB (4.7 MB weights, 9.4 MB
 # AdamW moments); the success-replay buffer adds ~0.25 MB per stored success (at most 2 x 25 states:
 # a checkpoint of ~25 MB, estimated), so .r3 plus the repo can pass 64 MiB for the 5-demo run: split the carry.
@@ -117,6 +118,9 @@ if [ "$MODE" = pipeline ]; then
         --num-epochs $EPOCHS --resume-rl --rl-override algo.clip_labels=true --rl-override algo.episode_weighting=episode
         --rl-override algo.policy.train_expert_only=true --rl-override training.keep_last_checkpoints=2
         --rl-override training.checkpoint_shard_mb=15 --rl-override training.checkpoint_budget_mb=40)
+    # The forgetting probe (train/demo_fm_loss): the loss on the start's own SFT demos, every round.
+    [ -f $R/in/$PACK ] && RL+=(--rl-override algo.demo_replay_path=$R/in/$PACK
+      --rl-override algo.demo_replay_num_demos=${start#n} --rl-override algo.demo_probe_windows=32)
     for o in ${EXTRA:-}; do RL+=(--rl-override "$o"); done
     step() { log "$run: $1"; shift; "$@" >> $d/run.log 2>&1 || { log "$run: failed (tail $d/run.log)"; exit 1; }; }
     ! wants start || sweep_done $run start || step "sweep start" "${B[@]}" --stages sweep --sweep-from start --sweep-name start
@@ -190,9 +194,10 @@ for run in sys.argv[2:]:
         if (work / "rl" / "metrics.jsonl").exists() else []
     train = [round(r["rollout/mean_scores"], 2) for r in rows if "rollout/mean_scores" in r]
     gap = [round(100 * r["train/branch_gap"], 2) for r in rows if "train/branch_gap" in r]
+    demo = [round(r["train/demo_fm_loss"], 4) for r in rows if "train/demo_fm_loss" in r]
     sweeps = {name: {cfg: f"{c['successes']}/{c['episodes']}" for cfg, c in e.get("by_cfg", {}).items()}
               or f"{len(e.get('runs', {}))}/8 cells" for name, e in res.get("sweeps", {}).items()}
-    print(run, "rounds", len(train), "train success", train, "gap %", gap[-3:], "sweeps", sweeps)
+    print(run, "rounds", len(train), "train success", train, "gap %", gap[-3:], "demo loss", demo[-3:], "sweeps", sweeps)
 PY
 tail -n 8 $R/driver.log
 grep -hv "robosuite WARNING\|^\[info\]" $R/runs/*/run.log 2>/dev/null | tail -n 4

@@ -71,6 +71,7 @@ from ript.utils.distributed import (
 
 logger = logging.getLogger(__name__)
 DEMO_EPISODE_INDEX_OFFSET = 1_000_000  # episode_index of replayed demos (seeds, episode weighting)
+DEMO_PROBE_INDEX_OFFSET = 2_000_000  # episode_index of the demo-loss probe's windows (their own noise)
 
 GROUPS = ("model", "header")  # order of `optimizers` and keys of `policy.trainable_params`
 
@@ -110,6 +111,9 @@ class CFGFlowConfig:
     demo_replay_per_round: int = 0
     demo_replay_weight: float = 1.0
     demo_replay_num_demos: int | None = None  # the first N demos of the pack (the start's); None: all
+    # Forgetting probe: the conditional branch's flow-matching loss on this many windows of the demo
+    # pack at demo_replay_path, same noise every round, logged as train/demo_fm_loss. 0 = off.
+    demo_probe_windows: int = 0
     # Diagnostics logged every round (docs/learning.md): branch gap on this many of the round's
     # windows (0 = off; one extra no-grad pass), and the weights' distance from the first round's.
     diagnostic_windows: int = 16
@@ -161,6 +165,10 @@ class CFGFlowConfig:
                "replayed demos need a positive conditional-branch weight (default 1.0)")
         _check(self.demo_replay_num_demos is None or self.demo_replay_num_demos >= 1, "demo_replay_num_demos",
                self.demo_replay_num_demos, "the first N demos of the pack (the start's), N >= 1; null: all")
+        _check(int(self.demo_probe_windows) == self.demo_probe_windows and self.demo_probe_windows >= 0,
+               "demo_probe_windows", self.demo_probe_windows, "the number of demo windows probed each round; 0 = off")
+        _check(self.demo_probe_windows == 0 or self.demo_replay_path is not None, "demo_replay_path",
+               self.demo_replay_path, "demo_probe_windows > 0 reads its windows from a demo pack (.npz) or demos.pkl")
         _check(int(self.diagnostic_windows) == self.diagnostic_windows and self.diagnostic_windows >= 0,
                "diagnostic_windows", self.diagnostic_windows, "use 0 (off) or the number of windows to probe")
         for key in ("grad_norm_clip", "header_grad_norm_clip"):
@@ -262,6 +270,7 @@ class CFGFlowOptimizerPI0:
         demo_replay_per_round: int = 0,
         demo_replay_weight: float = 1.0,
         demo_replay_num_demos: int | None = None,
+        demo_probe_windows: int = 0,
         diagnostic_windows: int = 16,
         track_weight_distance: bool = False,
         episode_weighting: EpisodeWeighting = "window",
@@ -282,7 +291,7 @@ class CFGFlowOptimizerPI0:
             success_replay_per_state=success_replay_per_state, success_replay_weight=success_replay_weight,
             demo_replay_path=demo_replay_path, demo_replay_per_round=demo_replay_per_round,
             demo_replay_weight=demo_replay_weight, demo_replay_num_demos=demo_replay_num_demos,
-            diagnostic_windows=diagnostic_windows, track_weight_distance=track_weight_distance,
+            demo_probe_windows=demo_probe_windows, diagnostic_windows=diagnostic_windows, track_weight_distance=track_weight_distance,
             episode_weighting=episode_weighting, uncond_scope=uncond_scope, clip_labels=clip_labels,
             anchor_l2=anchor_l2, cond_lr_scale=cond_lr_scale,
         )
@@ -300,6 +309,7 @@ class CFGFlowOptimizerPI0:
         self.replay = SuccessReplay(success_replay_per_state) if success_replay_per_state > 0 else None
         self.demo_replay = (DemoReplay(demo_replay_path, demo_replay_per_round, seed, demo_replay_num_demos)
                             if demo_replay_per_round > 0 else None)
+        self._demo_probe: list[Window] | None = None  # built on first use (needs the policy's norm stats)
         self._start_weights: list[torch.Tensor] | None = None  # for train/weight_distance
 
     # ------------------------------------------------------------------------------ state
@@ -344,9 +354,12 @@ class CFGFlowOptimizerPI0:
         n_demo = self._add_demo_windows(windows, model)
         self.assign_window_weights(windows)
         training_started = time.perf_counter()
+        probe_before = self._demo_probe_loss(model, "demo_loss_before") if self.round == 0 else {}
         stats = self.train_on_windows(model, windows, optimizers)
         timing["time/training_s"] = time.perf_counter() - training_started
         diagnostics = self._diagnostics(model, episodes, scored, windows)
+        diagnostics.update(probe_before)
+        diagnostics.update(self._demo_probe_loss(model, "demo_loss"))
         diagnostics["n_replayed_windows"] = float(n_replayed)
         diagnostics["n_demo_windows"] = float(n_demo)
         if windows:
@@ -495,6 +508,38 @@ class CFGFlowOptimizerPI0:
         if self._start_weights is not None:
             out["weight_distance"] = relative_weight_distance(_trainable(model), self._start_weights)
         return out
+
+    @torch.no_grad()
+    def _demo_probe_loss(self, model: Any, name: str) -> dict[str, float]:
+        """Conditional-branch flow-matching loss on fixed windows of the SFT demos, with the same
+        noise and time every round: how far RL has moved the policy from the demos it was
+        trained on (it rises as the policy forgets them). ``{name}_sum`` / ``{name}_n`` over the
+        non-pad steps and real action dims; {} when off."""
+        dim = self.config.noise_dim or getattr(getattr(model, "config", None), "max_action_dim", None)
+        if self.config.demo_probe_windows == 0 or dim is None or not hasattr(model, "cfg_velocities"):
+            return {}
+        if self._demo_probe is None:
+            demos = self.demo_replay or DemoReplay(self.config.demo_replay_path, 0, self.config.seed,
+                                                   self.config.demo_replay_num_demos)
+            episodes = demos.all_episodes(model.norm_stats, self._n_action_steps(model))
+            windows, _ = self.make_windows(episodes, torch.ones(len(episodes)), model,
+                                           first_index=DEMO_PROBE_INDEX_OFFSET)
+            self._demo_probe = windows[: self.config.demo_probe_windows]
+        total, count = 0.0, 0.0
+        for start in range(0, len(self._demo_probe), self.config.mini_batch_size):
+            chunk = self._demo_probe[start:start + self.config.mini_batch_size]
+            batch = collate_windows(chunk)
+            batch.pop("weights")
+            batch.pop("uncond_weights", None)
+            seeds = [int(np.random.SeedSequence([self.config.seed, DEMO_PROBE_INDEX_OFFSET, w.episode_index,
+                                                 w.start_step]).generate_state(1)[0]) for w in chunk]
+            noise, time_ = draw_noise_time(seeds, batch["action"].shape[1], int(dim))
+            v_pos, _ = model.cfg_velocities(batch, noise=noise, time=time_)  # (n, H, A)
+            target = noise[..., : v_pos.shape[-1]] - batch["action"]  # u = noise - action (PI0's convention)
+            keep = (~batch["action_is_pad"]).float()[..., None]  # (n, H, 1)
+            total += float((((v_pos.float().cpu() - target) ** 2) * keep).sum())
+            count += float(keep.sum()) * v_pos.shape[-1]
+        return {f"{name}_sum": total, f"{name}_n": count}
 
     # ------------------------------------------------------------------------- training
     def _make_plan(self, n_local: int) -> _Plan:
@@ -684,6 +729,9 @@ class CFGFlowOptimizerPI0:
             out["rollout/chunk_diversity"] = ratio("diag/diversity_sum", "diag/diversity_n")
         if "diag/gap_n" in r:
             out["train/branch_gap"] = ratio("diag/gap_sum", "diag/gap_n")
+        for name in ("demo_loss", "demo_loss_before"):
+            if f"diag/{name}_n" in r:
+                out[f"train/{name.replace('demo_loss', 'demo_fm_loss')}"] = ratio(f"diag/{name}_sum", f"diag/{name}_n")
         if "diag/weight_distance" in r:
             out["train/weight_distance"] = r["diag/weight_distance"]  # identical replicas
         if "diag/n_replayed_windows" in r:

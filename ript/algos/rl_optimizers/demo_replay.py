@@ -63,14 +63,18 @@ class DemoReplay:
         return sorted(int(i) for i in rng.choice(len(self.demos), size=count, replace=False))
 
     def episodes_for_round(self, round_index: int, norm_stats: Any, n_action_steps: int) -> list[Episode]:
+        return [self._episode(i, norm_stats, n_action_steps) for i in self.indices_for_round(round_index)]
+
+    def all_episodes(self, norm_stats: Any, n_action_steps: int) -> list[Episode]:
+        """Every successful demo, in pack order (the optimizer's demo-loss probe)."""
+        return [self._episode(i, norm_stats, n_action_steps) for i in range(len(self.demos))]
+
+    def _episode(self, index: int, norm_stats: Any, n_action_steps: int) -> Episode:
         from ript.algos.sft_warm_start import demo_to_episode  # the SFT path's conversion, not a copy
 
-        out = []
-        for i in self.indices_for_round(round_index):
-            if i not in self._episodes:
-                self._episodes[i] = demo_to_episode(self.demos[i], norm_stats, [], n_action_steps)
-            out.append(self._episodes[i])
-        return out
+        if index not in self._episodes:
+            self._episodes[index] = demo_to_episode(self.demos[index], norm_stats, [], n_action_steps)
+        return self._episodes[index]
 
 
 __all__ = ["DemoReplay", "load_successful_demos"]

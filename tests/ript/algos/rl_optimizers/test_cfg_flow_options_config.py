@@ -74,6 +74,10 @@ BAD = [
      "algo.demo_replay_path='/no/such/pack.npz'", "does not exist"),
     (["algo.demo_replay_per_round=-1"], "algo.demo_replay_per_round=-1", "integer >= 0"),
     (["algo.demo_replay_weight=0"], "algo.demo_replay_weight=0", "positive"),
+    (["algo.demo_probe_windows=8"], "algo.demo_probe_windows=8", "algo.demo_replay_path="),
+    (["algo.demo_probe_windows=8", "algo.demo_replay_path=/no/such/pack.npz"],
+     "algo.demo_replay_path='/no/such/pack.npz'", "does not exist"),
+    (["algo.demo_probe_windows=-2"], "algo.demo_probe_windows=-2", "integer >= 0"),
 ]
 
 

@@ -70,3 +70,33 @@ def test_replayed_demo_windows_are_positives_with_their_weight(pack):
 def test_demo_replay_needs_its_path():
     with pytest.raises(ValueError, match="demo_replay_path"):
         make_optimizer(episodes_k2(), demo_replay_per_round=1)
+
+
+def test_the_demo_probe_logs_the_loss_on_the_sft_demos_without_training_on_them(pack):
+    # Probe only (no replay): the 3 successful demos give 6 aligned windows, 4 of them probed.
+    policy = FakePolicy()
+    opt = make_optimizer(episodes_k2(lengths=(100, 100)), weight_mode="binary", demo_replay_path=str(pack),
+                         demo_probe_windows=4)
+    frozen = opt.optimize(policy, None, sgd(policy, lr=0.0))
+    assert frozen["train/demo_windows"] == 0 and frozen["train/windows_used"] == 4  # nothing added to training
+    assert frozen["train/demo_fm_loss"] > 0
+    # Round 1 also logs the loss before any update; with lr 0 nothing moved.
+    assert frozen["train/demo_fm_loss_before"] == pytest.approx(frozen["train/demo_fm_loss"])
+    # The same windows and noise every round: an unchanged policy scores the same in round 2.
+    assert opt.optimize(policy, None, sgd(policy, lr=0.0))["train/demo_fm_loss"] == pytest.approx(
+        frozen["train/demo_fm_loss"])
+    assert len(opt._demo_probe) == 4 and all(w.success for w in opt._demo_probe)
+
+    # Training on the rollouts moves the policy, and the probe sees it.
+    moved_policy = FakePolicy()
+    moving = make_optimizer(episodes_k2(lengths=(100, 100)), weight_mode="binary", demo_replay_path=str(pack),
+                            demo_probe_windows=4)
+    metrics = moving.optimize(moved_policy, None, sgd(moved_policy, lr=0.5))
+    assert metrics["train/demo_fm_loss_before"] == pytest.approx(frozen["train/demo_fm_loss_before"])
+    assert abs(metrics["train/demo_fm_loss"] - metrics["train/demo_fm_loss_before"]) > 1e-4
+    assert "train/demo_fm_loss_before" not in moving.optimize(moved_policy, None, sgd(moved_policy, lr=0.5))
+
+
+def test_the_demo_probe_needs_the_demos():
+    with pytest.raises(ValueError, match="demo_replay_path.*demo_probe_windows > 0"):
+        make_optimizer(episodes_k2(), demo_probe_windows=4)
