@@ -220,19 +220,18 @@ def check_cfg_flow_options(cfg: DictConfig) -> None:
     if clip and cfg.task.get("benchmark_name") is None:
         _fail("algo.clip_labels", clip, f"clips labels to what LIBERO's controller executes, but task="
                                         f"{cfg.task.get('name')} is not a LIBERO suite; drop it")
-    per_round = algo.get("demo_replay_per_round", 0)
-    if int(_number("algo.demo_replay_per_round", per_round)) != per_round or per_round < 0:
-        _fail("algo.demo_replay_per_round", per_round, "the number of SFT demos replayed each round: an integer >= 0")
-    if per_round > 0 and algo.get("demo_replay_path") is None:
-        _fail("algo.demo_replay_per_round", per_round, "needs the demos: set algo.demo_replay_path=<pack.npz or "
-                                                       "demos.pkl> (scripts/sft_libero.py record), or use 0")
-    probe = algo.get("demo_probe_windows", 0)
-    if int(_number("algo.demo_probe_windows", probe)) != probe or probe < 0:
-        _fail("algo.demo_probe_windows", probe, "the number of demo windows probed each round: an integer >= 0")
-    if probe > 0 and algo.get("demo_replay_path") is None:
-        _fail("algo.demo_probe_windows", probe, "reads the demos: set algo.demo_replay_path=<pack.npz or demos.pkl> "
-                                                "(scripts/sft_libero.py record), or use 0")
-    if per_round > 0 or probe > 0:
+    # Both keys read the demo pack at algo.demo_replay_path: replay trains on it, the probe measures on it.
+    reads_pack = False
+    for key, what in (("demo_replay_per_round", "SFT demos replayed each round"),
+                      ("demo_probe_windows", "demo windows probed each round")):
+        value = algo.get(key, 0)
+        if int(_number(f"algo.{key}", value)) != value or value < 0:
+            _fail(f"algo.{key}", value, f"the number of {what}: an integer >= 0")
+        if value > 0 and algo.get("demo_replay_path") is None:
+            _fail(f"algo.{key}", value, "needs the demos: set algo.demo_replay_path=<pack.npz or demos.pkl> "
+                                        "(scripts/sft_libero.py record), or use 0")
+        reads_pack = reads_pack or value > 0
+    if reads_pack:
         _check_path("algo.demo_replay_path", algo.demo_replay_path, "the demo pack")
     if _number("algo.demo_replay_weight", algo.get("demo_replay_weight", 1.0)) <= 0:
         _fail("algo.demo_replay_weight", algo.demo_replay_weight, "a positive conditional-branch weight (1 = default)")
