@@ -17,6 +17,13 @@ seeds with 95 % Wilson intervals, and the branch gap per round (mean over seeds)
 ``sweeps.md``, ``sweeps.json`` and ``guidance_curves.png``::
 
     python scripts/summarize_learning_libero.py runs/r3/*/work --sweeps --out-dir docs/learning_libero_rounds/round3
+
+``--curves`` compares runs round by round from their ``metrics.jsonl`` alone (a run dir, or the
+file itself; labelled by the name before ``.metrics.jsonl`` or the dir name): training success and,
+where logged, the forgetting probe ``train/demo_fm_loss``; writes ``curves.md`` and ``curves.png``::
+
+    python scripts/summarize_learning_libero.py docs/learning_libero_rounds/cpu_drift_seed0/*.jsonl \
+        --curves --out-dir docs/learning_libero_rounds/cpu_drift_seed0
 """
 from __future__ import annotations
 
@@ -215,15 +222,78 @@ def plot_sweeps(groups: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+CURVES = (("rollout/mean_scores", "training success"), ("train/demo_fm_loss", "loss on the start's SFT demos"))
+
+
+def load_curves(paths: Sequence[str]) -> dict[str, dict[str, list[float]]]:
+    """{run label: {metric: per-round values}} for the metrics in CURVES that the run logged."""
+    curves = {}
+    for p in map(Path, paths):
+        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else _metrics(p)
+        if not rows:
+            raise SystemExit(f"{p}: no metrics.jsonl rows (a run dir, its rl/ dir, or the file itself)")
+        label = p.name.removesuffix(".jsonl").removesuffix(".metrics") if p.is_file() else p.name
+        curves[label] = {key: [row[key] for row in rows if key in row] for key, _ in CURVES}
+        # The probe before any update (round 1 of a fresh run logs it): the start of the demo-loss curve.
+        before = rows[0].get("train/demo_fm_loss_before")
+        if before is not None and curves[label]["train/demo_fm_loss"]:
+            curves[label]["train/demo_fm_loss"].insert(0, before)
+    return curves
+
+
+def curves_table(curves: dict[str, dict[str, list[float]]]) -> str:
+    lines = ["| run | rounds | training success, first half -> second half | demo loss, before -> last |",
+             "|---|---:|---|---|"]
+    for label, c in curves.items():
+        success, demo = c["rollout/mean_scores"], c["train/demo_fm_loss"]
+        half = len(success) // 2
+        trend = (f"{sum(success[:half]) / half:.2f} -> {sum(success[half:]) / (len(success) - half):.2f}" if half
+                 else " ".join(f"{v:.2f}" for v in success) or "—")
+        drift = f"{demo[0]:.4f} -> {demo[-1]:.4f} ({100 * (demo[-1] / demo[0] - 1):+.0f} %)" if demo else "—"
+        # (demo[0] is the loss before any update when the run logged it, else after round 1)
+        lines.append(f"| {label} | {len(success)} | {trend} | {drift} |")
+    return "\n".join(lines)
+
+
+def plot_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(5.5 * len(CURVES), 4))
+    for ax, (key, title) in zip(axes, CURVES):
+        for i, (label, c) in enumerate(curves.items()):
+            if c[key]:  # the demo loss starts at round 0 (before any update) when that was logged
+                first = 1 - (len(c[key]) - len(c["rollout/mean_scores"]))
+                ax.plot(range(first, first + len(c[key])), c[key], marker="o", ms=3, color=f"C{i}", label=label)
+        ax.set_xlabel("RL round")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    axes[0].set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", help="bench_learning_libero work dirs (one per task and seed)")
     parser.add_argument("--out-dir", default=".", help="summary.md, summary.json and learning_libero.png go here")
     parser.add_argument("--sweeps", action="store_true", help="the held-out guidance curves (sweeps.md/.json/.png)")
+    parser.add_argument("--curves", action="store_true",
+                        help="round-by-round training success and demo loss from metrics.jsonl (curves.md/.png)")
     args = parser.parse_args(argv)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.curves:
+        curves = load_curves(args.run_dirs)
+        table = curves_table(curves)
+        (out / "curves.md").write_text(table + "\n")
+        plot_curves(curves, out / "curves.png")
+        print(table)
+        return
     if args.sweeps:
         groups = load_sweeps(args.run_dirs)
         table = sweeps_table(groups)
