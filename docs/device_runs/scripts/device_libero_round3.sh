@@ -17,7 +17,7 @@
 #   machine still warm:    carry nothing            (the work goes on in the background between calls)
 # Without .r3 (or NEW=1) a fresh machine does not start: it would begin the runs again from round 0.
 # The working tree that travels is <= 64 MiB with the repo (~24 MiB) included: if .r3 is too large in
-# one call, carry .r3/start_n5 in one call and the rest of .r3 in the next -- the script gathers
+# one call, carry .r3/start_* in one call and the rest of .r3 in the next -- the script gathers
 # what arrives and starts a run only once its inputs are all there.
 #
 # Each call: (1) gathers the carried files under /tmp/r3 and /tmp/gl; (2) sets LIBERO up once both
@@ -28,8 +28,8 @@
 # (seed, cfg) cell); (5) waits until WALL_S and writes into $OUT (<= 8 files, <= 16 MB each, <= 64 MB):
 #   <run>_step_<N>/      the newest checkpoint of the run being trained (files split at 15 MB), if any
 #   results.tgz          every results.json (sweeps), metrics.jsonl, log, the starts' norm stats
-#   start_n5/model.safetensors   the 5-demo start, in the call that trained it
-# After each call: `mkdir -p .r3 && cp -r <files_at>/. .r3/` (keep .r3/start_n5; older <run>_step_*
+#   start_<start>/model.safetensors.part_*   a start trained on the machine (once, in 15 MB parts)
+# After each call: `mkdir -p .r3 && cp -r <files_at>/. .r3/` (keep .r3/start_*; older <run>_step_*
 # folders may stay, the newest step wins). `echo /.r3/ >> .git/info/exclude` once.
 # The output ends with each run's stage, its newest round and the sweeps so far; "ALL DONE" at the end.
 # Table + plot (pooled over seeds, Wilson intervals, branch gap per round), from results.tgz unpacked in r3/:
@@ -59,6 +59,7 @@
 # Sizes measured in a CPU crash test: a checkpoint after one round is 13.9 MB (4.7 MB weights, 9.4 MB
 # AdamW moments); the success-replay buffer adds ~0.25 MB per stored success (at most 2 x 25 states:
 # a checkpoint of ~25 MB, estimated), so .r3 plus the repo can pass 64 MiB for the 5-demo run: split the carry.
+# A start trained here (t1n5, n5): SFT_STEPS (2000) and SFT_DEVICE (cuda) are for such local tests.
 # Local crash test (CPU, LIBERO installed, a few minutes): R3_DIR=/tmp/r3_smoke GL_DIR=/tmp/gl_smoke
 #   NEW=1 RUNS=n10_s0 NENV=2 ROUNDS=2 MID=1 STATES=1 K=2 SCALES=1 EVAL_STATES=4 OUT=/tmp/out_smoke bash THIS 400
 #   (after `mkdir -p /tmp/gl_smoke/site/robosuite`, which stands in for the carried LIBERO).
@@ -68,9 +69,10 @@ R=${R3_DIR:-/tmp/r3}; GL=${GL_DIR:-/tmp/gl}; REPO=$R/repo
 RUNS=${RUNS:-"n10_s11 n5_s11"}; SWEEPS=${SWEEPS:-"start mid after"}; SAMPLER=${SAMPLER:-cuda_graph}; NENV=${NENV:-14}; ROUNDS=${ROUNDS:-24}; MID=${MID:-12}
 LR=${LR:-1e-5}; EPOCHS=${EPOCHS:-4}; STATES=${STATES:-8}; K=${K:-8}; SCALES=${SCALES:-"1 1.5 2 3"}
 EVAL_STATES=${EVAL_STATES:-50}
-# The demo pack (scripts/sft_libero.py record --task 4 --max-demos 10; 4.6 MB, so it travels with
-# .gpu_libero/part2): the 5-demo start is trained on its first 5 demos, demo replay reads it.
-PACK=${PACK:-gpu_inputs/libero_object_task4_10demos.npz}
+# A start is n<D> (LIBERO-Object task 4 from D demos; n10 is the shipped checkpoint) or t<T>n<D>
+# (task T from D demos). Its demo pack, gpu_inputs/libero_object_task<T>_10demos.npz
+# (scripts/sft_libero.py record --task T --max-demos 10; ~4.6 MB, travels with .gpu_libero/part2),
+# trains the start on the machine (its first D demos) and feeds the forgetting probe and demo replay.
 SHIPPED=ript/assets/checkpoints/pi0_small_libero_object_ketchup
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export RUNS SWEEPS SAMPLER NENV ROUNDS MID LR EPOCHS STATES K SCALES EVAL_STATES EXTRA="${EXTRA:-}" R3_DIR=$R GL_DIR=$GL
@@ -84,6 +86,8 @@ setup_env() {
 }
 base_of() { echo ${1%%.*}; }  # n10_s0.epochs1 -> n10_s0
 start_dir() { local base=${1%%.*}; case ${base%_s*} in n10) echo $REPO/$SHIPPED ;; *) echo $R/start_${base%_s*} ;; esac; }
+task_of() { case $1 in t*) local t=${1#t}; echo ${t%%n*} ;; *) echo 4 ;; esac; }  # t1n5 -> 1, n5 -> 4
+pack_of() { echo gpu_inputs/libero_object_task$(task_of $1)_10demos.npz; }
 wants() { case " $SWEEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 newest() { for c in "$@"; do [ -d "$c" ] && echo "${c##*_} $c"; done | sort -n | tail -n 1 | cut -d' ' -f2; }
 newest_ckpt() { newest $R/runs/$1/work/rl/checkpoints/step_*; }
@@ -105,14 +109,15 @@ if [ "$MODE" = pipeline ]; then
   setup_env; cd $REPO
   for run in $RUNS; do
     base=$(base_of $run); start=${base%_s*}; seed=${base##*_s}; d=$R/runs/$run; sd=$(start_dir $run); mkdir -p $d
+    task=$(task_of $start); demos=${start##*n}; PACK=$(pack_of $start)
     if [ ! -f $sd/model.safetensors ]; then
       if [ ! -f $R/in/$PACK ]; then log "$run: no start ($sd) and no $PACK: carry .r3/start_$start or gpu_inputs"; exit 1; fi
       log "$run: SFT of the $start start"
-      python3 scripts/sft_libero.py train --pack $R/in/$PACK --num-demos ${start#n} --steps 2000 --batch-size 32 \
-        --lr 3e-4 --stride 10 --seed 0 --device cuda --save-every 500 --no-progress --out $sd > $d/sft.log 2>&1 \
+      python3 scripts/sft_libero.py train --pack $R/in/$PACK --num-demos $demos --steps ${SFT_STEPS:-2000} --batch-size 32 \
+        --lr 3e-4 --stride 10 --seed 0 --device ${SFT_DEVICE:-cuda} --save-every 500 --no-progress --out $sd > $d/sft.log 2>&1 \
         && touch $sd/.made_here || { log "$run: SFT failed (tail $d/sft.log)"; exit 1; }
     fi
-    B=(python3 scripts/bench_learning_libero.py --task 4 --seed $seed --work-dir $d/work --sft-dir $sd
+    B=(python3 scripts/bench_learning_libero.py --task $task --seed $seed --work-dir $d/work --sft-dir $sd
        --num-envs $NENV --sampler $SAMPLER --eval-split heldout --eval-states $EVAL_STATES --cfg-scales $SCALES)
     RL=(--rl-steps $ROUNDS --save-every 1 --init-states-per-round $STATES --rloo $K --rl-lr $LR --mini-batch-size 16
         --num-epochs $EPOCHS --resume-rl --rl-override algo.clip_labels=true --rl-override algo.episode_weighting=episode
@@ -120,7 +125,7 @@ if [ "$MODE" = pipeline ]; then
         --rl-override training.checkpoint_shard_mb=15 --rl-override training.checkpoint_budget_mb=40)
     # The forgetting probe (train/demo_fm_loss): the loss on the start's own SFT demos, every round.
     [ -f $R/in/$PACK ] && RL+=(--rl-override algo.demo_replay_path=$R/in/$PACK
-      --rl-override algo.demo_replay_num_demos=${start#n} --rl-override algo.demo_probe_windows=32)
+      --rl-override algo.demo_replay_num_demos=$demos --rl-override algo.demo_probe_windows=32)
     for o in ${EXTRA:-}; do RL+=(--rl-override "$o"); done
     step() { log "$run: $1"; shift; "$@" >> $d/run.log 2>&1 || { log "$run: failed (tail $d/run.log)"; exit 1; }; }
     ! wants start || sweep_done $run start || step "sweep start" "${B[@]}" --stages sweep --sweep-from start --sweep-name start
@@ -155,7 +160,10 @@ if [ ! -d $REPO ]; then  # the pipeline runs from its own copy: a later call's t
 fi
 if [ ! -f $R/started ] && [ -f $R/in/results.tgz ]; then  # a fresh machine: continue from .r3
   tar -C $R -xzf $R/in/results.tgz
-  [ -f $R/in/start_n5/model.safetensors ] && mkdir -p $R/start_n5 && cp $R/in/start_n5/model.safetensors $R/start_n5/
+  for s in $R/in/start_*/model.safetensors.part_aa; do  # starts trained in earlier calls (split at 15 MB)
+    [ -f $s ] || continue; name=$(basename $(dirname $s)); mkdir -p $R/$name
+    cat $R/in/$name/model.safetensors.part_* > $R/$name/model.safetensors
+  done
   for run in $RUNS; do
     c=$(newest $R/in/${run}_step_*)
     [ -n "$c" ] && mkdir -p $R/runs/$run/work/rl/checkpoints && cp -r $c $R/runs/$run/work/rl/checkpoints/step_${c##*_}
@@ -171,13 +179,16 @@ fi
 while [ $(( $(date +%s) - T0 )) -lt $WALL_S ] && running; do sleep 10; done
 
 # ------------------------------------------------------------------ what comes back
-(cd $R && tar czf $OUT/results.tgz --exclude=checkpoints --exclude='*.safetensors' --exclude='*.pt' --exclude=.made_here \
+(cd $R && tar czf $OUT/results.tgz --exclude=checkpoints --exclude='*.safetensors' --exclude='*.pt' --exclude=.made_here --exclude=.sent \
    runs $(ls -d start_* 2>/dev/null) driver.log pipeline.log 2>/dev/null) || true
 for run in $RUNS; do  # the run in training (or awaiting its last sweep) needs its newest checkpoint
   c=$(newest_ckpt $run); [ -z "$c" ] && continue; [ -f $R/runs/$run/done ] && continue
   mkdir -p $OUT/${run}_$(basename $c) && cp $c/* $OUT/${run}_$(basename $c)/
 done
-[ -f $R/start_n5/.made_here ] && mkdir -p $OUT/start_n5 && cp $R/start_n5/model.safetensors $OUT/start_n5/
+for s in $R/start_*/.made_here; do  # a start trained on this machine leaves once, in 15 MB parts
+  name=$(basename $(dirname $s)); [ -f $s ] && [ ! -f $R/$name/.sent ] || continue
+  mkdir -p $OUT/$name && split -b 15M $R/$name/model.safetensors $OUT/$name/model.safetensors.part_ && touch $R/$name/.sent
+done
 find $OUT -type f -printf '%s %p\n' | awk '{n++; t+=$1; if ($1 > 16*2^20) big=big" "$2}
   END {printf "OUT: %d files, %.1f MB%s\n", n, t/2^20, big ? ", OVER 16 MB:" big : ""}'
 python3 - $R $RUNS <<'PY'
