@@ -232,7 +232,9 @@ def load_curves(paths: Sequence[str]) -> dict[str, dict[str, list[float]]]:
         rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else _metrics(p)
         if not rows:
             raise SystemExit(f"{p}: no metrics.jsonl rows (a run dir, its rl/ dir, or the file itself)")
-        label = p.name.removesuffix(".jsonl").removesuffix(".metrics") if p.is_file() else p.name
+        # A file: its name before .metrics.jsonl; a bench work dir (<run>/work): the run's name.
+        label = (p.name.removesuffix(".jsonl").removesuffix(".metrics") if p.is_file()
+                 else p.parent.name if p.name == "work" else p.name)
         curves[label] = {key: [row[key] for row in rows if key in row] for key, _ in CURVES}
         # The probe before any update (round 1 of a fresh run logs it): the start of the demo-loss curve.
         before = rows[0].get("train/demo_fm_loss_before")

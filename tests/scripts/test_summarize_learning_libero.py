@@ -94,7 +94,7 @@ def test_curves_compare_runs_round_by_round_with_the_demo_loss_from_before_the_f
         {"rollout/mean_scores": 0.7, "train/demo_fm_loss": 0.026},
         {"rollout/mean_scores": 0.3, "train/demo_fm_loss": 0.030},
         {"rollout/mean_scores": 0.1, "train/demo_fm_loss": 0.035}]))
-    no_probe = tmp_path / "run_b" / "rl"  # a bench work dir: metrics.jsonl in rl/, no probe logged
+    no_probe = tmp_path / "run_b" / "work" / "rl"  # a bench work dir: metrics.jsonl in rl/, no probe logged
     no_probe.mkdir(parents=True)
     (no_probe / "metrics.jsonl").write_text(json.dumps({"rollout/mean_scores": 0.25}) + "\n")
     summary_script.main([str(drifting), str(no_probe.parent), "--curves", "--out-dir", str(tmp_path / "out")])

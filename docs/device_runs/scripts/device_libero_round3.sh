@@ -42,9 +42,11 @@
 # its vision encoder and VLM trainable needs 80.6 MB of weights + AdamW moments (fp32, exact resume),
 # the action expert alone 13.5 MB (+ the success-replay buffer); training.checkpoint_budget_mb
 # refuses a run that would not fit. The recipe comes from the reach env (docs/learning.md), not from
-# LIBERO seed 0; the report seeds are 11-13: RUNS="n10_s11 n5_s11 n10_s12 n5_s12 n10_s13 n5_s13"
-# (runs go one after the other, each on all NENV simulators). Estimate, not measured: ~40-60 s a round
-# on the continuous scheduler with 14 simulators + ~2.5 min a sweep -> ~25-30 min, i.e. 3-4 calls, a run.
+# LIBERO seed 0; the report seeds are 11-13: RUNS="n10_s11 n5_s11 t1n5_s11 n10_s12 ..." (t1n5:
+# the second task, cream cheese from 5 demos), runs one after the other, each on all NENV simulators.
+# Measured (seed 0, eager sampler, 14 simulators): 24 rounds + three sweeps = 21 min, i.e. 3 calls, a run.
+# Seed 0 showed the recipe below harms (docs/learning_libero.md); choose the next settings there first, e.g.
+#   RUNS=n10_s0.stable SWEEPS=after ROUNDS=12 LR=2.5e-6 EPOCHS=1 EXTRA="algo.clip_labels=false algo.demo_replay_per_round=4"
 # Env knobs: RUNS ("n10_s11 n5_s11": <start>_s<seed>[.<tag>]; a tag names a variant, e.g. the EXTRA of a
 # tuning run on seed 0: RUNS=n10_s0.epochs1 EXTRA="..."), SWEEPS ("start mid after": which held-out
 # sweeps to run; without mid, RL goes straight to ROUNDS), SAMPLER (cuda_graph, the default: select_action as CUDA
