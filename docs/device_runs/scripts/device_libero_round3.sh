@@ -120,7 +120,7 @@ if [ "$MODE" = pipeline ]; then
         && touch $sd/.made_here || { log "$run: SFT failed (tail $d/sft.log)"; exit 1; }
     fi
     B=(python3 scripts/bench_learning_libero.py --task $task --seed $seed --work-dir $d/work --sft-dir $sd
-       --num-envs $NENV --sampler $SAMPLER --eval-split heldout --eval-states $EVAL_STATES --cfg-scales $SCALES)
+       --num-envs $NENV --sampler=$SAMPLER --eval-split heldout --eval-states $EVAL_STATES --cfg-scales $SCALES)
     RL=(--rl-steps $ROUNDS --save-every 1 --init-states-per-round $STATES --rloo $K --rl-lr $LR --mini-batch-size 16
         --num-epochs $EPOCHS --resume-rl --rl-override algo.clip_labels=true --rl-override algo.episode_weighting=episode
         --rl-override algo.policy.train_expert_only=true --rl-override training.keep_last_checkpoints=2
@@ -129,7 +129,17 @@ if [ "$MODE" = pipeline ]; then
     [ -f $R/in/$PACK ] && RL+=(--rl-override algo.demo_replay_path=$R/in/$PACK
       --rl-override algo.demo_replay_num_demos=$demos --rl-override algo.demo_probe_windows=32)
     for o in ${EXTRA:-}; do RL+=(--rl-override "$o"); done
-    step() { log "$run: $1"; shift; "$@" >> $d/run.log 2>&1 || { log "$run: failed (tail $d/run.log)"; exit 1; }; }
+    # A step that fails with the CUDA-graph sampler (first used in a training loop here) runs again
+    # eager, and so does the rest of the pipeline: a device call is not lost to it (RL resumes).
+    step() {
+      local what=$1; shift; log "$run: $what"
+      "${@/#--sampler=*/--sampler=$SAMPLER}" >> $d/run.log 2>&1 && return 0
+      if [ "$SAMPLER" = cuda_graph ]; then
+        SAMPLER=eager; log "$run: $what failed with the CUDA-graph sampler (tail $d/run.log); again, eager from now on"
+        "${@/#--sampler=*/--sampler=$SAMPLER}" >> $d/run.log 2>&1 && return 0
+      fi
+      log "$run: failed (tail $d/run.log)"; exit 1
+    }
     ! wants start || sweep_done $run start || step "sweep start" "${B[@]}" --stages sweep --sweep-from start --sweep-name start
     if wants mid; then
       [ $(step_of $run) -ge $MID ] || step "RL to round $MID" "${B[@]}" --stages rl "${RL[@]}" \
