@@ -132,7 +132,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
             raise
         raise PeerLostError(
             f"rank {dist_info.rank}: a collective failed ({reason}): another rank died or stopped answering "
-            f"(training.collective_timeout_s={_collective_timeout_s(cfg)}); see its log"
+            f"(training.collective_timeout_s={timeout_s}); see its log"
         ) from None
     except BaseException:
         logger.exception("rank %d failed; tearing down the process group", dist_info.rank)

@@ -243,10 +243,12 @@ def scheduler_round(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     checkpoint = "builtin:pi0_small_libero_object_ketchup"
     policies = {}
-    for sampler in args.sampler.split(","):
-        policy = PI0_OFT_Policy(device_id=args.device, pretrained_path=checkpoint, norm_stats_path=checkpoint,
-                                preset="small", strict_load=False, sampler=sampler)
-        policies[sampler if policy.device.type == "cuda" else "eager"] = policy.eval()  # graphs need a GPU
+    for requested in args.sampler.split(","):
+        sampler = requested if torch.device(args.device).type == "cuda" else "eager"  # graphs need a GPU
+        if sampler not in policies:
+            policies[sampler] = PI0_OFT_Policy(device_id=args.device, pretrained_path=checkpoint,
+                                               norm_stats_path=checkpoint, preset="small", strict_load=False,
+                                               sampler=sampler).eval()
     # The main job's runner settings (config/experiment/libero_object_ketchup.yaml).
     runner = Pi0LiberoRunner("libero_object", task_names_to_use=[KETCHUP], num_parallel_envs=args.num_envs,
                              action_mode="absolute", hard_reset=False, seed=0)

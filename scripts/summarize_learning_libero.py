@@ -229,7 +229,7 @@ def load_curves(paths: Sequence[str]) -> dict[str, dict[str, list[float]]]:
     """{run label: {metric: per-round values}} for the metrics in CURVES that the run logged."""
     curves = {}
     for p in map(Path, paths):
-        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else _metrics(p)
+        rows = read_metrics(p) if p.is_file() else _metrics(p)
         if not rows:
             raise SystemExit(f"{p}: no metrics.jsonl rows (a run dir, its rl/ dir, or the file itself)")
         # A file: its name before .metrics.jsonl; a bench work dir (<run>/work): the run's name.

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
@@ -44,7 +43,6 @@ def default_num_simulators(cores: int | None = None) -> int:
 
 Scheduler = Literal["continuous", "lockstep"]
 SCHEDULERS = ("continuous", "lockstep")
-
 
 
 class RecoverableVectorEnv:

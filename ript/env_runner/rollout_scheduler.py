@@ -472,9 +472,8 @@ class RolloutScheduler:
 
         runner = self.runner
         descriptions = [runner._task_description(sim.task_name) for sim in due]
-        noise_seeds = [derive_seed(self.base_seed, *sim.spec.key, "chunk", len(sim.record.chunk_start_steps))
-                       for sim in due]
-        seeds = noise_seeds if self._takes_noise_seeds else [None] * len(due)
+        seeds = ([derive_seed(self.base_seed, *sim.spec.key, "chunk", len(sim.record.chunk_start_steps)) for sim in due]
+                 if self._takes_noise_seeds else None)  # each chunk's flow noise, keyed by episode and chunk
         # Batch-invariant mode: one call per episode, so an episode's chunk is bit for bit the same
         # whatever else fell due with it (batched matmuls may round differently by batch size).
         groups = [[j] for j in range(len(due))] if runner.batch_invariant_inference else [list(range(len(due)))]
@@ -482,11 +481,9 @@ class RolloutScheduler:
         parts = []
         with torch.no_grad():
             for group in groups:
-                group_seeds = [seeds[j] for j in group]
                 parts.append(runner._sample_chunks(
                     self.policy, [due[j].obs for j in group], [descriptions[j] for j in group],
-                    self.cfg_scale, self.replan,
-                    noise_seeds=None if group_seeds[0] is None else group_seeds))
+                    self.cfg_scale, self.replan, noise_seeds=None if seeds is None else [seeds[j] for j in group]))
         chunks = parts[0] if len(parts) == 1 else _concatenate_chunks(parts)
         self.stats.inference_s += time.perf_counter() - started
         self.stats.policy_calls += len(groups)

@@ -51,7 +51,8 @@ class EvalResult:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
+    """The rows of ``<run_dir>/metrics.jsonl``; ``run_dir`` may also be the metrics file itself."""
+    path = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a training run directory?")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

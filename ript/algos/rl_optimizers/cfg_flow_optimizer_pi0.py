@@ -49,6 +49,7 @@ from ript.algos.rl_optimizers.cfg_flow_math import (
     failed_weight_share,
     first_chunk_diversity,
     group_outcomes,
+    masked_window_mse,
     relative_branch_gap,
     l2_anchor_,
     relative_weight_distance,
@@ -291,7 +292,8 @@ class CFGFlowOptimizerPI0:
             success_replay_per_state=success_replay_per_state, success_replay_weight=success_replay_weight,
             demo_replay_path=demo_replay_path, demo_replay_per_round=demo_replay_per_round,
             demo_replay_weight=demo_replay_weight, demo_replay_num_demos=demo_replay_num_demos,
-            demo_probe_windows=demo_probe_windows, diagnostic_windows=diagnostic_windows, track_weight_distance=track_weight_distance,
+            demo_probe_windows=demo_probe_windows, diagnostic_windows=diagnostic_windows,
+            track_weight_distance=track_weight_distance,
             episode_weighting=episode_weighting, uncond_scope=uncond_scope, clip_labels=clip_labels,
             anchor_l2=anchor_l2, cond_lr_scale=cond_lr_scale,
         )
@@ -353,8 +355,9 @@ class CFGFlowOptimizerPI0:
         n_replayed = self._add_replayed_windows(episodes, windows, model)
         n_demo = self._add_demo_windows(windows, model)
         self.assign_window_weights(windows)
-        training_started = time.perf_counter()
+        # The forgetting probe's baseline, before any update of the run (outside the training time).
         probe_before = self._demo_probe_loss(model, "demo_loss_before") if self.round == 0 else {}
+        training_started = time.perf_counter()
         stats = self.train_on_windows(model, windows, optimizers)
         timing["time/training_s"] = time.perf_counter() - training_started
         diagnostics = self._diagnostics(model, episodes, scored, windows)
@@ -515,7 +518,7 @@ class CFGFlowOptimizerPI0:
         noise and time every round: how far RL has moved the policy from the demos it was
         trained on (it rises as the policy forgets them). ``{name}_sum`` / ``{name}_n`` over the
         non-pad steps and real action dims; {} when off."""
-        dim = self.config.noise_dim or getattr(getattr(model, "config", None), "max_action_dim", None)
+        dim = self._noise_dim(model)
         if self.config.demo_probe_windows == 0 or dim is None or not hasattr(model, "cfg_velocities"):
             return {}
         if self._demo_probe is None:
@@ -533,12 +536,16 @@ class CFGFlowOptimizerPI0:
             batch.pop("uncond_weights", None)
             seeds = [int(np.random.SeedSequence([self.config.seed, DEMO_PROBE_INDEX_OFFSET, w.episode_index,
                                                  w.start_step]).generate_state(1)[0]) for w in chunk]
-            noise, time_ = draw_noise_time(seeds, batch["action"].shape[1], int(dim))
+            noise, time_ = draw_noise_time(seeds, batch["action"].shape[1], dim)
+            # The velocities come from the bare module (no DDP collective); the loss is PI0's.
             v_pos, _ = model.cfg_velocities(batch, noise=noise, time=time_)  # (n, H, A)
             target = noise[..., : v_pos.shape[-1]] - batch["action"]  # u = noise - action (PI0's convention)
-            keep = (~batch["action_is_pad"]).float()[..., None]  # (n, H, 1)
-            total += float((((v_pos.float().cpu() - target) ** 2) * keep).sum())
-            count += float(keep.sum()) * v_pos.shape[-1]
+            per_window = masked_window_mse((v_pos.float().cpu() - target) ** 2, batch["action_is_pad"],
+                                           self.config.action_dim)  # (n,)
+            # Pooled over elements, not windows: each window's mean weighs by its non-pad elements.
+            elements = (~batch["action_is_pad"]).sum(dim=1).float() * self.config.action_dim  # (n,)
+            total += float((per_window * elements).sum())
+            count += float(elements.sum())
         return {f"{name}_sum": total, f"{name}_n": count}
 
     # ------------------------------------------------------------------------- training
@@ -592,10 +599,15 @@ class CFGFlowOptimizerPI0:
     def _noise_time(self, model: Any, chunk: list[Window], epoch: int, n_steps: int):
         if not self.config.seeded_noise:
             return None, None
-        dim = self.config.noise_dim or getattr(getattr(model, "config", None), "max_action_dim", None)
+        dim = self._noise_dim(model)
         if dim is None:
             return None, None  # the policy draws one shared noise/time itself
-        return draw_noise_time([self._window_seed(w, epoch) for w in chunk], n_steps, int(dim))
+        return draw_noise_time([self._window_seed(w, epoch) for w in chunk], n_steps, dim)
+
+    def _noise_dim(self, model: Any) -> int | None:
+        """Width of the flow noise: ``noise_dim``, else the policy's ``config.max_action_dim``."""
+        dim = self.config.noise_dim or getattr(getattr(model, "config", None), "max_action_dim", None)
+        return None if dim is None else int(dim)
 
     def _micro_step(self, model: Any, chunk: list[Window], mask: torch.Tensor, normalizer: float,
                     epoch: int, sync: bool, stats: _TrainStats) -> bool:
@@ -729,9 +741,9 @@ class CFGFlowOptimizerPI0:
             out["rollout/chunk_diversity"] = ratio("diag/diversity_sum", "diag/diversity_n")
         if "diag/gap_n" in r:
             out["train/branch_gap"] = ratio("diag/gap_sum", "diag/gap_n")
-        for name in ("demo_loss", "demo_loss_before"):
+        for name, key in (("demo_loss", "train/demo_fm_loss"), ("demo_loss_before", "train/demo_fm_loss_before")):
             if f"diag/{name}_n" in r:
-                out[f"train/{name.replace('demo_loss', 'demo_fm_loss')}"] = ratio(f"diag/{name}_sum", f"diag/{name}_n")
+                out[key] = ratio(f"diag/{name}_sum", f"diag/{name}_n")
         if "diag/weight_distance" in r:
             out["train/weight_distance"] = r["diag/weight_distance"]  # identical replicas
         if "diag/n_replayed_windows" in r:
