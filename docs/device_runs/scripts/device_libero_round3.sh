@@ -49,7 +49,8 @@
 #   RUNS=n10_s0.stable SWEEPS=after ROUNDS=12 LR=2.5e-6 EPOCHS=1 EXTRA="algo.clip_labels=false algo.demo_replay_per_round=4"
 # Env knobs: RUNS ("n10_s11 n5_s11": <start>_s<seed>[.<tag>]; a tag names a variant, e.g. the EXTRA of a
 # tuning run on seed 0: RUNS=n10_s0.epochs1 EXTRA="..."), SWEEPS ("start mid after": which held-out
-# sweeps to run; without mid, RL goes straight to ROUNDS), SAMPLER (cuda_graph, the default: select_action as CUDA
+# sweeps to run; without mid, RL goes straight to ROUNDS), EXTRA_<tag> (overrides for the runs tagged <tag> only,
+# after EXTRA: RUNS="n10_s0.slow n10_s0.hot" EXTRA_hot="algo.rollout_noise_temperature=1.3"), SAMPLER (cuda_graph, the default: select_action as CUDA
 # graphs in RL rounds and sweeps, same numbers, less launch overhead; or eager), NENV
 # (algo.num_parallel_envs, 14), ROUNDS (24), MID (12), LR (1e-5), EPOCHS (4), STATES (8 init states a
 # round), K (8), SCALES ("1 1.5 2 3"), EVAL_STATES (50: the held-out ones among the first N shipped
@@ -128,7 +129,9 @@ if [ "$MODE" = pipeline ]; then
     # The forgetting probe (train/demo_fm_loss): the loss on the start's own SFT demos, every round.
     [ -f $R/in/$PACK ] && RL+=(--rl-override algo.demo_replay_path=$R/in/$PACK
       --rl-override algo.demo_replay_num_demos=$demos --rl-override algo.demo_probe_windows=32)
-    for o in ${EXTRA:-}; do RL+=(--rl-override "$o"); done
+    # EXTRA applies to every run; EXTRA_<tag> only to the runs tagged <tag> (n10_s0.slow -> EXTRA_slow).
+    tag_extra=EXTRA_${run#*.}; [ "$run" = "${run#*.}" ] && tag_extra=EXTRA_
+    for o in ${EXTRA:-} ${!tag_extra:-}; do RL+=(--rl-override "$o"); done
     # A step that fails with the CUDA-graph sampler (first used in a training loop here) runs again
     # eager, and so does the rest of the pipeline: a device call is not lost to it (RL resumes).
     step() {
