@@ -13,8 +13,10 @@ success per round.
 ``--sweeps`` summarises the held-out guidance curves instead (``bench_learning_libero.py --stages
 sweep``, as ``docs/device_runs/scripts/device_libero_round3.sh`` runs them): per task and start (the
 SFT dir) and per evaluated checkpoint (start / mid / after), success at each cfg scale pooled over
-seeds with 95 % Wilson intervals, and the branch gap per round (mean over seeds); writes
-``sweeps.md``, ``sweeps.json`` and ``guidance_curves.png``::
+seeds with 95 % Wilson intervals, and the branch gap per round (mean over seeds); runs pool per
+variant, the tag of their name (``n10_s0.slow`` and ``n10_s11.slow`` pool, ``n10_s0.hot`` apart); a sweep
+cut short counts the cells it finished. Writes ``sweeps.md``, ``sweeps.json``, ``guidance_curves.png``
+and ``heldout_cfg1.png`` (every sweep at cfg 1 with its interval, over the start's pooled band)::
 
     python scripts/summarize_learning_libero.py runs/r3/*/work --sweeps --out-dir docs/learning_libero_rounds/round3
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -132,8 +135,40 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 SWEEP_ORDER = ("start", "mid", "after")
 
 
+def _sweep_names(group: dict[str, Any]) -> list[str]:
+    """A group's sweeps in the order start, mid, after, then any others by name."""
+    return sorted(group["sweeps"], key=lambda n: (SWEEP_ORDER.index(n) if n in SWEEP_ORDER else 99, n))
+
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9]+_s\d+(?:\.(?P<tag>[A-Za-z0-9_-]+))?$")
+
+
+def _variant(run_dir: Path) -> str:
+    """The tag of the run name a work dir sits under (``runs/n10_s0.slow/work`` -> ``slow``; no tag: '')."""
+    for part in reversed(run_dir.resolve().parts):
+        match = RUN_NAME.match(part)
+        if match:
+            return match.group("tag") or ""
+    return ""
+
+
+def _pooled_cells(entry: dict[str, Any]) -> dict[str, list[int]]:
+    """{cfg: [successes, valid episodes]} of one sweep, from its (env seed, cfg) cells, so that a sweep
+    cut short by its call still counts what it finished; ``by_cfg`` where the cells were not kept."""
+    pooled: dict[str, list[int]] = {}
+    for cell in (entry.get("runs") or {}).values():
+        outcomes = [v for v in cell["per_state"].values() if v is not None]
+        counts = pooled.setdefault(f"{float(cell['cfg_scale']):g}", [0, 0])
+        counts[0] += int(sum(outcomes))
+        counts[1] += len(outcomes)
+    if not pooled:
+        pooled = {cfg: [int(c["successes"]), int(c["episodes"])] for cfg, c in (entry.get("by_cfg") or {}).items()}
+    return pooled
+
+
 def load_sweeps(dirs: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per (task, start): each sweep's cells pooled over seeds, and the per-round branch gap."""
+    """Per (task, start, variant): each sweep's cells pooled over seeds, and the per-round branch gap.
+    The variant is the run name's tag (``n10_s0.slow``): runs of one recipe pool, different recipes do not."""
     groups: dict[str, dict[str, Any]] = {}
     for d in dirs:
         path = Path(d) / "results.json"
@@ -141,14 +176,22 @@ def load_sweeps(dirs: Sequence[str]) -> dict[str, dict[str, Any]]:
             continue
         result = json.loads(path.read_text())
         start = Path(str((result.get("args") or {}).get("sft_dir") or "own SFT")).name
-        group = groups.setdefault(f"task {result['task_id']}, {start}", {"seeds": [], "sweeps": {}, "gaps": [],
-                                                                                     "train": []})
+        task_start = f"task {result['task_id']}, {start}"
+        variant = _variant(Path(d))
+        group = groups.setdefault(f"{task_start}, {variant}" if variant else task_start,
+                                  {"task_start": task_start, "seeds": [], "sweeps": {}, "start_cells": {}, "gaps": [],
+                                   "train": []})
         group["seeds"].append(result["seed"])
         for name, entry in (result.get("sweeps") or {}).items():
-            for cfg, cell in (entry.get("by_cfg") or {}).items():
+            if name.startswith("start"):
+                for cell in (entry.get("runs") or {}).values():
+                    outcomes = [v for v in cell["per_state"].values() if v is not None]
+                    group["start_cells"].setdefault(f"seed{cell['env_seed']}_cfg{float(cell['cfg_scale']):g}",
+                                                    [int(sum(outcomes)), len(outcomes)])
+            for cfg, (k, n) in _pooled_cells(entry).items():
                 pooled = group["sweeps"].setdefault(name, {}).setdefault(cfg, [0, 0])
-                pooled[0] += int(cell["successes"])
-                pooled[1] += int(cell["episodes"])
+                pooled[0] += k
+                pooled[1] += n
         rows = _metrics(Path(d))
         group["gaps"].append([row["train/branch_gap"] for row in rows if "train/branch_gap" in row])
         group["train"].append([row["rollout/mean_scores"] for row in rows if "rollout/mean_scores" in row])
@@ -171,7 +214,7 @@ def sweeps_table(groups: dict[str, dict[str, Any]]) -> str:
     lines = ["| task, start | checkpoint | seeds | " + " | ".join(f"cfg {c}" for c in scales) + " |",
              "|---|---|---|" + "---:|" * len(scales)]
     for label, group in groups.items():
-        names = sorted(group["sweeps"], key=lambda n: (SWEEP_ORDER.index(n) if n in SWEEP_ORDER else 99, n))
+        names = _sweep_names(group)
         for name in names:
             cells = []
             for cfg in scales:
@@ -181,6 +224,14 @@ def sweeps_table(groups: dict[str, dict[str, Any]]) -> str:
             lines.append(f"| {label} | {name} | {','.join(map(str, sorted(group['seeds'])))} | " + " | ".join(cells) + " |")
         gaps = ", ".join(f"{100 * g:.2f}" for g in group["gap_per_round"])
         lines.append(f"| {label} | branch gap per round (%) | | {gaps or '—'} |" + " |" * (len(scales) - 1))
+    for task_start in dict.fromkeys(g["task_start"] for g in groups.values()):
+        cells = []
+        for cfg in scales:
+            k, n = pooled_starts(groups, cfg).get(task_start, (0, 0))
+            lo, hi = wilson_interval(k, n)
+            cells.append(f"{k}/{n} ({100 * k / n:.0f} %, {100 * lo:.0f}–{100 * hi:.0f})" if n else "—")
+        if any(c != "—" for c in cells):
+            lines.append(f"| {task_start} | every start sweep, each env seed once | | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -204,7 +255,8 @@ def plot_sweeps(groups: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("cfg scale")
         ax.set_ylabel("held-out success (pooled, 95 % CI)")
         ax.set_ylim(0, 1)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
         rounds = range(1, len(group["train_per_round"]) + 1)
         curve_ax.plot(rounds, group["train_per_round"], marker="o", ms=3, color="C0", label="training success")
         curve_ax.set_xlabel("RL round")
@@ -217,6 +269,50 @@ def plot_sweeps(groups: dict[str, dict[str, Any]], path: Path) -> None:
         gap_ax.set_ylim(bottom=0)
         curve_ax.legend(loc="upper left")
         gap_ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def pooled_starts(groups: dict[str, dict[str, Any]], cfg: str) -> dict[str, list[int]]:
+    """Per (task, start): [successes, episodes] at ``cfg`` over every sweep of the untrained start
+    (names beginning ``start``) in any run, each (env seed, cfg) cell once: the same cell measured
+    twice is one experiment, not two."""
+    cells: dict[str, dict[str, list[int]]] = {}
+    for group in groups.values():
+        for cell_key, counts in group["start_cells"].items():
+            if cell_key.endswith(f"_cfg{cfg}"):
+                cells.setdefault(group["task_start"], {}).setdefault(cell_key, counts)
+    return {task_start: [sum(c[0] for c in by_key.values()), sum(c[1] for c in by_key.values())]
+            for task_start, by_key in cells.items()}
+
+
+def plot_heldout(groups: dict[str, dict[str, Any]], path: Path, cfg: str = "1") -> None:
+    """One row per (group, sweep): held-out success at ``cfg`` with its 95 % Wilson interval, over a
+    band for each start: its sweeps (names beginning ``start``) pooled, each (env seed, cfg) cell once."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(label, name, *group["sweeps"][name][cfg]) for label, group in groups.items()
+            for name in _sweep_names(group) if cfg in group["sweeps"][name]]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.6))
+    for j, (task_start, (k, n)) in enumerate(pooled_starts(groups, cfg).items()):
+        lo, hi = wilson_interval(k, n)
+        ax.axvspan(lo, hi, color=f"C{j}", alpha=0.15, label=f"{task_start}: all start sweeps, {k}/{n}")
+    for i, (label, name, k, n) in enumerate(rows):
+        lo, hi = wilson_interval(k, n)
+        ax.errorbar(k / n, i, xerr=[[k / n - lo], [hi - k / n]], marker="o", capsize=3, color="k")
+        ax.annotate(f"{k}/{n}", (hi, i), xytext=(4, -3), textcoords="offset points", fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"{label.split(', ', 2)[-1] if label.count(', ') > 1 else label}: {name}"
+                                     for label, name, _, _ in rows], fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -1.5)  # top to bottom, a free row above for the legend
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"held-out success at cfg {cfg} (pooled over seeds, 95 % Wilson interval)")
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -302,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         (out / "sweeps.md").write_text(table + "\n")
         (out / "sweeps.json").write_text(json.dumps(groups, indent=1) + "\n")
         plot_sweeps(groups, out / "guidance_curves.png")
+        plot_heldout(groups, out / "heldout_cfg1.png")
         print(table)
         return
     table, summary = summarize(load_runs(args.run_dirs))

@@ -105,3 +105,43 @@ def test_curves_compare_runs_round_by_round_with_the_demo_loss_from_before_the_f
     assert (tmp_path / "out" / "curves.png").is_file()
     with pytest.raises(SystemExit, match="no metrics.jsonl rows"):
         summary_script.main([str(tmp_path / "empty_dir"), "--curves", "--out-dir", str(tmp_path / "out")])
+
+
+def _cells_dir(root: Path, run_name: str, sweeps: dict) -> Path:
+    """A work dir whose sweeps keep their (env seed, cfg) cells: sweeps = {name: {(seed, cfg): outcomes}}."""
+    run = root / "runs" / run_name / "work"
+    run.mkdir(parents=True)
+    result = {"task_id": 4, "task_name": "task_4", "seed": 0, "args": {"sft_dir": "/x/ketchup"}, "sweeps": {
+        name: {"runs": {f"seed{seed}_cfg{cfg:g}": {"env_seed": seed, "cfg_scale": cfg,
+                                                    "per_state": {str(i): o for i, o in enumerate(outcomes)}}
+                        for (seed, cfg), outcomes in cells.items()}}
+        for name, cells in sweeps.items()}}
+    (run / "results.json").write_text(json.dumps(result))
+    return run
+
+
+def test_recipes_pool_apart_cut_sweeps_count_their_cells_and_a_start_cell_counts_once(tmp_path):
+    start_cells = {(0, 1.0): [True, True, False, None], (1000, 1.0): [True, False, False, False]}
+    dirs = [
+        # "slow": its after sweep was cut short (no by_cfg): the one finished cell counts, the None does not.
+        _cells_dir(tmp_path, "n10_s0.slow", {"start": start_cells, "after": {(0, 1.0): [True, None, False, False]}}),
+        # "hot" measured the same start cells again (one experiment) plus one new env seed.
+        _cells_dir(tmp_path, "n10_s0.hot", {"start": {**start_cells, (2000, 1.0): [True, True, True, True]},
+                                            "after": {(0, 1.0): [False, False, False, False]}}),
+    ]
+    groups = summary_script.load_sweeps([str(d) for d in dirs])
+    assert set(groups) == {"task 4, ketchup, slow", "task 4, ketchup, hot"}
+    assert groups["task 4, ketchup, slow"]["sweeps"]["after"] == {"1": [1, 3]}
+    assert groups["task 4, ketchup, hot"]["sweeps"]["start"] == {"1": [7, 11]}
+    # Start cells: seed 0 (2/3) and seed 1000 (1/4) once, seed 2000 (4/4): 7/11, not 10/18.
+    assert summary_script.pooled_starts(groups, "1") == {"task 4, ketchup": [7, 11]}
+    table = summary_script.sweeps_table(groups)
+    assert "| task 4, ketchup | every start sweep, each env seed once | | 7/11 (64 %, 35–85) |" in table
+    summary_script.plot_heldout(groups, tmp_path / "heldout.png")
+    assert (tmp_path / "heldout.png").is_file()
+
+
+def test_a_run_name_tag_is_the_variant():
+    assert summary_script._variant(Path("/r3/runs/n10_s11.slow/work")) == "slow"
+    assert summary_script._variant(Path("/r3/runs/t1n5_s12/work")) == ""
+    assert summary_script._variant(Path("/anywhere/else")) == ""
