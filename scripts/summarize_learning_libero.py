@@ -312,7 +312,8 @@ def plot_heldout(groups: dict[str, dict[str, Any]], path: Path, cfg: str = "1") 
     ax.set_ylim(len(rows) - 0.5, -1.5)  # top to bottom, a free row above for the legend
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"held-out success at cfg {cfg} (pooled over seeds, 95 % Wilson interval)")
-    ax.legend(loc="upper right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
