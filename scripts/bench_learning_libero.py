@@ -140,13 +140,21 @@ def split_rows(num_states: int, num_val: int, seed: int) -> tuple[list[int], lis
 PRESET_IMAGE_SIZE = {"small": 112, "tiny": 56}  # openpi_pytorch_ori/pi0/configuration_pi0.py presets
 
 
-def make_policy(norm_stats_path: Path, pretrained_path: Path | None = None, preset: str = "small",
-                sampler: str = "eager") -> Any:
+def sft_policy(norm_stats_path: Path, preset: str = "small") -> Any:
+    """A fresh PI0 (no weights loaded) for the SFT stage, everything but the frozen parts trainable."""
     from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
 
     return PI0_OFT_Policy(norm_stats_path=str(norm_stats_path), preset=preset, dtype="float32",
-                          freeze_vision_encoder=False, sampler=sampler,
-                          pretrained_path=None if pretrained_path is None else str(pretrained_path))
+                          freeze_vision_encoder=False)
+
+
+def start_policy(args: argparse.Namespace, task_name: str, work: Path) -> Any:
+    """The start as RL round 0 rolls it out: the RL run's own policy config (attention, per-layer
+    condition, dtype, sampler) with the SFT weights. A sweep of the start and a sweep of an RL
+    checkpoint (built from that checkpoint's saved config) then differ in the weights alone."""
+    from eval_cfg_sweep import build_policy, compose_config
+
+    return build_policy(compose_config(None, rl_overrides(args, task_name, work, work / "rl")), None, {})
 
 
 def evaluate(policy: Any, task_name: str, rows: Sequence[int], val_rows: Sequence[int], seed: int,
@@ -214,7 +222,7 @@ def sft_stage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     t0 = time.time()
     demos = load_demonstrations(work / "demos.pkl")
     torch.manual_seed(args.seed)
-    policy = make_policy(work / "norm_stats.json", preset=args.preset)
+    policy = sft_policy(work / "norm_stats.json", preset=args.preset)
     windows = demonstration_windows(demos, policy.norm_stats, stride=args.sft_stride, action_mode="absolute")
     losses = sft_warm_start(policy, windows, num_steps=args.sft_steps, batch_size=args.sft_batch_size,
                             lr=args.sft_lr, seed=args.seed)
@@ -279,12 +287,10 @@ def rl_stage(args: argparse.Namespace, task_name: str, work: Path) -> dict[str, 
     return info
 
 
-def sweep_policy(args: argparse.Namespace, work: Path) -> tuple[Any, dict[str, Any]]:
+def sweep_policy(args: argparse.Namespace, task_name: str, work: Path) -> tuple[Any, dict[str, Any]]:
     """The policy ``--sweep-from`` names, and what it is (for the record)."""
     if args.sweep_from == "start":
-        weights = sft_weights(args, work)
-        policy = make_policy(sft_norm_stats(args, work), weights, args.preset, args.sampler)
-        return policy, {"from": "start", "path": str(weights)}
+        return start_policy(args, task_name, work), {"from": "start", "path": str(sft_weights(args, work))}
     from eval_cfg_sweep import load_policy_and_config
 
     # A training checkpoint: its own config, with this call's sampler (it changes speed, not numbers).
@@ -295,7 +301,7 @@ def sweep_policy(args: argparse.Namespace, work: Path) -> tuple[Any, dict[str, A
 def sweep_stage(args: argparse.Namespace, task_name: str, val_rows: list[int], work: Path,
                 results: dict[str, Any], save) -> dict[str, Any]:
     """Success at each cfg scale over the held-out states ``val_rows`` x env seeds (results so far kept)."""
-    policy, info = sweep_policy(args, work)
+    policy, info = sweep_policy(args, task_name, work)
     seeds = args.eval_seeds or [args.seed, args.seed + 1000]
     entry = results.setdefault("sweeps", {}).setdefault(args.sweep_name, {})
     if entry.get("info", info) != info:  # another policy under this name: start the record again
@@ -357,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["sft"] = sft_stage(args, work)
         save()
     if "eval" in args.stages:
-        policy = make_policy(sft_norm_stats(args, work), sft_weights(args, work), args.preset)
+        policy = start_policy(args, task_name, work)
         results["sft_eval"] = evaluate(policy, task_name, eval_rows, val_rows, args.seed, args.camera_size,
                                        args.num_envs)
         save()

@@ -28,6 +28,25 @@ def test_rl_overrides_compose_into_the_training_config_with_the_sft_output(tmp_p
     assert cfg.algo.policy.cond_layer_modulation is True and cfg.algo.cond_lr_scale == 10.0  # issue 26 default
 
 
+def test_the_start_is_swept_as_rl_round_0_rolls_it_out(tmp_path):
+    # A sweep of the start and one of an RL checkpoint must differ in the weights alone: the start
+    # policy is built from the RL run's own config (sdpa attention, per-layer condition, sampler).
+    import torch
+
+    shipped = Path(__file__).resolve().parents[2] / "ript/assets/checkpoints/pi0_small_libero_object_ketchup"
+    args = bench.parse_args(["--task", "4", "--sft-dir", str(shipped)])
+    rl_policy_cfg = compose_config(None, bench.rl_overrides(args, TASK, tmp_path, tmp_path / "rl")).algo.policy
+    policy = bench.start_policy(args, TASK, tmp_path)
+    assert policy.config.attention_implementation == rl_policy_cfg.attention_implementation == "sdpa"
+    assert policy.config.cond_layer_modulation is True and policy.preset == "small"
+    assert torch.count_nonzero(policy.pi0.model.cond_layer_mod) == 0  # zero-filled: the start unchanged
+    from safetensors.torch import load_file
+
+    shipped_weights = load_file(str(shipped / "model.safetensors"))
+    assert torch.equal(policy.pi0.state_dict()["model.action_out_proj.weight"],
+                       shipped_weights["model.action_out_proj.weight"])
+
+
 def test_the_per_layer_condition_can_be_turned_off(tmp_path):
     args = bench.parse_args(["--task", "4", "--no-cond-layer-modulation", "--cond-lr-scale", "1"])
     cfg = compose_config(None, bench.rl_overrides(args, TASK, tmp_path / "work", tmp_path / "work" / "rl"))
@@ -76,7 +95,7 @@ def test_sweep_skips_what_an_earlier_call_finished(tmp_path, monkeypatch):
         return {"per_state": {r: True for r in rows}}
 
     monkeypatch.setattr(bench, "evaluate", fake_evaluate)
-    monkeypatch.setattr(bench, "sweep_policy", lambda args, work: (None, {"from": "start", "path": "w"}))
+    monkeypatch.setattr(bench, "sweep_policy", lambda args, task_name, work: (None, {"from": "start", "path": "w"}))
     args = bench.parse_args(["--task", "4", "--stages", "sweep", "--eval-seeds", "11", "12", "--cfg-scales", "1", "3"])
     results = {"sweeps": {"start": {"info": {"from": "start", "path": "w"},
                                     "runs": {"seed11_cfg1": {"env_seed": 11, "cfg_scale": 1.0, "per_state": {"0": False}}}}}}
