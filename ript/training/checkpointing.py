@@ -256,6 +256,12 @@ def save_checkpoint_or_keep_previous(
         return None
 
 
+def describe_load_error(error: BaseException) -> str:
+    """``Type: message`` on one line, at most 200 characters of message: a damaged file's error can
+    be a page of bytes, and it goes into a log line or a config error."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+
+
 def load_latest_valid_checkpoint(
     run_dir: str | os.PathLike,
 ) -> tuple[Path, dict[str, torch.Tensor], TrainingState] | None:
@@ -269,7 +275,7 @@ def load_latest_valid_checkpoint(
         try:
             weights, state = load_checkpoint(checkpoint)
         except (FileNotFoundError, *UNREADABLE_CHECKPOINT_ERRORS) as error:
-            unreadable.append(f"{checkpoint.name} ({type(error).__name__}: {' '.join(str(error).split())[:200]})")
+            unreadable.append(f"{checkpoint.name} ({describe_load_error(error)})")
             continue
         if unreadable:
             logger.warning("unreadable checkpoint(s) %s; resuming from the previous one, %s",

@@ -22,6 +22,7 @@ from ript.datasets.init_state_dataset import collate_init_states
 from ript.training.checkpointing import (
     TrainingState,
     capture_rng_state,
+    describe_load_error,
     checkpoint_metrics,
     checkpoint_size_bytes,
     estimate_checkpoint_bytes,
@@ -282,7 +283,7 @@ def _find_checkpoint(run: TrainingRun) -> tuple[Path, dict[str, torch.Tensor], T
             raise ConfigError(f"training.resume_from={str(resume_from)!r}: {error}") from error
         except UNREADABLE_CHECKPOINT_ERRORS as error:
             raise ConfigError(f"training.resume_from={str(resume_from)!r}: unreadable checkpoint "
-                              f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); pass an intact "
+                              f"({describe_load_error(error)}); pass an intact "
                               "<run_dir>/checkpoints/step_<N>") from error
         return Path(resume_from), weights, state
     if not cfg.resume:

@@ -29,8 +29,15 @@
 #   <run>_step_<N>/      the newest checkpoint of the run being trained (files split at 15 MB), if any
 #   results.tgz          every results.json (sweeps), metrics.jsonl, log, the starts' norm stats
 #   start_<start>/model.safetensors.part_*   a start trained on the machine (once, in 15 MB parts)
+#   final_<run>/step_<N>.tar.part_*           a finished run's last checkpoint (once, when OUT has room):
+#                        for re-evaluating it later, e.g. with more env seeds (below); not needed to resume
 # After each call: `mkdir -p .r3 && cp -r <files_at>/. .r3/` (keep .r3/start_*; older <run>_step_*
-# folders may stay, the newest step wins). `echo /.r3/ >> .git/info/exclude` once.
+# folders may stay, the newest step wins), and move .r3/final_* out of .r3 (e.g. to .r3_finals/): .r3
+# travels whole to a fresh machine and must stay small. `echo /.r3/ >> .git/info/exclude` once.
+# Wider sweeps of finished runs: the same RUNS with more EVAL_SEEDS, e.g. EVAL_SEEDS="0 1000 2000 3000"
+# (the pipeline starts again when RUNS, SWEEPS, SCALES or EVAL_SEEDS change; RL is not repeated and
+# finished (env seed, cfg) cells are kept); on a fresh machine carry .r3 plus the runs' final_* as
+# .r3/final_<run>; a "mid" sweep needs step MID, which is gone after the run: SWEEPS="start after".
 # The output ends with each run's stage, its newest round and the sweeps so far; "ALL DONE" at the end.
 # Table + plot (pooled over seeds, Wilson intervals, branch gap per round), from results.tgz unpacked in r3/:
 #   python scripts/summarize_learning_libero.py r3/runs/*/work --sweeps --out-dir docs/learning_libero_rounds/round3
@@ -54,7 +61,8 @@
 # graphs in RL rounds and sweeps, same numbers, less launch overhead; or eager), NENV
 # (algo.num_parallel_envs, 14), ROUNDS (24), MID (12), LR (1e-5), EPOCHS (4), STATES (8 init states a
 # round), K (8), SCALES ("1 1.5 2 3"), EVAL_STATES (50: the held-out ones among the first N shipped
-# states), R3_DIR / GL_DIR (/tmp/r3, /tmp/gl), EXTRA (more Hydra overrides for RL, space-separated).
+# states), EVAL_SEEDS (env seeds of every sweep; default the run's seed and seed + 1000: 50 episodes a
+# number, whose 95 % interval is +-14 points; the same policy scored 27/50 and 21/50, docs/learning_libero.md), R3_DIR / GL_DIR (/tmp/r3, /tmp/gl), EXTRA (more Hydra overrides for RL, space-separated).
 # With the demo pack carried, every run logs train/demo_fm_loss (the loss on the start's own demos:
 # forgetting). If the lift stalls (each one key, off by default): EXTRA="algo.demo_replay_per_round=4"
 # (the start's SFT demos as positives; the pack path and demo count are set from the run's start),
@@ -71,14 +79,17 @@ MODE=${1:-500}
 R=${R3_DIR:-/tmp/r3}; GL=${GL_DIR:-/tmp/gl}; REPO=$R/repo
 RUNS=${RUNS:-"n10_s11 n5_s11"}; SWEEPS=${SWEEPS:-"start mid after"}; SAMPLER=${SAMPLER:-cuda_graph}; NENV=${NENV:-14}; ROUNDS=${ROUNDS:-24}; MID=${MID:-12}
 LR=${LR:-1e-5}; EPOCHS=${EPOCHS:-4}; STATES=${STATES:-8}; K=${K:-8}; SCALES=${SCALES:-"1 1.5 2 3"}
-EVAL_STATES=${EVAL_STATES:-50}
+EVAL_STATES=${EVAL_STATES:-50}; EVAL_SEEDS=${EVAL_SEEDS:-}
 # A start is n<D> (LIBERO-Object task 4 from D demos; n10 is the shipped checkpoint) or t<T>n<D>
 # (task T from D demos). Its demo pack, gpu_inputs/libero_object_task<T>_10demos.npz
 # (scripts/sft_libero.py record --task T --max-demos 10; ~4.6 MB, travels with .gpu_libero/part2),
 # trains the start on the machine (its first D demos) and feeds the forgetting probe and demo replay.
 SHIPPED=ript/assets/checkpoints/pi0_small_libero_object_ketchup
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export RUNS SWEEPS SAMPLER NENV ROUNDS MID LR EPOCHS STATES K SCALES EVAL_STATES EXTRA="${EXTRA:-}" R3_DIR=$R GL_DIR=$GL
+export RUNS SWEEPS SAMPLER NENV ROUNDS MID LR EPOCHS STATES K SCALES EVAL_STATES EVAL_SEEDS EXTRA="${EXTRA:-}" R3_DIR=$R GL_DIR=$GL
+# What "done" means: a finished pipeline is started again when any of these change (e.g. more
+# EVAL_SEEDS widen the sweeps of finished runs: RL is not repeated, finished cells are kept).
+PLAN="$RUNS | sweeps $SWEEPS | scales $SCALES | env seeds ${EVAL_SEEDS:-seed, seed+1000}"
 mkdir -p $R/in $GL/in $R/runs
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a $R/driver.log; }
 
@@ -97,13 +108,14 @@ newest_ckpt() { newest $R/runs/$1/work/rl/checkpoints/step_*; }
 running() { [ -f $R/pipeline.pid ] && kill -0 "$(cat $R/pipeline.pid)" 2>/dev/null; }
 step_of() { local c; c=$(newest_ckpt $1); [ -n "$c" ] && echo ${c##*_} || echo 0; }
 sweep_done() {  # every (env seed, scale) cell of sweep $2 of run $1 is in its results.json
-  python3 - "$R/runs/$1/work/results.json" "$2" $SCALES <<'PY'
+  local seeds=($EVAL_SEEDS); local n=${#seeds[@]}; [ $n -gt 0 ] || n=2  # bench default: seed, seed + 1000
+  python3 - "$R/runs/$1/work/results.json" "$2" $n $SCALES <<'PY'
 import json, sys
 try:
     entry = json.load(open(sys.argv[1]))["sweeps"][sys.argv[2]]
 except (OSError, KeyError, ValueError):
     sys.exit(1)
-sys.exit(0 if len(entry.get("runs", {})) >= 2 * len(sys.argv[3:]) and "by_cfg" in entry else 1)
+sys.exit(0 if len(entry.get("runs", {})) >= int(sys.argv[3]) * len(sys.argv[4:]) and "by_cfg" in entry else 1)
 PY
 }
 
@@ -121,7 +133,8 @@ if [ "$MODE" = pipeline ]; then
         && touch $sd/.made_here || { log "$run: SFT failed (tail $d/sft.log)"; exit 1; }
     fi
     B=(python3 scripts/bench_learning_libero.py --task $task --seed $seed --work-dir $d/work --sft-dir $sd
-       --num-envs $NENV --sampler=$SAMPLER --eval-split heldout --eval-states $EVAL_STATES --cfg-scales $SCALES)
+       --num-envs $NENV --sampler=$SAMPLER --eval-split heldout --eval-states $EVAL_STATES --cfg-scales $SCALES
+       ${EVAL_SEEDS:+--eval-seeds $EVAL_SEEDS})
     RL=(--rl-steps $ROUNDS --save-every 1 --init-states-per-round $STATES --rloo $K --rl-lr $LR --mini-batch-size 16
         --num-epochs $EPOCHS --resume-rl --rl-override algo.clip_labels=true --rl-override algo.episode_weighting=episode
         --rl-override algo.policy.train_expert_only=true --rl-override training.keep_last_checkpoints=2
@@ -156,7 +169,7 @@ if [ "$MODE" = pipeline ]; then
     ! wants after || sweep_done $run after || step "sweep after" "${B[@]}" --stages sweep --sweep-from $(newest_ckpt $run) --sweep-name after
     touch $d/done; log "$run: done"
   done
-  log "ALL DONE [$RUNS]"; exit 0
+  log "ALL DONE [$PLAN]"; exit 0
 fi
 
 # ------------------------------------------------------------------ a call
@@ -182,14 +195,18 @@ if [ ! -f $R/started ] && [ -f $R/in/results.tgz ]; then  # a fresh machine: con
   for run in $RUNS; do
     c=$(newest $R/in/${run}_step_*)
     [ -n "$c" ] && mkdir -p $R/runs/$run/work/rl/checkpoints && cp -r $c $R/runs/$run/work/rl/checkpoints/step_${c##*_}
+    for f in $R/in/final_$run/step_*.tar.part_aa; do  # a finished run's last checkpoint (for wider sweeps)
+      [ -f $f ] || continue; mkdir -p $R/runs/$run/work/rl/checkpoints
+      cat ${f%aa}* | tar -C $R/runs/$run/work/rl/checkpoints -xf - && touch $R/runs/$run/final.sent
+    done
   done
   log "restored from .r3: $(ls $R/in | tr '\n' ' ')"; touch $R/started
 fi
 [ "${NEW:-0}" = 1 ] && touch $R/started
 if [ ! -f $R/started ]; then log "nothing to continue from: carry .r3 (or NEW=1 for the experiment's first call)"; exit 0; fi
-if ! running && ! grep -qF "ALL DONE [$RUNS]" $R/driver.log 2>/dev/null; then
+if ! running && ! grep -qF "ALL DONE [$PLAN]" $R/driver.log 2>/dev/null; then
   setsid nohup bash $REPO/docs/device_runs/scripts/device_libero_round3.sh pipeline > $R/pipeline.log 2>&1 < /dev/null &
-  echo $! > $R/pipeline.pid; log "pipeline started for [$RUNS]"
+  echo $! > $R/pipeline.pid; log "pipeline started for [$PLAN]"
 fi
 while [ $(( $(date +%s) - T0 )) -lt $WALL_S ] && running; do sleep 10; done
 
@@ -203,6 +220,12 @@ done
 for s in $R/start_*/.made_here; do  # a start trained on this machine leaves once, in 15 MB parts
   name=$(basename $(dirname $s)); [ -f $s ] && [ ! -f $R/$name/.sent ] || continue
   mkdir -p $OUT/$name && split -b 15M $R/$name/model.safetensors $OUT/$name/model.safetensors.part_ && touch $R/$name/.sent
+done
+for run in $RUNS; do  # a finished run's last checkpoint leaves once (a tar in 15 MB parts), if OUT has room
+  c=$(newest_ckpt $run); [ -n "$c" ] && [ -f $R/runs/$run/done ] && [ ! -f $R/runs/$run/final.sent ] || continue
+  [ $(find $OUT -type f | wc -l) -le 5 ] || break
+  mkdir -p $OUT/final_$run && tar -C $(dirname $c) -cf - $(basename $c) | split -b 15M - $OUT/final_$run/$(basename $c).tar.part_ \
+    && touch $R/runs/$run/final.sent
 done
 find $OUT -type f -printf '%s %p\n' | awk '{n++; t+=$1; if ($1 > 16*2^20) big=big" "$2}
   END {printf "OUT: %d files, %.1f MB%s\n", n, t/2^20, big ? ", OVER 16 MB:" big : ""}'
@@ -222,7 +245,7 @@ for run in sys.argv[2:]:
     gap = [round(100 * r["train/branch_gap"], 2) for r in rows if "train/branch_gap" in r]
     demo = [round(r["train/demo_fm_loss"], 4) for r in rows if "train/demo_fm_loss" in r]
     sweeps = {name: {cfg: f"{c['successes']}/{c['episodes']}" for cfg, c in e.get("by_cfg", {}).items()}
-              or f"{len(e.get('runs', {}))}/8 cells" for name, e in res.get("sweeps", {}).items()}
+              or f"{len(e.get('runs', {}))} cells" for name, e in res.get("sweeps", {}).items()}
     print(run, "rounds", len(train), "train success", train, "gap %", gap[-3:], "demo loss", demo[-3:], "sweeps", sweeps)
 PY
 tail -n 8 $R/driver.log
