@@ -322,16 +322,22 @@ def sweep_stage(args: argparse.Namespace, task_name: str, val_rows: list[int], w
     return entry
 
 
+def cell_counts(run: dict[str, Any]) -> tuple[int, int]:
+    """(successes, valid episodes) of one (env seed, cfg) cell of a sweep; an invalid episode is None."""
+    outcomes = [v for v in run["per_state"].values() if v is not None]
+    return int(sum(outcomes)), len(outcomes)
+
+
 def pool_sweep(runs: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per cfg scale: successes / valid episodes pooled over env seeds, with a 95 % Wilson interval."""
     from ript.training.run_summary import wilson_interval
 
     pooled: dict[str, dict[str, Any]] = {}
     for run in runs.values():
-        outcomes = [v for v in run["per_state"].values() if v is not None]
+        successes, episodes = cell_counts(run)
         cell = pooled.setdefault(f"{run['cfg_scale']:g}", {"successes": 0, "episodes": 0})
-        cell["successes"] += int(sum(outcomes))
-        cell["episodes"] += len(outcomes)
+        cell["successes"] += successes
+        cell["episodes"] += episodes
     for cell in pooled.values():
         cell["rate"] = cell["successes"] / cell["episodes"] if cell["episodes"] else None
         cell["wilson95"] = list(wilson_interval(cell["successes"], cell["episodes"])) if cell["episodes"] else None

@@ -38,9 +38,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
+from bench_learning_libero import cell_counts, pool_sweep  # noqa: E402
 from ript.training.run_summary import read_metrics, wilson_interval  # noqa: E402
 
 
@@ -155,15 +157,8 @@ def _variant(run_dir: Path) -> str:
 def _pooled_cells(entry: dict[str, Any]) -> dict[str, list[int]]:
     """{cfg: [successes, valid episodes]} of one sweep, from its (env seed, cfg) cells, so that a sweep
     cut short by its call still counts what it finished; ``by_cfg`` where the cells were not kept."""
-    pooled: dict[str, list[int]] = {}
-    for cell in (entry.get("runs") or {}).values():
-        outcomes = [v for v in cell["per_state"].values() if v is not None]
-        counts = pooled.setdefault(f"{float(cell['cfg_scale']):g}", [0, 0])
-        counts[0] += int(sum(outcomes))
-        counts[1] += len(outcomes)
-    if not pooled:
-        pooled = {cfg: [int(c["successes"]), int(c["episodes"])] for cfg, c in (entry.get("by_cfg") or {}).items()}
-    return pooled
+    by_cfg = pool_sweep(entry["runs"]) if entry.get("runs") else entry.get("by_cfg") or {}
+    return {cfg: [int(c["successes"]), int(c["episodes"])] for cfg, c in by_cfg.items()}
 
 
 def load_sweeps(dirs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -185,9 +180,8 @@ def load_sweeps(dirs: Sequence[str]) -> dict[str, dict[str, Any]]:
         for name, entry in (result.get("sweeps") or {}).items():
             if name.startswith("start"):
                 for cell in (entry.get("runs") or {}).values():
-                    outcomes = [v for v in cell["per_state"].values() if v is not None]
                     group["start_cells"].setdefault(f"seed{cell['env_seed']}_cfg{float(cell['cfg_scale']):g}",
-                                                    [int(sum(outcomes)), len(outcomes)])
+                                                    list(cell_counts(cell)))
             for cfg, (k, n) in _pooled_cells(entry).items():
                 pooled = group["sweeps"].setdefault(name, {}).setdefault(cfg, [0, 0])
                 pooled[0] += k
