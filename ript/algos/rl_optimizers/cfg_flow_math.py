@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # only for annotations; the runner utils are imported lazily 
 
 logger = logging.getLogger(__name__)
 
-WeightMode = Literal["clip", "std_normalized", "binary", "exp"]
+WeightMode = Literal["clip", "std_normalized", "binary", "exp", "signed"]
 WindowMode = Literal["aligned", "stride", "last"]
 ShortWindow = Literal["skip", "pad"]
 ActionMode = Literal["relative", "absolute"]
@@ -106,7 +106,8 @@ def advantage_weights(
     valid_mask: torch.Tensor | None = None,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """Conditional-branch weight ``w(adv)`` in ``[0, a_max]``; only ``adv > 0`` gets weight.
+    """Conditional-branch weight ``w(adv)`` in ``[0, a_max]``; only ``adv > 0`` gets weight
+    (except ``signed``, in ``[-a_max, a_max]``).
 
     CFGRL trains the ``is_positive=1`` branch on the good part of the data; we keep that
     selection (adv <= 0 -> w = 0) and, like advantage-weighted regression, let larger advantages
@@ -118,6 +119,10 @@ def advantage_weights(
             entries (population std). All-equal rewards give adv = 0 -> w = 0 (eps keeps 0/0 finite).
         binary: ``w = 1[adv > 0]`` (CFGRL's optimality indicator; T ignored), then clipped.
         exp: ``w = 1[adv > 0] * min(exp(adv / T), a_max)`` (AWR-style exponential weight).
+        signed: ``w = clip(adv / T, -a_max, a_max)``: failures get negative weight. RLOO advantages
+            sum to zero over a group, so the pull that every own sample exerts (training on what the
+            policy itself generated drifts it, even when all of it succeeded) cancels within the
+            group and what is left is the success-minus-failure direction (docs/learning_libero.md).
     Invalid entries (``valid_mask`` False) get 0.
     """
     check_literal("weight_mode", mode, WeightMode)
@@ -127,6 +132,9 @@ def advantage_weights(
         raise ValueError(f"advantage_temperature={temperature} must be > 0")
     adv = adv.detach().float()
     valid = torch.ones_like(adv, dtype=torch.bool) if valid_mask is None else valid_mask.bool().to(adv.device)
+    if mode == "signed":
+        w = (adv / temperature).clamp(-a_max, a_max)
+        return torch.where(valid, w, torch.zeros_like(w))
     positive = (adv > 0) & valid
     if mode == "clip":
         w = adv / temperature

@@ -93,7 +93,21 @@ def test_weights_binary_and_exp():
     torch.testing.assert_close(advantage_weights(torch.tensor([1e4, -1e4]), "exp", a_max=3.0), torch.tensor([3.0, 0.0]))
 
 
-@pytest.mark.parametrize("mode", ["clip", "std_normalized", "binary", "exp"])
+def test_weights_signed_keep_the_failures_negative_and_sum_to_zero_per_group():
+    # signed: w = clip(adv/T, -a_max, a_max); failures weigh against, so a group's weights cancel.
+    torch.testing.assert_close(advantage_weights(ADV, "signed"), ADV)
+    torch.testing.assert_close(advantage_weights(ADV, "signed", temperature=0.5, a_max=1.0),
+                               torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    adv = rloo_advantages([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0], 4)  # two groups of K 4
+    w = advantage_weights(adv, "signed")
+    assert (w[[1, 2, 3, 7]] < 0).all() and (w[[0, 4, 5, 6]] > 0).all()
+    torch.testing.assert_close(w.view(2, 4).sum(dim=1), torch.zeros(2), atol=1e-6, rtol=0)
+    # Invalid (padding) episodes weigh nothing either way.
+    w = advantage_weights(ADV, "signed", valid_mask=torch.tensor([True, False, True, True]))
+    torch.testing.assert_close(w, torch.tensor([2 / 3, 0, -2 / 3, 2 / 3]))
+
+
+@pytest.mark.parametrize("mode", ["clip", "std_normalized", "binary", "exp", "signed"])
 def test_weights_all_equal_rewards_are_zero_and_finite(mode):
     adv = rloo_advantages([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0], 4)  # all zero
     w = advantage_weights(adv, mode)

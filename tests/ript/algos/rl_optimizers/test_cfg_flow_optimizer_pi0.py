@@ -262,6 +262,32 @@ def test_bc_ablation_weights_every_valid_rollout():
     assert make_optimizer(episodes).score_episodes(episodes, [True, True, False, False]).weights.tolist() == [1.0, 0, 0, 0]
 
 
+def test_signed_weights_push_the_conditional_branch_away_from_failures():
+    # K=2, [success, failure] -> adv [1, -1] -> signed w [1, -1]: the group's weights cancel.
+    episodes = episodes_k2()
+    assert make_optimizer(episodes, weight_mode="signed").score_episodes(episodes, [True, True]).weights.tolist() == [1.0, -1.0]
+    start = FakePolicy()
+    stepped = {}
+    for mode in ("binary", "signed"):
+        stepped[mode] = copy.deepcopy(start)
+        opt = make_optimizer(episodes, weight_mode=mode, cfg_uncond_weight=0.0, mini_batch_size=4)
+        opt.optimize(stepped[mode], None, sgd(stepped[mode], lr=1e-3))
+    call = stepped["signed"].calls[0]
+    failure = torch.tensor([ep_i == 1 for ep_i in _episode_of(call["batch"], episodes)])
+    assert failure.sum() == 2
+
+    def conditional_loss(p):  # per window, with the step's noise and time
+        with torch.no_grad():
+            return p.cfg_flow_losses(call["batch"], noise=call["noise"], time=call["time"])["losses_pos"].mean((1, 2))
+
+    # Same start, same success term: the signed step differs by +lr * grad(L_failure), so the
+    # failure's conditional loss ends higher than after the binary step (which ignores failures),
+    # and the objective sum(w * L) falls.
+    assert conditional_loss(stepped["signed"])[failure].sum() > conditional_loss(stepped["binary"])[failure].sum()
+    w = torch.where(failure, -1.0, 1.0)
+    assert (w * conditional_loss(stepped["signed"])).sum() < (w * conditional_loss(start)).sum()
+
+
 def test_metrics_keys_and_values():
     ns = make_norm_stats()
     # K=2 groups: task_a [success 100 steps, failure 120 steps], task_b [failure, failure w/ fault].
