@@ -335,16 +335,21 @@ def load_curves(paths: Sequence[str]) -> dict[str, dict[str, list[float]]]:
 
 
 def curves_table(curves: dict[str, dict[str, list[float]]]) -> str:
-    lines = ["| run | rounds | training success, first half -> second half | demo loss, before -> last |",
-             "|---|---:|---|---|"]
+    """One row a run: round 1 (the start's own rollouts, before any update), training success by
+    thirds of the run (a lift that comes and goes shows in the middle third) and the demo-loss drift."""
+    lines = ["| run | rounds | round 1 (the start) | training success by thirds of the run | demo loss, before -> last |",
+             "|---|---:|---:|---|---|"]
     for label, c in curves.items():
         success, demo = c["rollout/mean_scores"], c["train/demo_fm_loss"]
-        half = len(success) // 2
-        trend = (f"{sum(success[:half]) / half:.2f} -> {sum(success[half:]) / (len(success) - half):.2f}" if half
-                 else " ".join(f"{v:.2f}" for v in success) or "—")
+        if len(success) >= 3:
+            bounds = [round(i * len(success) / 3) for i in range(4)]
+            trend = " -> ".join(f"{sum(success[a:b]) / (b - a):.2f}" for a, b in zip(bounds, bounds[1:]))
+        else:
+            trend = " ".join(f"{v:.2f}" for v in success) or "—"
+        first = f"{success[0]:.2f}" if success else "—"
         drift = f"{demo[0]:.4f} -> {demo[-1]:.4f} ({100 * (demo[-1] / demo[0] - 1):+.0f} %)" if demo else "—"
         # (demo[0] is the loss before any update when the run logged it, else after round 1)
-        lines.append(f"| {label} | {len(success)} | {trend} | {drift} |")
+        lines.append(f"| {label} | {len(success)} | {first} | {trend} | {drift} |")
     return "\n".join(lines)
 
 

@@ -92,6 +92,8 @@ def test_curves_compare_runs_round_by_round_with_the_demo_loss_from_before_the_f
     drifting.write_text("".join(json.dumps(row) + "\n" for row in [
         {"rollout/mean_scores": 0.5, "train/demo_fm_loss": 0.022, "train/demo_fm_loss_before": 0.020},
         {"rollout/mean_scores": 0.7, "train/demo_fm_loss": 0.026},
+        {"rollout/mean_scores": 0.8, "train/demo_fm_loss": 0.028},
+        {"rollout/mean_scores": 0.6, "train/demo_fm_loss": 0.029},
         {"rollout/mean_scores": 0.3, "train/demo_fm_loss": 0.030},
         {"rollout/mean_scores": 0.1, "train/demo_fm_loss": 0.035}]))
     no_probe = tmp_path / "run_b" / "work" / "rl"  # a bench work dir: metrics.jsonl in rl/, no probe logged
@@ -99,9 +101,10 @@ def test_curves_compare_runs_round_by_round_with_the_demo_loss_from_before_the_f
     (no_probe / "metrics.jsonl").write_text(json.dumps({"rollout/mean_scores": 0.25}) + "\n")
     summary_script.main([str(drifting), str(no_probe.parent), "--curves", "--out-dir", str(tmp_path / "out")])
     table = (tmp_path / "out" / "curves.md").read_text()
-    # First half (0.5, 0.7) -> second half (0.3, 0.1); demo loss from before the first update, 0.020.
-    assert "| drifting | 4 | 0.60 -> 0.20 | 0.0200 -> 0.0350 (+75 %) |" in table
-    assert "| run_b | 1 | 0.25 | — |" in table
+    # Thirds (0.5, 0.7) -> (0.8, 0.6) -> (0.3, 0.1): the lift that came and went; round 1 is the
+    # start's own success; the demo loss from before the first update, 0.020.
+    assert "| drifting | 6 | 0.50 | 0.60 -> 0.70 -> 0.20 | 0.0200 -> 0.0350 (+75 %) |" in table
+    assert "| run_b | 1 | 0.25 | 0.25 | — |" in table
     assert (tmp_path / "out" / "curves.png").is_file()
     with pytest.raises(SystemExit, match="no metrics.jsonl rows"):
         summary_script.main([str(tmp_path / "empty_dir"), "--curves", "--out-dir", str(tmp_path / "out")])
