@@ -156,6 +156,15 @@ def check_hyperparameters(cfg: DictConfig, world_size: int) -> None:
         value = OmegaConf.select(cfg, key, default=1)
         if value is not None and value < 1:
             _fail(key, value, "must be >= 1")
+    # CosineAnnealingLR moves each group's lr from its base to eta_min: a base below the floor
+    # would make the "decay" raise the lr (an lr ~ 0 control trained at 1.25e-6 in its second round).
+    eta_min = OmegaConf.select(cfg, "algo.scheduler_factory.eta_min", default=None)
+    for key in ("algo.lr", "algo.header_lr"):
+        lr = OmegaConf.select(cfg, key, default=None)
+        if eta_min is not None and lr is not None and float(lr) < float(eta_min):
+            _fail("algo.scheduler_factory.eta_min", eta_min,
+                  f"is above {key}={lr}, so the cosine schedule would raise that lr towards it over the run; "
+                  f"set algo.scheduler_factory.eta_min to at most {lr} (e.g. 0)")
     if cfg.training.keep_last_checkpoints < 0:
         _fail("training.keep_last_checkpoints", cfg.training.keep_last_checkpoints, "must be >= 0 (0 keeps every one)")
     check_checkpoint_options(cfg)

@@ -155,6 +155,15 @@ def test_zero_cfg_scale_is_allowed(compose_cfg):
     check_config(compose_cfg("algo.cfg_scale=0.0", "rollout.cfg_scale=0.0"))
 
 
+@pytest.mark.parametrize("key", ["algo.lr", "algo.header_lr"])
+def test_lr_below_the_schedules_floor_is_refused(compose_cfg, key):
+    # The cosine schedule would raise this lr towards eta_min (2.5e-6) instead of decaying it.
+    message = _raises_naming(compose_cfg(f"{key}=1e-12"), "algo.scheduler_factory.eta_min", 2.5e-06)
+    assert key in message and "eta_min to at most 1e-12" in message
+    check_config(compose_cfg(f"{key}=1e-12", "algo.scheduler_factory.eta_min=0"))
+    check_config(compose_cfg(f"{key}=2.5e-6"))  # at the floor: a constant lr, as the slow recipe ran
+
+
 def test_negative_uncond_weight(compose_cfg):
     _raises_naming(compose_cfg("algo.cfg_uncond_weight=-0.1"), "algo.cfg_uncond_weight", -0.1)
 
