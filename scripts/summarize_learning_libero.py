@@ -367,8 +367,9 @@ def plot_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
                 ax.plot(range(first, first + len(c[key])), c[key], marker="o", ms=3, color=f"C{i}", label=label)
         ax.set_xlabel("RL round")
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2)
     axes[0].set_ylim(0, 1)
+    axes[1].set_yscale("log")  # drifts differ by orders of magnitude between recipes
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
