@@ -337,8 +337,8 @@ def load_curves(paths: Sequence[str]) -> dict[str, dict[str, list[float]]]:
 def curves_table(curves: dict[str, dict[str, list[float]]]) -> str:
     """One row a run: round 1 (the start's own rollouts, before any update), training success by
     thirds of the run (a lift that comes and goes shows in the middle third) and the demo-loss drift."""
-    lines = ["| run | rounds | round 1 (the start) | training success by thirds of the run | demo loss, before -> last |",
-             "|---|---:|---:|---|---|"]
+    lines = ["| run | rounds | round 1 (the start) | training success by thirds of the run "
+             "| demo loss, before -> last |", "|---|---:|---:|---|---|"]
     for label, c in curves.items():
         success, demo = c["rollout/mean_scores"], c["train/demo_fm_loss"]
         if len(success) >= 3:

@@ -132,7 +132,8 @@ def check_hyperparameters(cfg: DictConfig, world_size: int) -> None:
         _fail("algo.rloo_batch_size", algo.rloo_batch_size,
               "RLOO needs at least 2 rollouts per init state (leave-one-out baseline); use >= 2")
     if algo.a_max <= 0:
-        _fail("algo.a_max", algo.a_max, "advantage weights are clipped to [0, a_max]; use a_max > 0")
+        _fail("algo.a_max", algo.a_max,
+              "advantage weights are clipped to [0, a_max] ([-a_max, a_max] when signed); use a_max > 0")
     if algo.cfg_uncond_weight < 0:
         _fail("algo.cfg_uncond_weight", algo.cfg_uncond_weight, "the unconditional weight alpha must be >= 0")
     for key, value in (("algo.cfg_scale", algo.cfg_scale), ("rollout.cfg_scale", cfg.rollout.cfg_scale)):

@@ -128,7 +128,8 @@ def advantage_weights(
     """
     check_literal("weight_mode", mode, WeightMode)
     if a_max <= 0:
-        raise ValueError(f"a_max={a_max} must be > 0: weights are clipped to [0, a_max] ([-a_max, a_max] when signed)")
+        raise ValueError(f"a_max={a_max} must be > 0: weights are clipped to [0, a_max] "
+                         "([-a_max, a_max] when signed)")
     if temperature <= 0:
         raise ValueError(f"advantage_temperature={temperature} must be > 0")
     adv = adv.detach().float()

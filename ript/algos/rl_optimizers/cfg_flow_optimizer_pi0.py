@@ -147,7 +147,8 @@ class CFGFlowConfig:
         for key, value in positive_ints.items():
             if int(value) != value or value < 1:
                 raise ValueError(f"{key}={value!r} must be an integer >= 1")
-        _check(self.a_max > 0, "a_max", self.a_max, "advantage weights are clipped to [0, a_max] ([-a_max, a_max] when signed); use a_max > 0")
+        _check(self.a_max > 0, "a_max", self.a_max,
+               "advantage weights are clipped to [0, a_max] ([-a_max, a_max] when signed); use a_max > 0")
         _check(self.cfg_uncond_weight >= 0, "cfg_uncond_weight", self.cfg_uncond_weight,
                "alpha weights the unconditional branch; use a value >= 0 (default 0.1)")
         _check(self.advantage_temperature > 0, "advantage_temperature", self.advantage_temperature,

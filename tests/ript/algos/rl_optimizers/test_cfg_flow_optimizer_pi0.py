@@ -265,7 +265,8 @@ def test_bc_ablation_weights_every_valid_rollout():
 def test_signed_weights_push_the_conditional_branch_away_from_failures():
     # K=2, [success, failure] -> adv [1, -1] -> signed w [1, -1]: the group's weights cancel.
     episodes = episodes_k2()
-    assert make_optimizer(episodes, weight_mode="signed").score_episodes(episodes, [True, True]).weights.tolist() == [1.0, -1.0]
+    scored = make_optimizer(episodes, weight_mode="signed").score_episodes(episodes, [True, True])
+    assert scored.weights.tolist() == [1.0, -1.0]
     start = FakePolicy()
     stepped = {}
     for mode in ("binary", "signed"):
@@ -278,7 +279,8 @@ def test_signed_weights_push_the_conditional_branch_away_from_failures():
 
     def conditional_loss(p):  # per window, with the step's noise and time
         with torch.no_grad():
-            return p.cfg_flow_losses(call["batch"], noise=call["noise"], time=call["time"])["losses_pos"].mean((1, 2))
+            out = p.cfg_flow_losses(call["batch"], noise=call["noise"], time=call["time"])
+        return out["losses_pos"].mean((1, 2))
 
     # Same start, same success term: the signed step differs by +lr * grad(L_failure), so the
     # failure's conditional loss ends higher than after the binary step (which ignores failures),
