@@ -52,7 +52,8 @@
 # LIBERO seed 0; the report seeds are 11-13: RUNS="n10_s11 n5_s11 t1n5_s11 n10_s12 ..." (t1n5:
 # the second task, cream cheese from 5 demos), runs one after the other, each on all NENV simulators.
 # Measured (seed 0, eager sampler, 14 simulators): 24 rounds + three sweeps = 21 min, i.e. 3 calls, a run.
-# Seed 0 showed the recipe below harms (docs/learning_libero.md); choose the next settings there first, e.g.
+# Seed 0 showed the recipe below harms (docs/learning_libero.md); choose the next settings there first,
+# after the overfit test (docs/learning_libero_rounds/{cpu_overfit_4states,gpu_overfit_8states}/run.sh), e.g.
 #   RUNS=n10_s0.stable SWEEPS=after ROUNDS=12 LR=2.5e-6 EPOCHS=1 EXTRA="algo.clip_labels=false algo.demo_replay_per_round=4"
 # Env knobs: RUNS ("n10_s11 n5_s11": <start>_s<seed>[.<tag>]; a tag names a variant, e.g. the EXTRA of a
 # tuning run on seed 0: RUNS=n10_s0.epochs1 EXTRA="..."), SWEEPS ("start mid after": which held-out
