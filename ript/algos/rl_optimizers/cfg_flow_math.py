@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # only for annotations; the runner utils are imported lazily 
 logger = logging.getLogger(__name__)
 
 WeightMode = Literal["clip", "std_normalized", "binary", "exp", "signed"]
-WindowMode = Literal["aligned", "stride", "last"]
+WindowMode = Literal["aligned", "stride", "last", "gripper"]
 ShortWindow = Literal["skip", "pad"]
 ActionMode = Literal["relative", "absolute"]
 EpisodeWeighting = Literal["window", "episode"]
@@ -184,11 +184,13 @@ def window_starts(
         must equal ``n_action_steps``.
     stride: 0, s, 2s, ... < T (openpi-style sliding windows when s < 50).
     last: the chunk starts too; :func:`cut_windows` keeps only the last usable one.
+    gripper: the chunk starts too; :func:`cut_windows` keeps only the windows in which the executed
+        gripper command switches (grasp or release), where a pick-and-place is won or lost.
     """
     check_literal("window_mode", window_mode, WindowMode)
     if window_stride < 1:
         raise ValueError(f"window_stride={window_stride} must be >= 1")
-    if window_mode in ("aligned", "last"):
+    if window_mode in ("aligned", "last", "gripper"):
         if window_stride != n_action_steps:
             raise ValueError(
                 f"window_mode={window_mode!r} cuts windows at the chunk starts, so window_stride="
@@ -197,6 +199,13 @@ def window_starts(
             )
         return [int(t) for t in chunk_start_steps if 0 <= int(t) < num_steps]
     return list(range(0, num_steps, window_stride))
+
+
+def gripper_switches(actions: Any, t: int, n_action_steps: int) -> bool:
+    """Whether the executed gripper command (LIBERO's last action dim: < 0 open, > 0 close) changes
+    sign within window [t, t + H), counting a change from step t - 1 to step t."""
+    gripper = np.sign(np.asarray(actions, dtype=np.float32)[max(t - 1, 0) : t + n_action_steps, -1])  # (<=H+1,)
+    return bool(np.any(gripper[1:] != gripper[:-1]))
 
 
 def _observation_at(episode: "Episode", t: int, n_action_steps: int) -> "ChunkObservation":
@@ -305,6 +314,8 @@ def cut_windows(
         kept.append(t)
     if window_mode == "last" and kept:
         kept = kept[-1:]
+    if window_mode == "gripper":
+        kept = [t for t in kept if gripper_switches(episode.actions, t, n_action_steps)]
     windows = []
     for t in kept:
         obs = _observation_at(episode, t, n_action_steps)

@@ -164,6 +164,27 @@ def test_last_window_mode():
     assert w.start_step == 100
 
 
+def test_gripper_window_mode_keeps_the_windows_where_the_gripper_switches():
+    ns = make_norm_stats()
+    ep = make_episode(200, ns, seed=7)  # chunks at 0, 50, 100, 150
+    gripper = np.full(200, -1.0, dtype=np.float32)  # open ...
+    gripper[70:170] = 1.0  # ... grasp at step 70 (window 50), release at step 170 (window 150)
+    ep.actions[:, -1] = gripper
+    windows, _ = cut_windows(ep, 1.0, ns, window_mode="gripper")
+    assert [w.start_step for w in windows] == [50, 150]
+    # A switch right at a chunk start (step 99 open, step 100 closed) belongs to the window it starts.
+    gripper[:] = -1.0
+    gripper[100:] = 1.0
+    ep.actions[:, -1] = gripper
+    assert [w.start_step for w in cut_windows(ep, 1.0, ns, window_mode="gripper")[0]] == [100]
+    # The windows kept are the aligned ones, labels and all.
+    aligned = {w.start_step: w for w in cut_windows(ep, 1.0, ns)[0]}
+    np.testing.assert_array_equal(cut_windows(ep, 1.0, ns, window_mode="gripper")[0][0].action, aligned[100].action)
+    # No switch (a failure that never closed): no window.
+    ep.actions[:, -1] = -1.0
+    assert cut_windows(ep, 1.0, ns, window_mode="gripper") == ([], 0)
+
+
 def test_stride_needs_step_observations():
     ns = make_norm_stats()
     ep = make_episode(120, ns, seed=6)
