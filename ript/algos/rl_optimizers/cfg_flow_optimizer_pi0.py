@@ -422,10 +422,11 @@ class CFGFlowOptimizerPI0:
         return int(model_steps) if model_steps is not None else 50
 
     def make_windows(self, episodes: Sequence[Episode], weights: torch.Tensor, model: Any,
-                     first_index: int = 0) -> tuple[list[Window], int]:
+                     first_index: int = 0, window_mode: WindowMode | None = None) -> tuple[list[Window], int]:
         """Cut every valid episode into windows carrying its weight; (windows, n_short_skipped).
 
-        Episode ``i`` gets ``episode_index = first_index + i``, which seeds its windows' noise."""
+        Episode ``i`` gets ``episode_index = first_index + i``, which seeds its windows' noise.
+        ``window_mode`` overrides the config's (the demo probe always cuts aligned windows)."""
         c = self.config
         n_steps = self._n_action_steps(model)
         windows: list[Window] = []
@@ -434,7 +435,8 @@ class CFGFlowOptimizerPI0:
             if not ep.valid:
                 continue
             ws, skipped = cut_windows(
-                ep, float(weights[i]), model.norm_stats, window_stride=c.window_stride, window_mode=c.window_mode,
+                ep, float(weights[i]), model.norm_stats, window_stride=c.window_stride,
+                window_mode=window_mode or c.window_mode,
                 short_window=c.short_window, n_action_steps=n_steps, action_mode=c.action_mode,
                 episode_index=first_index + i, clip_labels=c.clip_labels,
             )
@@ -526,8 +528,9 @@ class CFGFlowOptimizerPI0:
             demos = self.demo_replay or DemoReplay(self.config.demo_replay_path, 0, self.config.seed,
                                                    self.config.demo_replay_num_demos)
             episodes = demos.all_episodes(model.norm_stats, self._n_action_steps(model))
+            # Aligned whatever the training windows are, so that every run's probe is the same windows.
             windows, _ = self.make_windows(episodes, torch.ones(len(episodes)), model,
-                                           first_index=DEMO_PROBE_INDEX_OFFSET)
+                                           first_index=DEMO_PROBE_INDEX_OFFSET, window_mode="aligned")
             self._demo_probe = windows[: self.config.demo_probe_windows]
         total, count = 0.0, 0.0
         for start in range(0, len(self._demo_probe), self.config.mini_batch_size):

@@ -97,6 +97,26 @@ def test_the_demo_probe_logs_the_loss_on_the_sft_demos_without_training_on_them(
     assert "train/demo_fm_loss_before" not in moving.optimize(moved_policy, None, sgd(moved_policy, lr=0.5))
 
 
+def test_the_demo_probe_cuts_the_same_windows_whatever_the_training_windows(tmp_path):
+    # Demos whose gripper never switches: gripper windows would find none of them, but the
+    # forgetting probe must stay the same windows in every run, so it cuts aligned ones.
+    rng = np.random.default_rng(0)
+    demos = [_demo(rng, 100, i, success=True) for i in range(3)]
+    for demo in demos:
+        for key in ("actions", "executed_actions"):
+            demo[key][:, -1] = -1.0  # open throughout
+    pack = save_demo_pack(demos, tmp_path / "demos.npz")
+    policy = FakePolicy()
+    probed = {}
+    for mode in ("aligned", "gripper"):
+        opt = make_optimizer(episodes_k2(lengths=(100, 100)), weight_mode="binary", demo_replay_path=str(pack),
+                             demo_probe_windows=4, window_mode=mode)
+        loss = opt.optimize(policy, None, sgd(policy, lr=0.0))["train/demo_fm_loss"]
+        probed[mode] = (loss, [(w.episode_index, w.start_step) for w in opt._demo_probe])
+    assert len(probed["gripper"][1]) == 4 and probed["gripper"][1] == probed["aligned"][1]
+    assert probed["gripper"][0] == pytest.approx(probed["aligned"][0])
+
+
 def test_the_demo_probe_needs_the_demos():
     with pytest.raises(ValueError, match="demo_replay_path.*demo_probe_windows > 0"):
         make_optimizer(episodes_k2(), demo_probe_windows=4)
