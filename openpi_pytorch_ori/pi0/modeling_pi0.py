@@ -315,7 +315,17 @@ class PI0FlowMatching(nn.Module):
         noise: torch.Tensor | None = None, time: torch.Tensor | None = None, shared_prefix: bool | str = "interleaved",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Losses of BOTH CFG branches with the SAME noise and time -> (losses_pos, losses_uncond),
-        each (B, T, A) float32, unreduced.
+        each (B, T, A) float32, unreduced (see `cfg_branch_velocities` for `shared_prefix`)."""
+        v_pos, v_uncond, u_t = self.cfg_branch_velocities(images, img_masks, lang_tokens, lang_masks, state, actions,
+                                                          noise=noise, time=time, shared_prefix=shared_prefix)
+        return F.mse_loss(u_t, v_pos, reduction="none"), F.mse_loss(u_t, v_uncond, reduction="none")
+
+    def cfg_branch_velocities(
+        self, images, img_masks, lang_tokens, lang_masks, state, actions,
+        noise: torch.Tensor | None = None, time: torch.Tensor | None = None, shared_prefix: bool | str = "interleaved",
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Both CFG branches' velocities at the SAME ``x_t`` and their flow target ->
+        (v_pos, v_uncond, u_t), each (B, T, A) float32, with grad (the training pass).
 
         shared_prefix=True: the VLM prefix runs once; its keys/values (with grad) are repeated
         for a 2B-row suffix batch [is_positive=1 rows; is_positive=0 rows], so gradients reach the
@@ -330,21 +340,17 @@ class PI0FlowMatching(nn.Module):
         batch = actions.shape[0]
         if shared_prefix == "interleaved":
             v_both = self._cfg_velocities_interleaved(images, img_masks, lang_tokens, lang_masks, state, x_t, time)
-            losses = F.mse_loss(u_t.repeat(2, 1, 1), v_both, reduction="none")  # (2B, T, A)
-            return losses[:batch], losses[batch:]
+            return v_both[:batch], v_both[batch:], u_t
         if shared_prefix not in (True, False):
             raise ValueError(f"shared_prefix must be True, False or 'interleaved', got {shared_prefix!r}.")
         if not shared_prefix:
             inputs = (images, img_masks, lang_tokens, lang_masks, state, x_t, time)
-            v_pos = self.predict_velocity(*inputs, is_positive=1)
-            v_uncond = self.predict_velocity(*inputs, is_positive=0)
-            return F.mse_loss(u_t, v_pos, reduction="none"), F.mse_loss(u_t, v_uncond, reduction="none")
+            return self.predict_velocity(*inputs, is_positive=1), self.predict_velocity(*inputs, is_positive=0), u_t
         cache = self.build_prefix_cache(images, img_masks, lang_tokens, lang_masks).repeat_batch(2)
         v_both = self.denoise_step(
             cache, state.repeat(2, 1), x_t.repeat(2, 1, 1), time.repeat(2), _two_branch_ids(batch, x_t.device)
         )  # (2B, T, A)
-        losses = F.mse_loss(u_t.repeat(2, 1, 1), v_both, reduction="none")  # (2B, T, A)
-        return losses[:batch], losses[batch:]
+        return v_both[:batch], v_both[batch:], u_t
 
     def _cfg_velocities_interleaved(self, images, img_masks, lang_tokens, lang_masks, state, x_t, time
                                     ) -> torch.Tensor:
@@ -720,7 +726,8 @@ class PI0Policy(nn.Module):
             (is_positive, default 1). Padded steps (action_is_pad) are zeroed and still counted
             in the mean, as the reference does.
         branches="cfg": {"losses_pos": (B, T, A_raw), "losses_uncond": (B, T, A_raw)} of both
-            branches with the same noise/time and one shared VLM prefix pass; padded steps zeroed.
+            branches with the same noise/time and one shared VLM prefix pass; padded steps zeroed;
+            and the branches' velocities ("velocities_pos", "velocities_uncond", same shape, grad).
         noise (B, T, max_action_dim) / time (B,) come from the arguments, else batch["noise"] /
         batch["time"], else are drawn (standard normal / 0.001 + 0.999 Beta(1.5, 1)).
         """
@@ -735,11 +742,14 @@ class PI0Policy(nn.Module):
         keep = self._kept_steps(batch, actions)  # (B, T, 1)
         inputs = (images, img_masks, lang_tokens, lang_masks, state, actions)
         if branches == "cfg":
-            losses_pos, losses_uncond = self.model.forward_cfg(*inputs, noise=noise, time=time,
-                                                              shared_prefix=self.cfg_shared_prefix)
+            v_pos, v_uncond, u_t = self.model.cfg_branch_velocities(*inputs, noise=noise, time=time,
+                                                                    shared_prefix=self.cfg_shared_prefix)
             return {
-                "losses_pos": (losses_pos * keep)[..., :action_dim],  # (B, T, A_raw)
-                "losses_uncond": (losses_uncond * keep)[..., :action_dim],
+                "losses_pos": (F.mse_loss(u_t, v_pos, reduction="none") * keep)[..., :action_dim],  # (B, T, A_raw)
+                "losses_uncond": (F.mse_loss(u_t, v_uncond, reduction="none") * keep)[..., :action_dim],
+                # With grad, for terms on the outputs themselves (the optimizer's output anchor).
+                "velocities_pos": (v_pos * keep)[..., :action_dim],  # (B, T, A_raw)
+                "velocities_uncond": (v_uncond * keep)[..., :action_dim],
             }
         branch = 1 if is_positive is None else is_positive
         losses = self.model(*inputs, noise=noise, time=time, is_positive=branch)  # (B, T, A)

@@ -216,6 +216,8 @@ def check_cfg_flow_options(cfg: DictConfig) -> None:
             _fail(key, value, f"choose one of {list(allowed)}")
     if _number("algo.anchor_l2", algo.get("anchor_l2", 0.0)) < 0:
         _fail("algo.anchor_l2", algo.anchor_l2, "the anchor's coefficient must be >= 0 (0 = off)")
+    if _number("algo.anchor_output", algo.get("anchor_output", 0.0)) < 0:
+        _fail("algo.anchor_output", algo.anchor_output, "the output anchor's coefficient must be >= 0 (0 = off)")
     if _number("algo.cond_lr_scale", algo.get("cond_lr_scale", 1.0)) <= 0:
         _fail("algo.cond_lr_scale", algo.cond_lr_scale, "a multiple of the condition's lr; use a value > 0 (1 = same)")
     if _number("algo.rollout_noise_temperature", algo.get("rollout_noise_temperature", 1.0)) <= 0:

@@ -10,6 +10,7 @@ take a PI0 observation batch (see ``docs/ARCHITECTURE.md``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
@@ -285,6 +286,19 @@ class PI0_OFT_Policy:  # noqa: N801 (the user's design card names the class)
         noise = None if noise is None else noise.to(self.device)
         time = None if time is None else time.to(self.device)
         return self.pi0.cfg_velocities(device_batch, noise=noise, time=time)
+
+    def frozen_copy(self) -> "PI0_OFT_Policy":
+        """A frozen snapshot of this policy for reference outputs (the CFG-Flow optimizer's output
+        anchor): a deep copy of the bare PI0 (no DDP, no captured sampler graph), gradients off, in
+        eval mode; norm stats, config and device are shared. Costs one more copy of the weights."""
+        bare = self.pi0
+        graph = bare.__dict__.get("_graph_sampler")
+        # A captured CUDA graph belongs to the live model: the copy samples eagerly.
+        memo = {id(graph): None} if graph is not None else {}
+        snapshot = copy.copy(self)
+        snapshot.model = copy.deepcopy(bare, memo).eval().requires_grad_(False)
+        snapshot.trainable_params = {group: [] for group in self.trainable_params}
+        return snapshot
 
     def flow_losses(self, batch: Mapping[str, Any], noise=None, time=None, is_positive=None) -> dict:
         """Plain (single-branch) flow-matching losses, e.g. for supervised warm starts."""

@@ -124,6 +124,9 @@ class CFGFlowConfig:
     uncond_scope: UncondScope = "all"  # "successes": the alpha term sees successful (and replayed) episodes only
     clip_labels: bool = False  # labels from the commands LIBERO executed (arm clipped to [-1, 1], gripper sign)
     anchor_l2: float = 0.0  # coef of 0.5 * ||theta - theta_start||^2 added to the loss (0 = off)
+    # coef of ||v - v_start||^2 per window, both branches, at the window's own x_t and time: an
+    # anchor on what the policy outputs rather than on its weights (a KL-like term). 0 = off.
+    anchor_output: float = 0.0
     cond_lr_scale: float = 1.0  # the CFG condition's parameters move at this multiple of their group's lr
 
     def __post_init__(self) -> None:
@@ -134,6 +137,10 @@ class CFGFlowConfig:
         check_literal("episode_weighting", self.episode_weighting, EpisodeWeighting)
         check_literal("uncond_scope", self.uncond_scope, UncondScope)
         _check(self.anchor_l2 >= 0, "anchor_l2", self.anchor_l2, "the anchor's coefficient must be >= 0 (0 = off)")
+        _check(self.anchor_output >= 0, "anchor_output", self.anchor_output,
+               "the output anchor's coefficient must be >= 0 (0 = off)")
+        _check(not (self.anchor_output > 0 and not self.seeded_noise), "anchor_output", self.anchor_output,
+               "the start policy must see the same noise and time as the trained one; set seeded_noise=true")
         _check(self.cond_lr_scale > 0, "cond_lr_scale", self.cond_lr_scale,
                "a multiple of the condition parameters' lr; use a value > 0 (1 = same lr)")
         _check(not (self.uncond_scope == "successes" and self.cfg_uncond_weight == 0), "uncond_scope",
@@ -279,6 +286,7 @@ class CFGFlowOptimizerPI0:
         uncond_scope: UncondScope = "all",
         clip_labels: bool = False,
         anchor_l2: float = 0.0,
+        anchor_output: float = 0.0,
         cond_lr_scale: float = 1.0,
     ) -> None:
         self.config = CFGFlowConfig(
@@ -296,7 +304,7 @@ class CFGFlowOptimizerPI0:
             demo_probe_windows=demo_probe_windows, diagnostic_windows=diagnostic_windows,
             track_weight_distance=track_weight_distance,
             episode_weighting=episode_weighting, uncond_scope=uncond_scope, clip_labels=clip_labels,
-            anchor_l2=anchor_l2, cond_lr_scale=cond_lr_scale,
+            anchor_l2=anchor_l2, anchor_output=anchor_output, cond_lr_scale=cond_lr_scale,
         )
         self.rollout_generator = rollout_generator
         self.reward_function = reward_function
@@ -314,6 +322,10 @@ class CFGFlowOptimizerPI0:
                             if demo_replay_per_round > 0 else None)
         self._demo_probe: list[Window] | None = None  # built on first use (needs the policy's norm stats)
         self._start_weights: list[torch.Tensor] | None = None  # for train/weight_distance
+        # The output anchor's reference: a frozen copy of the first round's policy, and its trainable
+        # weights (kept in state_dict, so that a resumed run anchors to the same start).
+        self._start_policy: Any = None
+        self._start_trainable: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -322,6 +334,8 @@ class CFGFlowOptimizerPI0:
         state: dict[str, Any] = {"round": self.round, "consecutive_nonfinite": self.consecutive_nonfinite}
         if self.replay is not None:
             state["success_replay"] = self.replay.state_dict()
+        if self._start_trainable is not None:
+            state["output_anchor_start"] = self._start_trainable
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -329,6 +343,10 @@ class CFGFlowOptimizerPI0:
         self.consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
         if self.replay is not None and state.get("success_replay") is not None:
             self.replay.load_state_dict(state["success_replay"])
+        if self.config.anchor_output > 0 and state.get("output_anchor_start") is not None:
+            # The frozen copy is rebuilt from these on the next round (the policy is not at hand here).
+            self._start_trainable = state["output_anchor_start"]
+            self._start_policy = None
 
     # --------------------------------------------------------------------------- the round
     def optimize(
@@ -351,6 +369,8 @@ class CFGFlowOptimizerPI0:
         if needs_start and self._start_weights is None:
             # The first round's weights: the start (SFT) policy; the anchor pulls towards them.
             self._start_weights = [p.detach().clone() for p in _trainable(model)]
+        if self.config.anchor_output > 0 and self._start_policy is None:
+            self._start_policy = self._frozen_start(model)
         scored = self.score_episodes(episodes, valid_mask)
         windows, n_skipped = self.make_windows(episodes, scored.weights, model)
         n_replayed = self._add_replayed_windows(episodes, windows, model)
@@ -381,6 +401,41 @@ class CFGFlowOptimizerPI0:
         )
         self.round += 1
         return metrics
+
+    def _frozen_start(self, model: Any) -> Any:
+        """The output anchor's reference policy: the first round's weights, or on a resumed run the
+        start's weights from the checkpoint loaded into a copy of the current policy."""
+        for name in ("frozen_copy", "trainable_state_dict", "load_trainable_state_dict", "cfg_velocities"):
+            if not hasattr(model, name):
+                raise ValueError(f"anchor_output > 0 needs a policy with {name}() (PI0_OFT_Policy has it); "
+                                 "use anchor_output=0")
+        snapshot = model.frozen_copy()
+        if self._start_trainable is None:
+            self._start_trainable = model.trainable_state_dict()
+        else:
+            snapshot.load_trainable_state_dict(self._start_trainable)
+        return snapshot
+
+    def _output_anchor(self, out: dict[str, torch.Tensor], batch: dict[str, Any], noise: torch.Tensor,
+                       time: torch.Tensor, mask: torch.Tensor, normalizer: float) -> tuple[torch.Tensor, float]:
+        """``anchor_output * sum_i (||v_pos_i - v_start_i||^2 + ||v_uncond_i - v_start_i||^2) / normalizer``
+        over the kept windows (per-window means as in the flow loss), and its per-window sum.
+
+        The start policy sees the same x_t and time, so the term is zero until the update moves
+        the outputs, and pulls only where they moved; unlike the L2 anchor it costs nothing for
+        weight changes that leave the outputs alone. Both branches: the unconditional one then
+        stays the start policy, the reference that guidance extrapolates from."""
+        start_pos, start_uncond = self._start_policy.cfg_velocities(batch, noise=noise, time=time)  # (n, H, A)
+        pad = batch["action_is_pad"]
+        per_window = sum(
+            masked_window_mse((out[key].float() - start.to(out[key].device).float()) ** 2, pad,
+                              self.config.action_dim)
+            for key, start in (("velocities_pos", start_pos), ("velocities_uncond", start_uncond))
+        )  # (n,)
+        keep = mask.to(per_window.device).bool()
+        per_window = torch.where(keep, per_window, torch.zeros_like(per_window))
+        anchor = self.config.anchor_output * per_window.sum() / normalizer
+        return anchor, float(per_window.detach().sum())
 
     def _rollout_timing(self, rollout_s: float) -> dict[str, float]:
         """This rank's rollout phase: wall time, and with a scheduler, its inference time,
@@ -628,6 +683,10 @@ class CFGFlowOptimizerPI0:
                 alphas, normalizer=normalizer, window_mask=mask,
                 action_dim=self.config.action_dim,
             )
+            if self._start_policy is not None:
+                anchor, anchor_sum = self._output_anchor(out, batch, noise, time, mask, normalizer)
+                loss = loss + anchor
+                stats.sums["output_anchor"] += anchor_sum
             loss.backward()
         n = m["num_windows"]
         for key in ("fm_loss", "fm_loss_pos", "fm_loss_pos_unweighted", "fm_loss_uncond", "positive_window_ratio"):
@@ -763,6 +822,9 @@ class CFGFlowOptimizerPI0:
         for key in ("failed_window_share", "failed_alpha_share"):
             if f"diag/{key}" in r:
                 out[f"train/{key}"] = r[f"diag/{key}"]  # mean over ranks
+        if "loss_sum/output_anchor" in r:
+            # Per-window ||v - v_start||^2 of both branches, before the coefficient.
+            out["loss/output_anchor"] = ratio("loss_sum/output_anchor", "loss_sum/num_windows")
         if r.get("loss_sum/anchor_penalty", 0.0) > 0:
             out["loss/anchor_penalty"] = r["loss_sum/anchor_penalty"] / max(float(stats.steps_taken), 1.0)
         for group in GROUPS:  # post-sync norms are identical on all ranks

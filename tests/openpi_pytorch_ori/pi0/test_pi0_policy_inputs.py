@@ -203,7 +203,7 @@ def test_training_batch_losses_mask_padded_steps_and_slice_to_the_action_dim(pol
     # The mean counts padded steps as zeros, as the reference does.
     assert torch.isclose(single["loss"], single["losses"].sum() / single["losses"].numel())
     both = policy(batch, branches="cfg")
-    assert set(both) == {"losses_pos", "losses_uncond"}
+    assert set(both) == {"losses_pos", "losses_uncond", "velocities_pos", "velocities_uncond"}
     assert torch.all(both["losses_uncond"][1, 40:] == 0)
     torch.testing.assert_close(both["losses_pos"], single["losses"], rtol=0, atol=1e-5)
 
