@@ -6,7 +6,8 @@
 # Run it in a device call on a machine where docs/device_runs/scripts/device_libero_round3.sh has set
 # LIBERO up (LIBERO in /tmp/gl/site, the carried demo pack under /tmp/r3/in/gpu_inputs/):
 #   bash docs/learning_libero_rounds/gpu_overfit_8states/run.sh alpha0 --rl-override algo.cfg_uncond_weight=0
-# Output: $OUT/<name>.metrics.jsonl and $OUT/<name>.log; 14 rounds fit in one 600 s call (WALL_S 535).
+# Output: $OUT/<name>.metrics.jsonl and $OUT/<name>.log; 14 rounds fit in one 600 s call (WALL_S 535);
+# with algo.anchor_output (a second forward pass for the start's velocities) ~40 s a round: ROUNDS=12.
 set -uo pipefail
 export PYTHONPATH=$PWD:/tmp/gl/site MUJOCO_GL=egl PYOPENGL_PLATFORM=egl OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
