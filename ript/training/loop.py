@@ -212,15 +212,18 @@ def build_training_run(cfg: DictConfig, dist_info: DistInfo, raw_cfg: DictConfig
 
 def check_checkpoint_budget(cfg: DictConfig, policy: Any, optimizers: list[torch.optim.Optimizer]) -> None:
     """``training.checkpoint_budget_mb``: fail before the first round if a checkpoint (trainable
-    weights + optimizer moments, at full precision: a resume must be exact; with
-    ``algo.anchor_output`` also the start's trainable weights, the anchor's reference) cannot fit."""
+    weights + optimizer moments, at full precision: a resume must be exact; plus a copy of the
+    start's trainable weights for ``algo.anchor_output``, and one for ``algo.anchor_l2`` or
+    ``algo.track_weight_distance``) cannot fit."""
     budget_mb = cfg.training.get("checkpoint_budget_mb")
     if budget_mb is None:
         return
     params = [p for group in policy.trainable_params.values() for p in group]
-    anchor_start = (sum(p.numel() * p.element_size() for p in params)
-                    if float(cfg.get("algo", {}).get("anchor_output", 0.0) or 0.0) > 0 else 0)
-    estimate_mb = (estimate_checkpoint_bytes(params, optimizers) + anchor_start) / 2**20
+    algo = cfg.get("algo", {})
+    start_copies = int(float(algo.get("anchor_output", 0.0) or 0.0) > 0) + int(
+        float(algo.get("anchor_l2", 0.0) or 0.0) > 0 or bool(algo.get("track_weight_distance", False)))
+    start_bytes = start_copies * sum(p.numel() * p.element_size() for p in params)
+    estimate_mb = (estimate_checkpoint_bytes(params, optimizers) + start_bytes) / 2**20
     if estimate_mb > budget_mb:
         raise ConfigError(
             f"training.checkpoint_budget_mb={budget_mb!r}: a checkpoint of this run needs at least "

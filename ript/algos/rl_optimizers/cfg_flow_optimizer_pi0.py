@@ -321,7 +321,9 @@ class CFGFlowOptimizerPI0:
         self.demo_replay = (DemoReplay(demo_replay_path, demo_replay_per_round, seed, demo_replay_num_demos)
                             if demo_replay_per_round > 0 else None)
         self._demo_probe: list[Window] | None = None  # built on first use (needs the policy's norm stats)
-        self._start_weights: list[torch.Tensor] | None = None  # for train/weight_distance
+        # The first round's trainable weights (L2 anchor, train/weight_distance); in state_dict, so
+        # that a resumed run pulls towards and measures from the same start.
+        self._start_weights: list[torch.Tensor] | None = None
         # The output anchor's reference: a frozen copy of the first round's policy, and its trainable
         # weights (kept in state_dict, so that a resumed run anchors to the same start).
         self._start_policy: Any = None
@@ -336,6 +338,8 @@ class CFGFlowOptimizerPI0:
             state["success_replay"] = self.replay.state_dict()
         if self._start_trainable is not None:
             state["output_anchor_start"] = self._start_trainable
+        if self._start_weights is not None:
+            state["start_weights"] = [w.detach().cpu() for w in self._start_weights]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -343,6 +347,8 @@ class CFGFlowOptimizerPI0:
         self.consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
         if self.replay is not None and state.get("success_replay") is not None:
             self.replay.load_state_dict(state["success_replay"])
+        if state.get("start_weights") is not None:
+            self._start_weights = list(state["start_weights"])  # moved to each parameter's device on use
         if self.config.anchor_output > 0 and state.get("output_anchor_start") is not None:
             # The frozen copy is rebuilt from these on the next round (the policy is not at hand here).
             self._start_trainable = state["output_anchor_start"]

@@ -225,10 +225,10 @@ def _small_policy_and_optimizers(**kwargs):
     return policy, optimizers
 
 
-def _budget_cfg(mb, anchor_output=0.0):
+def _budget_cfg(mb, **algo):
     from omegaconf import OmegaConf
 
-    return OmegaConf.create({"training": {"checkpoint_budget_mb": mb}, "algo": {"anchor_output": anchor_output}})
+    return OmegaConf.create({"training": {"checkpoint_budget_mb": mb}, "algo": algo})
 
 
 def test_a_fully_trainable_small_pi0_does_not_fit_64_mb_and_the_error_names_the_fix():
@@ -256,12 +256,16 @@ def test_training_the_action_expert_only_fits_the_budget_of_one_run():
     check_checkpoint_budget(_budget_cfg(30), policy, optimizers)  # two runs' checkpoints in 64 MB
 
 
-def test_the_output_anchor_adds_the_starts_weights_to_the_checkpoint_estimate():
+def test_the_anchors_add_the_starts_weights_to_the_checkpoint_estimate():
     from ript.training.config_checks import ConfigError
     from ript.training.loop import check_checkpoint_budget
 
     policy, optimizers = _small_policy_and_optimizers(train_expert_only=True)
-    check_checkpoint_budget(_budget_cfg(15), policy, optimizers)  # 13.5 MiB without the anchor
-    # + 1.18 M fp32 start weights (4.5 MiB) = 18.0 MiB.
+    check_checkpoint_budget(_budget_cfg(15), policy, optimizers)  # 13.5 MiB without an anchor
+    # Each stored copy of the 1.18 M fp32 start weights adds 4.5 MiB.
     with pytest.raises(ConfigError, match="18.0 MB"):
         check_checkpoint_budget(_budget_cfg(15, anchor_output=1.0), policy, optimizers)
+    with pytest.raises(ConfigError, match="18.0 MB"):
+        check_checkpoint_budget(_budget_cfg(15, track_weight_distance=True), policy, optimizers)
+    with pytest.raises(ConfigError, match="22.5 MB"):
+        check_checkpoint_budget(_budget_cfg(15, anchor_output=1.0, anchor_l2=0.1), policy, optimizers)

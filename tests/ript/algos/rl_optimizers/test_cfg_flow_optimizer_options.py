@@ -72,6 +72,23 @@ def test_l2_anchor_pulls_back_towards_the_first_rounds_weights():
     assert m["loss/anchor_penalty"] == pytest.approx(14.0)
 
 
+def test_a_resumed_run_keeps_pulling_towards_the_runs_start_weights():
+    # Round 0 stores theta_0; the run is saved, the weights move by d = 1, and a new optimizer
+    # resumed from the saved state pulls back by -anchor * d (towards theta_0, not to where it resumed).
+    episodes = episodes_k2(successes=(False, False), lengths=(100, 100))
+    policy = FakePolicy()
+    opt = make_optimizer(episodes, cfg_uncond_weight=0.0, anchor_l2=0.5, num_epochs=1, mini_batch_size=8)
+    opt.optimize(policy, None, sgd(policy, lr=0.0))
+    start = policy.backbone.weight.detach().clone()
+    state = opt.state_dict()
+    with torch.no_grad():
+        policy.backbone.weight.add_(1.0)
+    resumed = make_optimizer(episodes, cfg_uncond_weight=0.0, anchor_l2=0.5, num_epochs=1, mini_batch_size=8)
+    resumed.load_state_dict(state)
+    resumed.optimize(policy, None, sgd(policy, lr=1.0))
+    torch.testing.assert_close(policy.backbone.weight.detach(), start + 0.5)
+
+
 def test_cond_lr_scale_multiplies_only_the_condition_update():
     episodes = episodes_k2(lengths=(100, 100))
 
