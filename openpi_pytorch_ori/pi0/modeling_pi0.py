@@ -209,7 +209,7 @@ class PI0FlowMatching(nn.Module):
     def build_prefix_cache(self, images, img_masks, lang_tokens, lang_masks) -> PrefixKVCache:
         """One VLM pass over the prefix -> per-layer keys/values (B, Lp, KV, D) + pad mask.
 
-        Differentiable: used with grad by `forward_cfg`, under no_grad by `sample_actions`.
+        Differentiable: used with grad by `cfg_branch_velocities`, under no_grad by `sample_actions`.
         """
         prefix_embs, prefix_pad, prefix_att = self.embed_prefix(images, img_masks, lang_tokens, lang_masks)
         attention_mask = make_att_2d_masks(prefix_pad, prefix_att)  # (B, Lp, Lp)

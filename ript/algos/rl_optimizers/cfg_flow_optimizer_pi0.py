@@ -347,12 +347,17 @@ class CFGFlowOptimizerPI0:
         self.consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
         if self.replay is not None and state.get("success_replay") is not None:
             self.replay.load_state_dict(state["success_replay"])
-        if state.get("start_weights") is not None:
+        if self._keeps_start_weights and state.get("start_weights") is not None:
             self._start_weights = list(state["start_weights"])  # moved to each parameter's device on use
         if self.config.anchor_output > 0 and state.get("output_anchor_start") is not None:
             # The frozen copy is rebuilt from these on the next round (the policy is not at hand here).
             self._start_trainable = state["output_anchor_start"]
             self._start_policy = None
+
+    @property
+    def _keeps_start_weights(self) -> bool:
+        """The L2 anchor and train/weight_distance need the first round's weights."""
+        return self.config.track_weight_distance or self.config.anchor_l2 > 0
 
     # --------------------------------------------------------------------------- the round
     def optimize(
@@ -371,8 +376,7 @@ class CFGFlowOptimizerPI0:
             model, batch, data_iterator, dataloader
         )
         timing = self._rollout_timing(time.perf_counter() - rollout_started)
-        needs_start = self.config.track_weight_distance or self.config.anchor_l2 > 0
-        if needs_start and self._start_weights is None:
+        if self._keeps_start_weights and self._start_weights is None:
             # The first round's weights: the start (SFT) policy; the anchor pulls towards them.
             self._start_weights = [p.detach().clone() for p in _trainable(model)]
         if self.config.anchor_output > 0 and self._start_policy is None:
