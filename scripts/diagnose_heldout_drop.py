@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Is an RL checkpoint's held-out drop caused by what RL learned, or by any change of that size?
+
+Every seed-0 RL checkpoint of ``docs/learning_libero.md`` scores below the start on the held-out
+init states, even one whose outputs moved by about the spread between the policy's own samples.
+This script scores, on the same held-out states and env seeds, at cfg 1:
+
+* ``start``: the checkpoint's own policy config with the start's weights (what RL round 1 rolls out);
+* ``rl``: the checkpoint;
+* ``random``: the start moved as far as the checkpoint, tensor by tensor (the same L2 norm of the
+  change in every trained tensor), in a random direction (``--perturbation-seed``).
+
+If ``random`` falls as far as ``rl``, the start is fragile to any change of that size and RL's
+direction is no worse than chance; if ``random`` holds and ``rl`` falls, what RL learned on its
+training states is what hurts the held-out ones. The checkpoint comes from a training run
+(``<run>/rl/checkpoints/step_N``, or the ``final_<run>`` pieces that the device script returns,
+untarred); its saved config names the start's weights, which ``--sft-dir`` replaces here.
+
+Command (CPU, 2 simulators: ~10 min per 100 episodes)::
+
+    PYTHONPATH=$PWD python scripts/diagnose_heldout_drop.py --checkpoint /tmp/anc1ck/step_12 \\
+        --eval-seeds 0 1000 2000 3000 --num-envs 2 --out /tmp/heldout_drop.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+for path in (REPO_ROOT, REPO_ROOT / "scripts"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import torch  # noqa: E402
+
+logger = logging.getLogger("diagnose_heldout_drop")
+
+KETCHUP = "pick_up_the_ketchup_and_place_it_in_the_basket"
+SHIPPED_START = REPO_ROOT / "ript" / "assets" / "checkpoints" / "pi0_small_libero_object_ketchup"
+VARIANTS = ("start", "rl", "random")
+
+
+def random_direction_like(start: Mapping[str, torch.Tensor], moved: Mapping[str, torch.Tensor],
+                          generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``start`` moved by a random direction with the norm of ``moved - start``, tensor by tensor.
+
+    A tensor that did not move stays bit-identical; every other one moves exactly as far as in
+    ``moved`` (L2 norm of the change), along a Gaussian direction drawn from ``generator``."""
+    missing = sorted(set(moved) - set(start))
+    if missing:
+        raise KeyError(f"moved has tensors the start lacks: {missing[:5]}")
+    out: dict[str, torch.Tensor] = {}
+    for name, start_value in start.items():
+        if name not in moved:
+            out[name] = start_value.clone()
+            continue
+        delta_norm = (moved[name].double() - start_value.double()).norm()
+        if float(delta_norm) == 0.0:
+            out[name] = start_value.clone()
+            continue
+        direction = torch.randn(start_value.shape, generator=generator, dtype=torch.float64)
+        step = direction * (delta_norm / direction.norm())
+        out[name] = (start_value.double() + step).to(start_value.dtype)
+    return out
+
+
+def change_norms(start: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Overall L2 norm of ``other - start`` and of ``start`` (the trained tensors), for the record."""
+    delta = sum(float((other[n].double() - start[n].double()).pow(2).sum()) for n in other)
+    size = sum(float(start[n].double().pow(2).sum()) for n in other)
+    return {"change_l2": delta ** 0.5, "start_l2": size ** 0.5, "relative": (delta / size) ** 0.5 if size else 0.0}
+
+
+def build_variants(checkpoint: Path, sft_dir: Path, sampler: str, perturbation_seed: int
+                   ) -> tuple[Any, dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """(policy holding the start, trainable weights per variant, the checkpoint's info)."""
+    from eval_cfg_sweep import build_policy, load_config
+
+    overrides = [f"algo.policy.pretrained_path={sft_dir / 'model.safetensors'}",
+                 f"algo.policy.norm_stats_path={sft_dir / 'norm_stats.json'}",
+                 f"algo.policy.sampler={sampler}", "algo.policy.dtype=float32"]
+    cfg, rl_weights, info = load_config(checkpoint, overrides=overrides)
+    if not torch.cuda.is_available():
+        cfg.algo.policy.device_id = "cpu"
+    policy = build_policy(cfg, None, info)  # the start: pretrained weights, the run's policy config
+    start = policy.trainable_state_dict()
+    generator = torch.Generator().manual_seed(perturbation_seed)
+    weights = {"start": start, "rl": {n: rl_weights[n].to(start[n].dtype) for n in start},
+               "random": random_direction_like(start, rl_weights, generator)}
+    return policy, weights, info
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from bench_learning_libero import evaluate, split_rows
+    from ript.training.run_summary import wilson_interval
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint dir (step_N)")
+    parser.add_argument("--sft-dir", type=Path, default=SHIPPED_START, help="the start's weights + norm stats")
+    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1000])
+    parser.add_argument("--num-val", type=int, default=25, help="held-out init states (the run's split)")
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--num-envs", type=int, default=2)
+    parser.add_argument("--camera-size", type=int, default=256)
+    parser.add_argument("--sampler", default="eager")
+    parser.add_argument("--perturbation-seed", type=int, default=0)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--out", type=Path, required=True, help="JSON report (rewritten after every cell)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    policy, weights, info = build_variants(args.checkpoint, args.sft_dir, args.sampler, args.perturbation_seed)
+    _, val_rows = split_rows(50, args.num_val, args.split_seed)
+    report: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report.update(checkpoint=str(args.checkpoint), step=info.get("step"), val_rows=val_rows,
+                  change={v: change_norms(weights["start"], weights[v]) for v in ("rl", "random")})
+    cells = report.setdefault("cells", {})
+    # Seed by seed, every variant: a run cut short still compares the variants on the same seeds.
+    for env_seed in args.eval_seeds:
+        for variant in args.variants:
+            key = f"{variant}_seed{env_seed}"
+            if key in cells:
+                continue  # done in an earlier, cut-short call
+            policy.load_trainable_state_dict(weights[variant])
+            t0 = time.time()
+            result = evaluate(policy, KETCHUP, val_rows, val_rows, env_seed, args.camera_size, args.num_envs, 1.0)
+            cells[key] = {"variant": variant, "env_seed": env_seed, "per_state": result["per_state"],
+                          "time_s": time.time() - t0}
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=1))
+    summary = {}
+    for variant in args.variants:
+        outcomes = [ok for c in cells.values() if c["variant"] == variant for ok in c["per_state"].values()
+                    if ok is not None]
+        low, high = wilson_interval(sum(outcomes), len(outcomes))
+        summary[variant] = {"successes": int(sum(outcomes)), "episodes": len(outcomes), "low": low, "high": high}
+        logger.info("%-6s %3d/%3d (%2.0f %%, %2.0f-%2.0f)", variant, sum(outcomes), len(outcomes),
+                    100 * sum(outcomes) / max(len(outcomes), 1), 100 * low, 100 * high)
+    report["summary"] = summary
+    args.out.write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
