@@ -293,9 +293,20 @@ def sweep_policy(args: argparse.Namespace, task_name: str, work: Path) -> tuple[
         return start_policy(args, task_name, work), {"from": "start", "path": str(sft_weights(args, work))}
     from eval_cfg_sweep import load_policy_and_config
 
-    # A training checkpoint: its own config, with this call's sampler (it changes speed, not numbers).
-    policy, _, info = load_policy_and_config(args.sweep_from, overrides=[f"algo.policy.sampler={args.sampler}"])
+    policy, _, info = load_policy_and_config(args.sweep_from, overrides=checkpoint_sweep_overrides(args))
     return policy, {"from": info["path"], "step": info.get("step")}
+
+
+def checkpoint_sweep_overrides(args: argparse.Namespace) -> list[str]:
+    """A training checkpoint is swept with its own config and this call's sampler (it changes speed,
+    not numbers). With ``--sft-dir`` the start's weights and norm stats come from there instead of
+    the paths the run saved, so a checkpoint made on another machine (the GPU's /tmp/r3/...) can be
+    swept here."""
+    overrides = [f"algo.policy.sampler={args.sampler}"]
+    if args.sft_dir:
+        overrides += [f"algo.policy.pretrained_path={sft_weights(args, Path('.'))}",
+                      f"algo.policy.norm_stats_path={sft_norm_stats(args, Path('.'))}"]
+    return overrides
 
 
 def sweep_stage(args: argparse.Namespace, task_name: str, val_rows: list[int], work: Path,

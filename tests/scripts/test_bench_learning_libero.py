@@ -103,3 +103,14 @@ def test_sweep_skips_what_an_earlier_call_finished(tmp_path, monkeypatch):
     assert calls == [(11, 3.0), (12, 1.0), (12, 3.0)]
     assert entry["by_cfg"]["1"] == {"successes": 2, "episodes": 3, "rate": 2 / 3,
                                     "wilson95": entry["by_cfg"]["1"]["wilson95"]}
+
+
+def test_a_checkpoint_made_elsewhere_is_swept_with_the_start_named_here(tmp_path):
+    # The saved config names the GPU machine's paths; --sft-dir replaces them, the sampler is this call's.
+    sft = tmp_path / "start"
+    args = bench.parse_args(["--task", "4", "--stages", "sweep", "--sft-dir", str(sft), "--sweep-from", "ckpt"])
+    assert bench.checkpoint_sweep_overrides(args) == [
+        "algo.policy.sampler=eager", f"algo.policy.pretrained_path={sft / 'model.safetensors'}",
+        f"algo.policy.norm_stats_path={sft / 'norm_stats.json'}"]
+    args = bench.parse_args(["--task", "4", "--stages", "sweep", "--sweep-from", "ckpt", "--sampler=cuda_graph"])
+    assert bench.checkpoint_sweep_overrides(args) == ["algo.policy.sampler=cuda_graph"]  # the saved paths stay
