@@ -59,7 +59,8 @@ def is_training_checkpoint(path: Path) -> bool:
 
 
 def resolve_training_checkpoint(path: str | Path) -> Path | None:
-    """A training checkpoint dir, or a run dir's newest one; None for a PI0 weights path."""
+    """A training checkpoint dir, or the newest one in a run dir or a folder of step_<N> dirs; None
+    for a PI0 weights path."""
     from ript.training.checkpointing import latest_checkpoint
 
     path = Path(path)
@@ -67,7 +68,10 @@ def resolve_training_checkpoint(path: str | Path) -> Path | None:
         return path
     if path.is_dir() and (path / "checkpoints").is_dir():
         return latest_checkpoint(path)
-    return None
+    # A folder holding step_<N> checkpoints itself (a run's checkpoints/, or an unpacked final_<run>/).
+    steps = [(int(p.name[len("step_"):]), p) for p in path.glob("step_*")
+             if p.name[len("step_"):].isdigit() and is_training_checkpoint(p)] if path.is_dir() else []
+    return max(steps)[1] if steps else None
 
 
 def compose_config(task: str | None, overrides: Sequence[str] = ()) -> DictConfig:

@@ -5,6 +5,7 @@ of a trained checkpoint is exercised in tests/test_train_reach.py).
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,16 @@ def test_openpi_switch_on_a_saved_training_config(sweep_script, tmp_path):
     assert (runner.replan_steps, runner.camera_height, runner.camera_width, runner.seed) == (5, 256, 256, 7)
     with pytest.raises(ConfigError, match="task.env_runner.replan_steps=1"):
         sweep_script.load_config(run_dir, overrides=["eval=openpi", "task.env_runner.replan_steps=1"])
+
+
+def test_a_folder_of_step_checkpoints_resolves_to_its_newest(sweep_script, tmp_path):
+    # An unpacked final_<run>/ (or a run's checkpoints/) holds step_<N> dirs itself; not PI0 weights.
+    run_dir = _training_run(tmp_path / "run")
+    folder = tmp_path / "final_run"
+    folder.mkdir()
+    for step in (3, 12):
+        shutil.copytree(run_dir / "checkpoints" / "step_1", folder / f"step_{step}")
+    (folder / "step_20").mkdir()  # incomplete: no weights, no state
+    assert sweep_script.resolve_training_checkpoint(folder) == folder / "step_12"
+    assert sweep_script.resolve_training_checkpoint(run_dir / "checkpoints") == run_dir / "checkpoints" / "step_1"
+    assert sweep_script.resolve_training_checkpoint(tmp_path / "empty_dir_that_is_not_there") is None
