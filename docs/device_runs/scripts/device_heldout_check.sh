@@ -16,7 +16,7 @@ vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 OUT=${OUT:-/tmp/heldout_check}; mkdir -p $OUT
 SEEDS=${SEEDS:-"0 1000 2000 3000"}; RUNS=${RUNS:-anc1}; SAMPLERS=${SAMPLERS:-"cuda_graph eager"}; NENV=${NENV:-14}
 START=ript/assets/checkpoints/pi0_small_libero_object_ketchup
-[ -d /tmp/gl/site/libero ] || { echo "LIBERO is not set up: run device_libero_round3.sh's calls 1 and 2 first"; exit 1; }
+[ -d /tmp/gl/site/robosuite ] || { echo "LIBERO is not set up: run device_libero_round3.sh's calls 1 and 2 first"; exit 1; }
 for sampler in $SAMPLERS; do
   python3 scripts/bench_learning_libero.py --task 4 --seed 0 --work-dir /tmp/heldout_check_start_$sampler \
     --sft-dir $START --num-envs $NENV --sampler=$sampler --eval-split heldout --eval-states 50 --cfg-scales 1 \
