@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ript.algos.rl_optimizers.cfg_flow_optimizer_pi0 import stored_start_copies
 from ript.datasets.init_state_dataset import collate_init_states
 from ript.training.checkpointing import (
     TrainingState,
@@ -220,8 +221,9 @@ def check_checkpoint_budget(cfg: DictConfig, policy: Any, optimizers: list[torch
         return
     params = [p for group in policy.trainable_params.values() for p in group]
     algo = cfg.get("algo", {})
-    start_copies = int(float(algo.get("anchor_output", 0.0) or 0.0) > 0) + int(
-        float(algo.get("anchor_l2", 0.0) or 0.0) > 0 or bool(algo.get("track_weight_distance", False)))
+    start_copies = stored_start_copies(float(algo.get("anchor_output", 0.0) or 0.0),
+                                       float(algo.get("anchor_l2", 0.0) or 0.0),
+                                       bool(algo.get("track_weight_distance", False)))
     start_bytes = start_copies * sum(p.numel() * p.element_size() for p in params)
     estimate_mb = (estimate_checkpoint_bytes(params, optimizers) + start_bytes) / 2**20
     if estimate_mb > budget_mb:

@@ -77,6 +77,17 @@ DEMO_PROBE_INDEX_OFFSET = 2_000_000  # episode_index of the demo-loss probe's wi
 GROUPS = ("model", "header")  # order of `optimizers` and keys of `policy.trainable_params`
 
 
+def keeps_start_weights(anchor_l2: float, track_weight_distance: bool) -> bool:
+    """The L2 anchor and train/weight_distance need the first round's weights (one stored list)."""
+    return bool(track_weight_distance) or anchor_l2 > 0
+
+
+def stored_start_copies(anchor_output: float, anchor_l2: float, track_weight_distance: bool) -> int:
+    """Copies of the start's trainable weights that the optimizer state, and so every checkpoint,
+    carries: the output anchor's (by name, to rebuild its frozen copy) and the L2 anchor's."""
+    return int(anchor_output > 0) + int(keeps_start_weights(anchor_l2, track_weight_distance))
+
+
 @dataclass(frozen=True)
 class CFGFlowConfig:
     """Hyper-parameters of the CFG-Flow update, validated at construction."""
@@ -356,8 +367,7 @@ class CFGFlowOptimizerPI0:
 
     @property
     def _keeps_start_weights(self) -> bool:
-        """The L2 anchor and train/weight_distance need the first round's weights."""
-        return self.config.track_weight_distance or self.config.anchor_l2 > 0
+        return keeps_start_weights(self.config.anchor_l2, self.config.track_weight_distance)
 
     # --------------------------------------------------------------------------- the round
     def optimize(

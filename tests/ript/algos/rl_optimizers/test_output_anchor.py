@@ -8,6 +8,7 @@ import torch
 from cfg_flow_test_utils import make_episode
 from ript.algos.policies.pi0_oft_policy import PI0_OFT_Policy
 from ript.algos.rl_optimizers.cfg_flow_math import collate_windows, draw_noise_time, masked_window_mse
+from ript.algos.rl_optimizers.cfg_flow_optimizer_pi0 import stored_start_copies
 from test_cfg_flow_optimizer_pi0 import make_optimizer, sgd
 
 
@@ -98,6 +99,20 @@ def test_a_resumed_run_anchors_to_the_runs_start_not_to_where_it_resumed():
     m = resumed.optimize(policy, None, sgd(policy, lr=0.0))
     assert m["loss/output_anchor"] == pytest.approx(2 * moved, rel=0.05)  # measured against the start
     assert moved > 0
+
+
+@pytest.mark.parametrize("anchor_output,anchor_l2,track", [(0.0, 0.0, False), (1.0, 0.0, False),
+                                                          (0.0, 0.5, False), (0.0, 0.0, True), (1.0, 0.5, True)])
+def test_the_checkpoint_budget_counts_the_start_copies_the_optimizer_stores(anchor_output, anchor_l2, track):
+    # check_checkpoint_budget runs before the optimizer exists and counts with stored_start_copies.
+    policy = tiny_policy()
+    episodes = failed_pair(policy)
+    opt = make_optimizer(episodes, cfg_uncond_weight=0.0, anchor_output=anchor_output, anchor_l2=anchor_l2,
+                         track_weight_distance=track, mini_batch_size=4)
+    opt.optimize(policy, None, sgd(policy, lr=0.0))
+    state = opt.state_dict()
+    stored = int(state.get("output_anchor_start") is not None) + int(state.get("start_weights") is not None)
+    assert stored == stored_start_copies(anchor_output, anchor_l2, track)
 
 
 def test_the_frozen_copy_does_not_follow_the_live_policy():
