@@ -99,12 +99,93 @@ def build_variants(checkpoint: Path, sft_dir: Path, sampler: str, perturbation_s
     return policy, weights, info
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from bench_learning_libero import evaluate, split_rows
+def episode_outcomes(cells: Mapping[str, Any]) -> dict[str, dict[tuple[int, str], bool]]:
+    """A report's cells as {variant: {(env seed, state): success}} (invalid episodes left out)."""
+    outcomes: dict[str, dict[tuple[int, str], bool]] = {}
+    for cell in cells.values():
+        for state, ok in cell["per_state"].items():
+            if ok is not None:
+                outcomes.setdefault(cell["variant"], {})[(int(cell["env_seed"]), str(state))] = bool(ok)
+    return outcomes
+
+
+def summarize_cells(cells: Mapping[str, Any], start: Mapping[tuple[int, str], bool] | None = None
+                    ) -> dict[str, dict[str, Any]]:
+    """Per variant: successes / valid episodes over every cell of a report, its 95 % Wilson interval,
+    and, against the start on the same (env seed, state), how many episodes it gained and lost.
+    ``start``: the start's outcomes when the report has none of its own (another report's, on the
+    same machine: the CPU path is deterministic)."""
     from ript.training.run_summary import wilson_interval
 
+    outcomes = episode_outcomes(cells)
+    start = outcomes.get("start", start or {})
+    summary = {}
+    for variant, by_episode in outcomes.items():
+        successes, episodes = sum(by_episode.values()), len(by_episode)
+        low, high = wilson_interval(successes, episodes)
+        entry = {"successes": successes, "episodes": episodes, "low": low, "high": high}
+        shared = [k for k in by_episode if k in start]
+        if variant != "start" and shared:
+            entry["gained"] = sum(by_episode[k] and not start[k] for k in shared)
+            entry["lost"] = sum(start[k] and not by_episode[k] for k in shared)
+        summary[variant] = entry
+    return summary
+
+
+def plot_reports(named: Sequence[tuple[str, Mapping[str, Any]]], path: Path) -> None:
+    """One row per (report, variant): success with its Wilson interval, the start's band behind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(f"{name}: {variant}", entry) for name, summary in named for variant, entry in summary.items()
+            if not (variant == "start" and name != named[0][0])]  # the start once
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.2))
+    start = named[0][1].get("start")
+    if start:
+        ax.axvspan(start["low"], start["high"], color="tab:blue", alpha=0.15, label="start, 95 % interval")
+    for i, (label, entry) in enumerate(reversed(rows)):
+        rate = entry["successes"] / entry["episodes"]
+        ax.errorbar(rate, i, xerr=[[rate - entry["low"]], [entry["high"] - rate]], fmt="o", color="black", capsize=4)
+        ax.text(entry["high"] + 0.01, i, f"{entry['successes']}/{entry['episodes']}", va="center", fontsize=9)
+    ax.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("held-out success at cfg 1 (95 % Wilson interval)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summarize_main(reports: Sequence[str], plot: Path | None) -> list[tuple[str, dict[str, Any]]]:
+    """``NAME=report.json`` ...: a markdown table (printed) and, with ``plot``, the figure. Reports
+    from one machine: a report without start cells is compared with the previous report's start."""
+    named, start = [], None
+    for item in reports:
+        name, sep, file = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--summarize {item!r}: give NAME=report.json")
+        cells = json.loads(Path(file).read_text())["cells"]
+        start = episode_outcomes(cells).get("start", start)  # a report without a start uses the one before
+        named.append((name, summarize_cells(cells, start)))
+    print("| report | variant | success | 95 % interval | gained / lost against the start |")
+    print("|---|---|---:|---:|---:|")
+    for name, summary in named:
+        for variant, e in summary.items():
+            change = f"{e['gained']} / {e['lost']}" if "gained" in e else "—"
+            print(f"| {name} | {variant} | {e['successes']}/{e['episodes']} | "
+                  f"{100 * e['low']:.0f}–{100 * e['high']:.0f} % | {change} |")
+    if plot is not None:
+        plot_reports(named, plot)
+    return named
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from bench_learning_libero import evaluate, split_rows
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint dir (step_N)")
+    parser.add_argument("--checkpoint", type=Path, help="a training checkpoint dir (step_N)")
     parser.add_argument("--sft-dir", type=Path, default=SHIPPED_START, help="the start's weights + norm stats")
     parser.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1000])
     parser.add_argument("--num-val", type=int, default=25, help="held-out init states (the run's split)")
@@ -114,9 +195,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sampler", default="eager", choices=["eager", "cuda_graph"])
     parser.add_argument("--perturbation-seed", type=int, default=0)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--out", type=Path, required=True, help="JSON report (rewritten after every cell)")
+    parser.add_argument("--out", type=Path, help="JSON report (rewritten after every cell)")
+    parser.add_argument("--summarize", nargs="+", metavar="NAME=REPORT",
+                        help="no evaluation: a table (and --plot) of earlier reports; the first one's start is the band")
+    parser.add_argument("--plot", type=Path, help="with --summarize: the figure (png)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.summarize:
+        return {"summaries": summarize_main(args.summarize, args.plot)}
+    if args.checkpoint is None or args.out is None:
+        parser.error("--checkpoint and --out are required (or --summarize NAME=REPORT ...)")
 
     policy, weights, info = build_variants(args.checkpoint, args.sft_dir, args.sampler, args.perturbation_seed)
     _, val_rows = split_rows(50, args.num_val, args.split_seed)
@@ -133,20 +221,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 continue  # done in an earlier, cut-short call
             policy.load_trainable_state_dict(weights[variant])
             t0 = time.time()
-            result = evaluate(policy, info["task_name"], val_rows, val_rows, env_seed, args.camera_size, args.num_envs, 1.0)
+            result = evaluate(policy, info["task_name"], val_rows, val_rows, env_seed, args.camera_size,
+                              args.num_envs, 1.0)
             cells[key] = {"variant": variant, "env_seed": env_seed, "per_state": result["per_state"],
                           "time_s": time.time() - t0}
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=1))
-    summary = {}
-    for variant in args.variants:
-        outcomes = [ok for c in cells.values() if c["variant"] == variant for ok in c["per_state"].values()
-                    if ok is not None]
-        low, high = wilson_interval(sum(outcomes), len(outcomes))
-        summary[variant] = {"successes": int(sum(outcomes)), "episodes": len(outcomes), "low": low, "high": high}
-        logger.info("%-6s %3d/%3d (%2.0f %%, %2.0f-%2.0f)", variant, sum(outcomes), len(outcomes),
-                    100 * sum(outcomes) / max(len(outcomes), 1), 100 * low, 100 * high)
-    report["summary"] = summary
+    report["summary"] = summarize_cells(cells)
+    for variant, e in report["summary"].items():
+        logger.info("%-6s %3d/%3d (%2.0f %%, %2.0f-%2.0f)", variant, e["successes"], e["episodes"],
+                    100 * e["successes"] / max(e["episodes"], 1), 100 * e["low"], 100 * e["high"])
     args.out.write_text(json.dumps(report, indent=1))
     return report
 
