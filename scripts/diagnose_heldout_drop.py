@@ -133,14 +133,14 @@ def summarize_cells(cells: Mapping[str, Any], start: Mapping[tuple[int, str], bo
 
 
 def plot_reports(named: Sequence[tuple[str, Mapping[str, Any]]], path: Path) -> None:
-    """One row per (report, variant): success with its Wilson interval, the start's band behind."""
+    """One row per (report, variant): success with its Wilson interval, the first report's start as
+    the band behind."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(f"{name}: {variant}", entry) for name, summary in named for variant, entry in summary.items()
-            if not (variant == "start" and name != named[0][0])]  # the start once
+    rows = [(f"{name}: {variant}", entry) for name, summary in named for variant, entry in summary.items()]
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.2))
     start = named[0][1].get("start")
     if start:
