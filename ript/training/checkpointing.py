@@ -219,6 +219,20 @@ def load_checkpoint(checkpoint_dir: str | os.PathLike) -> tuple[dict[str, torch.
     return weights, TrainingState(**raw_state)
 
 
+def save_evaluation_copy(checkpoint_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
+    """``<run_dir>/checkpoints/step_<N>`` with the trained weights and the config alone: what an
+    evaluation needs (``scripts/eval_cfg_sweep.py``, ``bench_learning_libero.py --sweep-from``), a
+    fraction of a full checkpoint (no optimizer moments, replay buffer or anchor copies), so that a
+    finished run's weights leave a GPU machine in one small file pair. It cannot resume a run."""
+    weights, state = load_checkpoint(checkpoint_dir)
+    if state.extra.get("config") is None:
+        raise ValueError(f"{checkpoint_dir}/{STATE_FILE} has no extra['config']: an evaluation copy needs "
+                         "the config that rebuilds the policy")
+    slim = TrainingState(step=state.step, optimizers=[], schedulers=[], rng={}, rollout_stats=None,
+                         extra={"config": state.extra["config"]})
+    return save_checkpoint(run_dir, weights, slim, keep_last=1)
+
+
 def is_training_checkpoint(path: str | os.PathLike) -> bool:
     """A ``step_<N>`` directory (whole files or pieces), as opposed to PI0 weights."""
     path = Path(path)

@@ -29,6 +29,9 @@
 #   <run>_step_<N>/      the newest checkpoint of the run being trained (files split at 15 MB), if any
 #   results.tgz          every results.json (sweeps), metrics.jsonl, log, the starts' norm stats
 #   start_<start>/model.safetensors.part_*   a start trained on the machine (once, in 15 MB parts)
+#   eval_<run>_step_<N>/ a finished run's weights + config (once, ~4.6 MB; ript.training.checkpointing.
+#                        save_evaluation_copy): score it held-out on any machine, e.g. this CPU
+#                        (docs/learning_libero.md, "The held-out measurement"); SWEEPS=none then trains only
 #   final_<run>/step_<N>.tar.part_*           a finished run's last checkpoint (once, when OUT has room):
 #                        for re-evaluating it later, e.g. with more env seeds (below); not needed to resume
 # After each call: `mkdir -p .r3 && cp -r <files_at>/. .r3/` (keep .r3/start_*; older <run>_step_*
@@ -75,6 +78,8 @@
 # Local crash test (CPU, LIBERO installed, a few minutes): R3_DIR=/tmp/r3_smoke GL_DIR=/tmp/gl_smoke
 #   NEW=1 RUNS=n10_s0 NENV=2 ROUNDS=2 MID=1 STATES=1 K=2 SCALES=1 EVAL_STATES=4 OUT=/tmp/out_smoke bash THIS 400
 #   (after `mkdir -p /tmp/gl_smoke/site/robosuite`, which stands in for the carried LIBERO).
+#   With SWEEPS=none ROUNDS=1 it trains one round and returns eval_n10_s0_step_1/ (weights + config):
+#   verified 2026-12-04 on this CPU in ~20 s (a local .r3 is restored first, as on a fresh machine).
 set -uo pipefail
 MODE=${1:-500}
 R=${R3_DIR:-/tmp/r3}; GL=${GL_DIR:-/tmp/gl}; REPO=$R/repo
@@ -221,6 +226,12 @@ done
 for s in $R/start_*/.made_here; do  # a start trained on this machine leaves once, in 15 MB parts
   name=$(basename $(dirname $s)); [ -f $s ] && [ ! -f $R/$name/.sent ] || continue
   mkdir -p $OUT/$name && split -b 15M $R/$name/model.safetensors $OUT/$name/model.safetensors.part_ && touch $R/$name/.sent
+done
+for run in $RUNS; do  # a finished run's weights + config leave once (~4.6 MB): held-out scoring elsewhere
+  c=$(newest_ckpt $run); [ -n "$c" ] && [ -f $R/runs/$run/done ] && [ ! -f $R/runs/$run/eval.sent ] || continue
+  python3 -c "import sys; from ript.training.checkpointing import save_evaluation_copy; save_evaluation_copy(*sys.argv[1:])" \
+    $c $R/eval/$run && mkdir -p $OUT/eval_${run}_$(basename $c) \
+    && cp $R/eval/$run/checkpoints/$(basename $c)/* $OUT/eval_${run}_$(basename $c)/ && touch $R/runs/$run/eval.sent
 done
 for run in $RUNS; do  # a finished run's last checkpoint leaves once (a tar in 15 MB parts), if OUT has room
   c=$(newest_ckpt $run); [ -n "$c" ] && [ -f $R/runs/$run/done ] && [ ! -f $R/runs/$run/final.sent ] || continue

@@ -300,3 +300,25 @@ def test_checkpoint_estimate_counts_weights_and_optimizer_moments():
     assert ckpt.estimate_checkpoint_bytes(params, [torch.optim.AdamW(params)]) == 1320
     assert ckpt.estimate_checkpoint_bytes(params, [torch.optim.SGD(params, lr=0.1)]) == 440
     assert ckpt.estimate_checkpoint_bytes(params, [torch.optim.SGD(params, lr=0.1, momentum=0.9)]) == 880
+
+
+# --------------------------------------------------------------------------- evaluation copy
+def test_an_evaluation_copy_keeps_the_weights_and_config_and_drops_the_training_state(tmp_path):
+    model, optimizer, scheduler = _trained_module_and_optim()
+    state = _state(7, optimizer, scheduler, rollout_stats={"s": [1, 0]})
+    state.extra = {"config": {"algo": {"lr": 1e-5}}, "rl_optimizer": {"start_weights": [torch.zeros(1000, 100)]}}
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    full = save_checkpoint(tmp_path / "run", weights, state)
+    copy = ckpt.save_evaluation_copy(full, tmp_path / "slim")
+    assert copy == tmp_path / "slim" / "checkpoints" / "step_7"
+    loaded, slim = load_checkpoint(copy)
+    assert all(torch.equal(loaded[k], weights[k]) for k in weights)
+    assert slim.step == 7 and slim.extra == {"config": {"algo": {"lr": 1e-5}}}
+    assert slim.optimizers == [] and slim.rollout_stats is None
+    assert ckpt.checkpoint_size_bytes(copy) < ckpt.checkpoint_size_bytes(full) / 10  # the anchor copy stays behind
+
+
+def test_an_evaluation_copy_needs_the_config(tmp_path):
+    full = save_checkpoint(tmp_path / "run", _weights(), _state(1))
+    with pytest.raises(ValueError, match="extra\\['config'\\]"):
+        ckpt.save_evaluation_copy(full, tmp_path / "slim")
