@@ -118,6 +118,11 @@ def load_config(checkpoint: str | Path, task: str | None = None, overrides: Sequ
     from ript.training.config_checks import ConfigError, check_eval_config
 
     train_ckpt = resolve_training_checkpoint(checkpoint)
+    path = Path(checkpoint)
+    if train_ckpt is None and path.is_dir() and not any(path.glob("*.safetensors*")):
+        raise ConfigError(f"--checkpoint={checkpoint}: neither a training checkpoint (a step_<N> folder with "
+                          "trainable.safetensors and state.pt, a run dir holding checkpoints/, or a folder of "
+                          "step_<N> folders) nor PI0 weights (model.safetensors); point it at one of those")
     if train_ckpt is None and not task:
         raise ConfigError(f"--task=None: {checkpoint} is PI0 weights, not a training run, so there is no "
                           "task to take from it and the base config's CPU smoke task would be evaluated; "

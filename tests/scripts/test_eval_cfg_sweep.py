@@ -104,3 +104,9 @@ def test_a_folder_of_step_checkpoints_resolves_to_its_newest(sweep_script, tmp_p
     assert sweep_script.resolve_training_checkpoint(folder) == folder / "step_12"
     assert sweep_script.resolve_training_checkpoint(run_dir / "checkpoints") == run_dir / "checkpoints" / "step_1"
     assert sweep_script.resolve_training_checkpoint(tmp_path / "empty_dir_that_is_not_there") is None
+
+
+def test_a_folder_that_is_neither_a_checkpoint_nor_weights_is_named_as_such(sweep_script, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="neither a training checkpoint .* nor PI0 weights"):
+        sweep_script.load_config(tmp_path, "libero_goal_rl")
