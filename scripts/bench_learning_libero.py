@@ -302,11 +302,13 @@ def checkpoint_sweep_overrides(args: argparse.Namespace) -> list[str]:
     not numbers). With ``--sft-dir`` the start's weights and norm stats come from there instead of
     the paths the run saved, so a checkpoint made on another machine (the GPU's /tmp/r3/...) can be
     swept here."""
-    overrides = [f"algo.policy.sampler={args.sampler}"]
-    if args.sft_dir:
-        overrides += [f"algo.policy.pretrained_path={sft_weights(args, Path('.'))}",
-                      f"algo.policy.norm_stats_path={sft_norm_stats(args, Path('.'))}"]
-    return overrides
+    return [f"algo.policy.sampler={args.sampler}", *(start_overrides(Path(args.sft_dir)) if args.sft_dir else [])]
+
+
+def start_overrides(sft_dir: Path) -> list[str]:
+    """The start's weights and norm stats from an SFT output dir (model.safetensors + norm_stats.json)."""
+    return [f"algo.policy.pretrained_path={sft_dir / 'model.safetensors'}",
+            f"algo.policy.norm_stats_path={sft_dir / 'norm_stats.json'}"]
 
 
 def sweep_stage(args: argparse.Namespace, task_name: str, val_rows: list[int], work: Path,

@@ -78,19 +78,16 @@ def change_norms(start: Mapping[str, torch.Tensor], other: Mapping[str, torch.Te
 def build_variants(checkpoint: Path, sft_dir: Path, sampler: str, perturbation_seed: int
                    ) -> tuple[Any, dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """(policy holding the start, trainable weights per variant, the checkpoint's info)."""
+    from bench_learning_libero import start_overrides
     from eval_cfg_sweep import build_policy, load_config
 
-    overrides = [f"algo.policy.pretrained_path={sft_dir / 'model.safetensors'}",
-                 f"algo.policy.norm_stats_path={sft_dir / 'norm_stats.json'}",
-                 f"algo.policy.sampler={sampler}", "algo.policy.dtype=float32"]
+    overrides = [*start_overrides(sft_dir), f"algo.policy.sampler={sampler}", "algo.policy.dtype=float32"]
     cfg, rl_weights, info = load_config(checkpoint, overrides=overrides)
     tasks = list(cfg.task.task_names_to_use or [])
     if len(tasks) != 1:
         raise ValueError(f"{checkpoint} was trained on task.task_names_to_use={tasks}; this diagnostic "
                          "scores one task's held-out states: pass a single-task run's checkpoint")
     info["task_name"] = tasks[0]
-    if not torch.cuda.is_available():
-        cfg.algo.policy.device_id = "cpu"
     policy = build_policy(cfg, None, info)  # the start: pretrained weights, the run's policy config
     start = policy.trainable_state_dict()
     generator = torch.Generator().manual_seed(perturbation_seed)
