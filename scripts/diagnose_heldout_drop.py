@@ -132,27 +132,13 @@ def summarize_cells(cells: Mapping[str, Any], start: Mapping[tuple[int, str], bo
 def plot_reports(named: Sequence[tuple[str, Mapping[str, Any]]], path: Path) -> None:
     """One row per (report, variant): success with its Wilson interval, the first report's start as
     the band behind."""
-    import matplotlib
+    from summarize_learning_libero import plot_success_rows
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [(f"{name}: {variant}", entry) for name, summary in named for variant, entry in summary.items()]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.2))
-    start = named[0][1].get("start")
-    if start:
-        ax.axvspan(start["low"], start["high"], color="tab:blue", alpha=0.15, label="start, 95 % interval")
-    for i, (label, entry) in enumerate(reversed(rows)):
-        rate = entry["successes"] / entry["episodes"]
-        ax.errorbar(rate, i, xerr=[[rate - entry["low"]], [entry["high"] - rate]], fmt="o", color="black", capsize=4)
-        ax.text(entry["high"] + 0.01, i, f"{entry['successes']}/{entry['episodes']}", va="center", fontsize=9)
-    ax.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)])
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("held-out success at cfg 1 (95 % Wilson interval)")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rows = [(f"{name}: {variant}", e["successes"], e["episodes"]) for name, summary in named
+            for variant, e in summary.items()]
+    start = named[0][1].get("start") if named else None
+    bands = [("start, 95 % interval", start["successes"], start["episodes"])] if start else []
+    plot_success_rows(rows, bands, path, "held-out success at cfg 1 (95 % Wilson interval)")
 
 
 def summarize_main(reports: Sequence[str], plot: Path | None) -> list[tuple[str, dict[str, Any]]]:

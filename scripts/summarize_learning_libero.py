@@ -284,28 +284,36 @@ def pooled_starts(groups: dict[str, dict[str, Any]], cfg: str) -> dict[str, list
 def plot_heldout(groups: dict[str, dict[str, Any]], path: Path, cfg: str = "1") -> None:
     """One row per (group, sweep): held-out success at ``cfg`` with its 95 % Wilson interval, over a
     band for each start: its sweeps (names beginning ``start``) pooled, each (env seed, cfg) cell once."""
+    rows = [(f"{label.split(', ', 2)[-1] if label.count(', ') > 1 else label}: {name}", *group["sweeps"][name][cfg])
+            for label, group in groups.items() for name in _sweep_names(group) if cfg in group["sweeps"][name]]
+    bands = [(f"{task_start}: all start sweeps, {k}/{n}", k, n) for task_start, (k, n) in pooled_starts(groups, cfg).items()]
+    plot_success_rows(rows, bands, path, f"held-out success at cfg {cfg} (pooled over seeds, 95 % Wilson interval)")
+
+
+def plot_success_rows(rows: Sequence[tuple[str, int, int]], bands: Sequence[tuple[str, int, int]], path: Path,
+                      xlabel: str) -> None:
+    """One row per ``(label, successes, episodes)``, top to bottom: the rate with its 95 % Wilson
+    interval and the count beside it, over a shaded interval per ``(label, successes, episodes)``
+    band (the starts). Nothing is drawn without rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(label, name, *group["sweeps"][name][cfg]) for label, group in groups.items()
-            for name in _sweep_names(group) if cfg in group["sweeps"][name]]
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.6))
-    for j, (task_start, (k, n)) in enumerate(pooled_starts(groups, cfg).items()):
+    for j, (label, k, n) in enumerate(bands):
         lo, hi = wilson_interval(k, n)
-        ax.axvspan(lo, hi, color=f"C{j}", alpha=0.15, label=f"{task_start}: all start sweeps, {k}/{n}")
-    for i, (label, name, k, n) in enumerate(rows):
+        ax.axvspan(lo, hi, color=f"C{j}", alpha=0.15, label=label)
+    for i, (_, k, n) in enumerate(rows):
         lo, hi = wilson_interval(k, n)
         ax.errorbar(k / n, i, xerr=[[k / n - lo], [hi - k / n]], marker="o", capsize=3, color="k")
         ax.annotate(f"{k}/{n}", (hi, i), xytext=(4, -3), textcoords="offset points", fontsize=8)
-    ax.set_yticks(range(len(rows)), [f"{label.split(', ', 2)[-1] if label.count(', ') > 1 else label}: {name}"
-                                     for label, name, _, _ in rows], fontsize=8)
+    ax.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=8)
     ax.set_ylim(len(rows) - 0.5, -1.5)  # top to bottom, a free row above for the legend
     ax.set_xlim(0, 1)
-    ax.set_xlabel(f"held-out success at cfg {cfg} (pooled over seeds, 95 % Wilson interval)")
+    ax.set_xlabel(xlabel)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
