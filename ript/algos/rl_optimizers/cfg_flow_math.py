@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # only for annotations; the runner utils are imported lazily 
 logger = logging.getLogger(__name__)
 
 WeightMode = Literal["clip", "std_normalized", "binary", "exp", "signed"]
-WindowMode = Literal["aligned", "stride", "last", "gripper"]
+WindowMode = Literal["aligned", "stride", "last", "gripper", "first"]
 ShortWindow = Literal["skip", "pad"]
 ActionMode = Literal["relative", "absolute"]
 EpisodeWeighting = Literal["window", "episode"]
@@ -186,11 +186,16 @@ def window_starts(
     last: the chunk starts too; :func:`cut_windows` keeps only the last usable one.
     gripper: the chunk starts too; :func:`cut_windows` keeps only the windows in which the executed
         gripper command switches (grasp or release), where a pick-and-place is won or lost.
+    first: the chunk starts too; :func:`cut_windows` keeps only the episode's first chunk. Every
+        episode of an RLOO group starts from the same init state and settles with the same steps,
+        so on LIBERO-Object their first windows share one observation (tested in
+        tests/ript/env_runner/test_pi0_libero_runner.py): successes and failures are compared at
+        the same input, the only window where that holds.
     """
     check_literal("window_mode", window_mode, WindowMode)
     if window_stride < 1:
         raise ValueError(f"window_stride={window_stride} must be >= 1")
-    if window_mode in ("aligned", "last", "gripper"):
+    if window_mode in ("aligned", "last", "gripper", "first"):
         if window_stride != n_action_steps:
             raise ValueError(
                 f"window_mode={window_mode!r} cuts windows at the chunk starts, so window_stride="
@@ -316,6 +321,8 @@ def cut_windows(
         kept = kept[-1:]
     if window_mode == "gripper":
         kept = [t for t in kept if gripper_switches(episode.actions, t, n_action_steps)]
+    if window_mode == "first":
+        kept = [t for t in kept if starts and t == starts[0]]
     windows = []
     for t in kept:
         obs = _observation_at(episode, t, n_action_steps)

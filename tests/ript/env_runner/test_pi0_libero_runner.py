@@ -200,7 +200,41 @@ def test_real_round_is_identical_run_to_run(parallel_runner, norm_stats):
         assert (a.success, a.num_steps) == (b.success, b.num_steps)
     # the K rollouts of a group differ (their own noise), and the arm moved
     assert not np.array_equal(first[0].actions, first[1].actions)
+    # ... from one robot state: the settling steps are the same for all K. (Their images differ on
+    # this libero_goal scene, whose fixtures the per-episode reset seed places; on LIBERO-Object
+    # the whole first observation is shared, see the test below.)
+    for member in first[1:3]:
+        np.testing.assert_array_equal(member.chunk_start_raw_states[0], first[0].chunk_start_raw_states[0])
     assert not np.array_equal(first[0].chunk_start_raw_states[0], first[0].chunk_start_raw_states[1])
+
+
+@pytest.mark.slow
+def test_real_libero_object_group_shares_its_first_observation(fixtures_dir):
+    """algo.window_mode=first compares a group's successes and failures at one observation. That
+    holds on LIBERO-Object: the episodes of a group start from one shipped state, settle with the
+    same steps, and the scene has no fixture that the per-episode reset seed places."""
+    runner = Pi0LiberoRunner("libero_object", num_parallel_envs=2, max_episode_length=5, num_steps_wait=10)
+    try:
+        task = runner.benchmark.get_task_names()[4]
+        runner.task_names_to_use = [task]
+        task_id = runner.benchmark.get_task_names().index(task)
+        loader = DataLoader(InitStateDataset([(task_id, task, runner._init_states(task)[:1])]),
+                            batch_size=1, collate_fn=collate_init_states)
+        generator = RolloutGenerator(runner, rloo_batch_size=3, demo_batch_size=1, use_tqdm=False,
+                                     task_names_to_use=[task], seed=5)
+        batches = iter(loader)
+        policy = SeededPolicy(load_norm_stats(fixtures_dir / "libero_norm_stats_flat.json"))
+        episodes, _, valid, _ = generator.generate_rollouts(policy, next(batches), batches, loader)
+    finally:
+        runner.close()
+    assert len(episodes) == 3 and all(valid)
+    assert not np.array_equal(episodes[0].actions, episodes[1].actions)  # each its own noise
+    first = episodes[0].chunk_observations[0]
+    for member in episodes[1:]:
+        np.testing.assert_array_equal(member.chunk_observations[0].state, first.state)
+        assert first.images.keys() == member.chunk_observations[0].images.keys()
+        for slot, image in first.images.items():
+            np.testing.assert_array_equal(member.chunk_observations[0].images[slot], image)
 
 
 def _process_exists(pid):

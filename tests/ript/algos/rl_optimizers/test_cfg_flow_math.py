@@ -164,6 +164,22 @@ def test_last_window_mode():
     assert w.start_step == 100
 
 
+def test_first_window_mode_keeps_only_the_episodes_first_chunk():
+    ns = make_norm_stats()
+    ep = make_episode(200, ns, seed=8)  # chunks at 0, 50, 100, 150
+    (w,), skipped = cut_windows(ep, 0.5, ns, window_mode="first")
+    assert w.start_step == 0 and skipped == 0 and w.weight == 0.5
+    # The window kept is the aligned one, observation and labels alike.
+    aligned = cut_windows(ep, 0.5, ns)[0][0]
+    np.testing.assert_array_equal(w.action, aligned.action)
+    np.testing.assert_array_equal(w.images["base_0_rgb"], ep.chunk_observations[0].images["base_0_rgb"])
+    # An episode shorter than one chunk: skipped, or padded under short_window="pad".
+    short = make_episode(30, ns, seed=9)
+    assert cut_windows(short, 1.0, ns, window_mode="first") == ([], 1)
+    (padded,), _ = cut_windows(short, 1.0, ns, window_mode="first", short_window="pad")
+    assert padded.start_step == 0
+
+
 def test_gripper_window_mode_keeps_the_windows_where_the_gripper_switches():
     ns = make_norm_stats()
     ep = make_episode(200, ns, seed=7)  # chunks at 0, 50, 100, 150
