@@ -20,7 +20,10 @@ pooled over the states by summing each state's between-group sum of squares):
 Command (CPU, 2 simulators, ~3 s an episode; 3 states x 8 x 6 = 144 episodes, ~7 min)::
 
     PYTHONPATH=$PWD python scripts/diagnose_first_chunk.py --checkpoint <run>/rl/checkpoints/step_N \\
-        --variant start --rows 3 21 34 --first-chunks 8 --continuations 6 --out /tmp/first_chunk.json
+        --variant start --rows 3 21 34 --first-chunks 8 --continuations 6 --out /tmp/first_chunk.json \\
+        --plot /tmp/first_chunk.png
+
+Run again with the same ``--out``, it redraws the figure from the report without new episodes.
 
 The checkpoint only supplies the policy config (and, with ``--variant rl``, its weights), as in
 ``diagnose_heldout_drop.py``.
@@ -124,6 +127,36 @@ def summarize(report: Mapping[str, Any], permutations: int = 2000) -> dict[str, 
     return {"states": rows, "pooled": permutation_test(complete, permutations) if complete else None}
 
 
+def plot_report(report: Mapping[str, Any], path: Path) -> None:
+    """One panel per state: success of each first chunk (sorted, over its N continuations) against
+    the state's mean, with the state's η² in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    states = report["summary"]["states"]
+    fig, axes = plt.subplots(1, len(states), figsize=(3.2 * len(states), 2.8), sharey=True, squeeze=False)
+    for ax, (row, entry) in zip(axes[0], states.items()):
+        rates = sorted(entry["per_first_chunk"], reverse=True)
+        ax.bar(range(len(rates)), rates, color="C0")
+        ax.axhline(entry["success"], color="k", linestyle="--", linewidth=1, label="state's mean")
+        eta2 = entry["eta2"]
+        ax.set_title(f"state {row}" + (f": η² {eta2:.2f}" if eta2 is not None else ""), fontsize=9)
+        ax.set_xticks(range(len(rates)), [""] * len(rates))
+        ax.set_xlabel(f"first chunks (each over {report['continuations']} episodes)", fontsize=8)
+        ax.set_ylim(0, 1.05)
+    axes[0][0].set_ylabel("success")
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    pooled = report["summary"]["pooled"]
+    if pooled:
+        fig.suptitle(f"pooled η² {pooled['eta2']:.2f} (shuffled {pooled['eta2_shuffled_mean']:.2f}, "
+                     f"p = {pooled['p_value']:.2g})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from bench_learning_libero import BENCHMARK
     from diagnose_heldout_drop import SHIPPED_START, build_variants
@@ -139,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--noise-seed", type=int, default=0)
     parser.add_argument("--num-envs", type=int, default=2)
     parser.add_argument("--camera-size", type=int, default=256)
-    parser.add_argument("--out", type=Path, required=True, help="JSON report (rewritten after every state)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON report (rewritten after every state; "
+                        "states already in it are not run again)")
+    parser.add_argument("--plot", type=Path, help="the figure (png): success per first chunk, state by state")
     args = parser.parse_args(argv)
     if args.first_chunks < 2 or args.continuations < 2:
         parser.error("--first-chunks and --continuations must be >= 2 (the test compares groups)")
@@ -182,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         logger.info("pooled: η² %.3f (shuffled %.3f), p = %.3g", pooled["eta2"], pooled["eta2_shuffled_mean"],
                     pooled["p_value"])
     args.out.write_text(json.dumps(report, indent=1))
+    if args.plot:
+        plot_report(report, args.plot)
     return report
 
 

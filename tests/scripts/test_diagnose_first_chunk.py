@@ -54,3 +54,14 @@ def test_run_state_gives_each_first_chunk_group_its_seed_and_every_later_chunk_f
     assert [counts[s] for s in chosen] == [2, 2, 2]  # one first chunk per group member
     later = {s: n for s, n in counts.items() if s not in chosen}
     assert len(later) == 6 * 3 and set(later.values()) == {1}  # 6 episodes x 3 later chunks, all distinct
+
+
+def test_summary_and_figure_of_a_report(first_chunk, tmp_path):
+    report = {"continuations": 2, "outcomes": {"3": [[1, 1], [0, 0]], "21": [[1, 0], [0, 1]]}}
+    report["summary"] = first_chunk.summarize(report, permutations=200)
+    states = report["summary"]["states"]
+    assert states["3"] == {"success": 0.5, "per_first_chunk": [1.0, 0.0], "eta2": pytest.approx(1.0)}
+    assert states["21"]["eta2"] == pytest.approx(0.0)
+    assert report["summary"]["pooled"]["eta2"] == pytest.approx(0.5)  # 2 of the 4 units of variance
+    first_chunk.plot_report(report, tmp_path / "first_chunk.png")
+    assert (tmp_path / "first_chunk.png").stat().st_size > 10_000

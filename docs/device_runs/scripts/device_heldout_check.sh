@@ -15,9 +15,7 @@
 # the checkpoint's config (or eager) scores ~38, a path or sampler difference made the GPU start number.
 # Knobs: SEEDS ("0 1000 2000 3000"), RUNS ("anc1"), SAMPLERS ("cuda_graph"), VARIANTS ("start rl random"), NENV (14).
 set -uo pipefail
-export PYTHONPATH=$PWD:/tmp/gl/site MUJOCO_GL=egl PYOPENGL_PLATFORM=egl OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-[ -f $vendor ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
+. docs/device_runs/scripts/gpu_libero_env.sh  # LIBERO from /tmp/gl/site, NVIDIA EGL
 OUT=${OUT:-/tmp/heldout_check}; mkdir -p $OUT
 SEEDS=${SEEDS:-"0 1000 2000 3000"}; RUNS=${RUNS:-anc1}; SAMPLERS=${SAMPLERS:-cuda_graph}; VARIANTS=${VARIANTS:-"start rl random"}; NENV=${NENV:-14}
 START=ript/assets/checkpoints/pi0_small_libero_object_ketchup

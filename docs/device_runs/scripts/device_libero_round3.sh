@@ -99,11 +99,7 @@ PLAN="$RUNS | sweeps $SWEEPS | scales $SCALES | env seeds ${EVAL_SEEDS:-seed, se
 mkdir -p $R/in $GL/in $R/runs
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a $R/driver.log; }
 
-setup_env() {
-  export PYTHONPATH=$REPO:$GL/site MUJOCO_GL=egl PYOPENGL_PLATFORM=egl OMP_NUM_THREADS=1
-  local vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-  [ -f $vendor ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
-}
+setup_env() { cd $REPO && GL_DIR=$GL && . docs/device_runs/scripts/gpu_libero_env.sh; }
 base_of() { echo ${1%%.*}; }  # n10_s0.epochs1 -> n10_s0
 start_dir() { local base=${1%%.*}; case ${base%_s*} in n10) echo $REPO/$SHIPPED ;; *) echo $R/start_${base%_s*} ;; esac; }
 task_of() { case $1 in t*) local t=${1#t}; echo ${t%%n*} ;; *) echo 4 ;; esac; }  # t1n5 -> 1, n5 -> 4

@@ -9,9 +9,7 @@
 # Output: $OUT/<name>.metrics.jsonl and $OUT/<name>.log; 14 rounds fit in one 600 s call (WALL_S 535);
 # with algo.anchor_output (a second forward pass for the start's velocities) ~40 s a round: ROUNDS=12.
 set -uo pipefail
-export PYTHONPATH=$PWD:/tmp/gl/site MUJOCO_GL=egl PYOPENGL_PLATFORM=egl OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-[ -f $vendor ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
+. docs/device_runs/scripts/gpu_libero_env.sh  # LIBERO from /tmp/gl/site, NVIDIA EGL
 name=$1; shift
 OUT=${OUT:-/tmp/overfit_gpu}; mkdir -p $OUT
 export STATES=8 NENV=14 ROUNDS=${ROUNDS:-14} SAVE_EVERY=50 SAMPLER=cuda_graph WORK_ROOT=/tmp/overfit \
