@@ -223,14 +223,16 @@ for s in $R/start_*/.made_here; do  # a start trained on this machine leaves onc
   name=$(basename $(dirname $s)); [ -f $s ] && [ ! -f $R/$name/.sent ] || continue
   mkdir -p $OUT/$name && split -b 15M $R/$name/model.safetensors $OUT/$name/model.safetensors.part_ && touch $R/$name/.sent
 done
+# A finished run's newest checkpoint (nothing for a run still going).
+finished_ckpt() { local c; c=$(newest_ckpt $1); [ -n "$c" ] && [ -f $R/runs/$1/done ] && echo $c; }
 for run in $RUNS; do  # a finished run's weights + config leave once (~4.6 MB): held-out scoring elsewhere
-  c=$(newest_ckpt $run); [ -n "$c" ] && [ -f $R/runs/$run/done ] && [ ! -f $R/runs/$run/eval.sent ] || continue
+  c=$(finished_ckpt $run) && [ ! -f $R/runs/$run/eval.sent ] || continue
   python3 -c "import sys; from ript.training.checkpointing import save_evaluation_copy; save_evaluation_copy(*sys.argv[1:])" \
     $c $R/eval/$run && mkdir -p $OUT/eval_${run}_$(basename $c) \
     && cp $R/eval/$run/checkpoints/$(basename $c)/* $OUT/eval_${run}_$(basename $c)/ && touch $R/runs/$run/eval.sent
 done
 for run in $RUNS; do  # a finished run's last checkpoint leaves once (a tar in 15 MB parts), if OUT has room
-  c=$(newest_ckpt $run); [ -n "$c" ] && [ -f $R/runs/$run/done ] && [ ! -f $R/runs/$run/final.sent ] || continue
+  c=$(finished_ckpt $run) && [ ! -f $R/runs/$run/final.sent ] || continue
   [ $(find $OUT -type f | wc -l) -le 5 ] || break
   mkdir -p $OUT/final_$run && tar -C $(dirname $c) -cf - $(basename $c) | split -b 15M - $OUT/final_$run/$(basename $c).tar.part_ \
     && touch $R/runs/$run/final.sent
