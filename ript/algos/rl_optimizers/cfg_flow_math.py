@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 WeightMode = Literal["clip", "std_normalized", "binary", "exp", "signed"]
 WindowMode = Literal["aligned", "stride", "last", "gripper", "first"]
+CreditWindows = Literal["all", "first"]
 ShortWindow = Literal["skip", "pad"]
 ActionMode = Literal["relative", "absolute"]
 EpisodeWeighting = Literal["window", "episode"]
@@ -169,6 +170,9 @@ class Window:
     task_name: str = ""
     success: bool = False  # the episode's outcome (alpha scope, failure-share diagnostics)
     uncond_weight: float | None = None  # this window's alpha; None = the optimizer's scalar alpha
+    # False: outside the span that carries the episode's credit (credit_windows="first" leaves only
+    # the first window credited): no conditional-branch weight, held by the output anchor instead.
+    credited: bool = True
 
 
 def window_starts(

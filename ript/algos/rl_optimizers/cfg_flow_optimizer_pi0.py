@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from ript.algos.rl_optimizers.cfg_flow_math import (
     ActionMode,
+    CreditWindows,
     EpisodeWeighting,
     ShortWindow,
     UncondScope,
@@ -103,6 +104,11 @@ class CFGFlowConfig:
     advantage_temperature: float = 1.0
     window_stride: int = 50
     window_mode: WindowMode = "aligned"
+    # Which of an episode's windows carry its conditional-branch weight. "first": only the first (the
+    # one an RLOO group shares, and the one that decides most outcomes, docs/learning_libero.md); the
+    # others still train the unconditional branch (alpha) and, with anchor_output, are held at the
+    # start's outputs while the first window moves.
+    credit_windows: CreditWindows = "all"
     short_window: ShortWindow = "skip"
     action_mode: ActionMode = "relative"
     n_action_steps: int | None = None  # None: the policy's n_action_steps (50 if it has none)
@@ -143,6 +149,7 @@ class CFGFlowConfig:
     def __post_init__(self) -> None:
         check_literal("weight_mode", self.weight_mode, WeightMode)
         check_literal("window_mode", self.window_mode, WindowMode)
+        check_literal("credit_windows", self.credit_windows, CreditWindows)
         check_literal("short_window", self.short_window, ShortWindow)
         check_literal("action_mode", self.action_mode, ActionMode)
         check_literal("episode_weighting", self.episode_weighting, EpisodeWeighting)
@@ -273,6 +280,7 @@ class CFGFlowOptimizerPI0:
         advantage_temperature: float = 1.0,
         window_stride: int = 50,
         window_mode: WindowMode = "aligned",
+        credit_windows: CreditWindows = "all",
         short_window: ShortWindow = "skip",
         action_mode: ActionMode = "relative",
         n_action_steps: int | None = None,
@@ -305,8 +313,8 @@ class CFGFlowOptimizerPI0:
             gradient_accumulation_steps=gradient_accumulation_steps, grad_norm_clip=grad_norm_clip,
             header_grad_norm_clip=header_grad_norm_clip, a_max=a_max, cfg_uncond_weight=cfg_uncond_weight,
             weight_mode=weight_mode, advantage_temperature=advantage_temperature, window_stride=window_stride,
-            window_mode=window_mode, short_window=short_window, action_mode=action_mode,
-            n_action_steps=n_action_steps, action_dim=action_dim,
+            window_mode=window_mode, credit_windows=credit_windows, short_window=short_window,
+            action_mode=action_mode, n_action_steps=n_action_steps, action_dim=action_dim,
             max_consecutive_nonfinite=max_consecutive_nonfinite, seed=seed, bc_ablation=bc_ablation,
             shuffle_windows=shuffle_windows, seeded_noise=seeded_noise, noise_dim=noise_dim,
             success_replay_per_state=success_replay_per_state, success_replay_weight=success_replay_weight,
@@ -497,12 +505,15 @@ class CFGFlowOptimizerPI0:
         return int(model_steps) if model_steps is not None else 50
 
     def make_windows(self, episodes: Sequence[Episode], weights: torch.Tensor, model: Any,
-                     first_index: int = 0, window_mode: WindowMode | None = None) -> tuple[list[Window], int]:
+                     first_index: int = 0, window_mode: WindowMode | None = None,
+                     credit_windows: CreditWindows | None = None) -> tuple[list[Window], int]:
         """Cut every valid episode into windows carrying its weight; (windows, n_short_skipped).
 
         Episode ``i`` gets ``episode_index = first_index + i``, which seeds its windows' noise.
-        ``window_mode`` overrides the config's (the demo probe always cuts aligned windows)."""
+        ``window_mode`` and ``credit_windows`` override the config's (the demo probe always cuts
+        aligned windows; replayed SFT demos are credited on every window)."""
         c = self.config
+        credit_windows = credit_windows or c.credit_windows
         n_steps = self._n_action_steps(model)
         windows: list[Window] = []
         n_skipped = 0
@@ -515,6 +526,11 @@ class CFGFlowOptimizerPI0:
                 short_window=c.short_window, n_action_steps=n_steps, action_mode=c.action_mode,
                 episode_index=first_index + i, clip_labels=c.clip_labels,
             )
+            if credit_windows == "first":
+                first_start = int(ep.chunk_start_steps[0]) if len(ep.chunk_start_steps) else 0
+                for w in ws:
+                    if w.start_step != first_start:
+                        w.weight, w.credited = 0.0, False
             windows.extend(ws)
             n_skipped += skipped
         return windows, n_skipped
@@ -529,7 +545,8 @@ class CFGFlowOptimizerPI0:
         scales = (episode_window_scales([w.episode_index for w in windows]) if c.episode_weighting == "episode"
                   else torch.ones(len(windows)))  # (N,)
         for w, a, f in zip(windows, alphas.tolist(), scales.tolist()):
-            w.weight = float(w.weight * f)
+            # Under credit_windows="first" each episode already carries its weight on one window.
+            w.weight = float(w.weight * (1.0 if c.credit_windows == "first" else f))
             w.uncond_weight = float(a * f)
 
     def _add_demo_windows(self, windows: list[Window], model: Any) -> int:
@@ -541,7 +558,8 @@ class CFGFlowOptimizerPI0:
         weights = torch.full((len(demos),), self.config.demo_replay_weight)
         # Episode indices far above any round's rollouts and replays: their own noise seeds, and their
         # own per-episode weight under episode_weighting="episode".
-        demo_windows, _ = self.make_windows(demos, weights, model, first_index=DEMO_EPISODE_INDEX_OFFSET)
+        demo_windows, _ = self.make_windows(demos, weights, model, first_index=DEMO_EPISODE_INDEX_OFFSET,
+                                            credit_windows="all")
         windows.extend(demo_windows)
         return len(demo_windows)
 
@@ -605,7 +623,8 @@ class CFGFlowOptimizerPI0:
             episodes = demos.all_episodes(model.norm_stats, self._n_action_steps(model))
             # Aligned whatever the training windows are, so that every run's probe is the same windows.
             windows, _ = self.make_windows(episodes, torch.ones(len(episodes)), model,
-                                           first_index=DEMO_PROBE_INDEX_OFFSET, window_mode="aligned")
+                                           first_index=DEMO_PROBE_INDEX_OFFSET, window_mode="aligned",
+                                           credit_windows="all")
             self._demo_probe = windows[: self.config.demo_probe_windows]
         total, count = 0.0, 0.0
         for start in range(0, len(self._demo_probe), self.config.mini_batch_size):
@@ -704,7 +723,10 @@ class CFGFlowOptimizerPI0:
                 action_dim=self.config.action_dim,
             )
             if self._start_policy is not None:
-                anchor, anchor_sum = self._output_anchor(out, batch, noise, time, mask, normalizer)
+                held = mask
+                if self.config.credit_windows == "first":  # the credited window moves, the rest is held
+                    held = mask & torch.tensor([not w.credited for w in chunk], dtype=torch.bool, device=mask.device)
+                anchor, anchor_sum = self._output_anchor(out, batch, noise, time, held, normalizer)
                 loss = loss + anchor
                 stats.sums["output_anchor"] += anchor_sum
             loss.backward()

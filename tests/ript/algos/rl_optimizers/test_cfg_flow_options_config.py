@@ -17,7 +17,7 @@ from ript.training.config_checks import ConfigError, check_config
 CONFIG_DIR = Path(__file__).resolve().parents[4] / "config"
 ALL_ON = ["task=reach_rl", "algo.episode_weighting=episode", "algo.uncond_scope=successes",
           "algo.anchor_l2=0.01", "algo.anchor_output=0.5", "algo.cond_lr_scale=10", "algo.rollout_noise_temperature=1.3",
-          "algo.cfg_scale=2.0", "algo.policy.cond_layer_modulation=true"]
+          "algo.cfg_scale=2.0", "algo.policy.cond_layer_modulation=true", "algo.credit_windows=first"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_all_options_together_compose_pass_the_checks_and_reach_their_constructo
     algo = OmegaConf.to_container(cfg.algo, resolve=True)
     opt, gen, pol = algo["rl_optimizer_factory"], algo["rollout_generator_factory"], algo["policy"]
     assert (opt["episode_weighting"], opt["uncond_scope"], opt["anchor_l2"], opt["anchor_output"],
-            opt["cond_lr_scale"]) == ("episode", "successes", 0.01, 0.5, 10)
+            opt["cond_lr_scale"], opt["credit_windows"]) == ("episode", "successes", 0.01, 0.5, 10, "first")
     assert gen["cfg_scale"] == 2.0 and gen["noise_temperature"] == 1.3 and pol["cond_layer_modulation"] is True
     for node, cls in ((opt, CFGFlowOptimizerPI0), (gen, RolloutGenerator), (pol, PI0_OFT_Policy)):
         params = inspect.signature(cls).parameters

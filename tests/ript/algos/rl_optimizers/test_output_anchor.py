@@ -129,3 +129,30 @@ def test_the_frozen_copy_does_not_follow_the_live_policy():
 def test_bad_anchor_settings_are_refused_with_the_fix(kw, match):
     with pytest.raises(ValueError, match=match):
         make_optimizer(failed_pair(tiny_policy()), **kw)
+
+
+def test_credit_on_the_first_window_leaves_the_others_to_the_anchor():
+    """algo.credit_windows=first: an episode's weight rides on its first window only (unscaled by the
+    per-episode factor), the later windows keep their alpha term and are the only ones anchored."""
+    policy = tiny_policy()
+    episodes = [make_episode(150, policy.norm_stats, success=s, seed=i) for i, s in enumerate((True, False))]
+    opt = make_optimizer(episodes, cfg_uncond_weight=0.1, anchor_output=1.0, mini_batch_size=8,
+                         credit_windows="first", episode_weighting="episode")
+    windows, _ = opt.make_windows(episodes, torch.tensor([1.0, 0.0]), policy)
+    opt.assign_window_weights(windows)
+    by_start = {(w.episode_index, w.start_step): w for w in windows}
+    assert sorted(by_start) == [(0, 0), (0, 50), (0, 100), (1, 0), (1, 50), (1, 100)]
+    assert [by_start[(0, t)].weight for t in (0, 50, 100)] == [1.0, 0.0, 0.0]
+    assert [by_start[(0, t)].credited for t in (0, 50, 100)] == [True, False, False]
+    assert all(w.uncond_weight == pytest.approx(0.1) for w in windows)  # alpha on every window
+    # Demos replayed as positives stay credited on every window.
+    demo_windows, _ = opt.make_windows(episodes[:1], torch.ones(1), policy, credit_windows="all")
+    assert [w.weight for w in demo_windows] == [1.0, 1.0, 1.0]
+    # The anchor holds exactly the uncredited windows: moved outputs, then one round's anchor term.
+    opt.optimize(policy, None, sgd(policy, lr=0.0))  # round 0 fixes the start
+    displace_(policy)
+    held = [w for w in windows if not w.credited]
+    m = opt.optimize(policy, None, sgd(policy, lr=0.0))
+    n = len(windows)
+    assert m["loss/output_anchor"] == pytest.approx(2 * distance_to(policy, opt._start_policy, held) * len(held) / n,
+                                                    rel=0.05)
