@@ -537,16 +537,23 @@ class CFGFlowOptimizerPI0:
 
     def assign_window_weights(self, windows: list[Window]) -> None:
         """Per-window alpha (``uncond_scope``) and, with ``episode_weighting="episode"``, the
-        per-episode factors on both terms (:func:`episode_window_scales`), in place."""
+        per-episode factors on both terms (:func:`episode_window_scales`), in place. The
+        conditional term's factors count an episode's credited windows (``credit_windows``), the
+        alpha term's all of its windows: each episode weighs the same in either term."""
         c = self.config
         if not windows:
             return
         alphas = window_alphas([w.success for w in windows], c.cfg_uncond_weight, c.uncond_scope)  # (N,)
-        scales = (episode_window_scales([w.episode_index for w in windows]) if c.episode_weighting == "episode"
-                  else torch.ones(len(windows)))  # (N,)
-        for w, a, f in zip(windows, alphas.tolist(), scales.tolist()):
-            # Under credit_windows="first" each episode already carries its weight on one window.
-            w.weight = float(w.weight * (1.0 if c.credit_windows == "first" else f))
+        scales = torch.ones(len(windows))  # (N,) alpha term
+        cond_scales = torch.ones(len(windows))  # (N,) conditional term
+        if c.episode_weighting == "episode":
+            scales = episode_window_scales([w.episode_index for w in windows])
+            credited = [i for i, w in enumerate(windows) if w.credited]
+            cond_scales = torch.zeros(len(windows))
+            if credited:
+                cond_scales[credited] = episode_window_scales([windows[i].episode_index for i in credited])
+        for w, a, f, g in zip(windows, alphas.tolist(), scales.tolist(), cond_scales.tolist()):
+            w.weight = float(w.weight * g)
             w.uncond_weight = float(a * f)
 
     def _add_demo_windows(self, windows: list[Window], model: Any) -> int:

@@ -145,9 +145,17 @@ def test_credit_on_the_first_window_leaves_the_others_to_the_anchor():
     assert [by_start[(0, t)].weight for t in (0, 50, 100)] == [1.0, 0.0, 0.0]
     assert [by_start[(0, t)].credited for t in (0, 50, 100)] == [True, False, False]
     assert all(w.uncond_weight == pytest.approx(0.1) for w in windows)  # alpha on every window
-    # Demos replayed as positives stay credited on every window.
-    demo_windows, _ = opt.make_windows(episodes[:1], torch.ones(1), policy, credit_windows="all")
-    assert [w.weight for w in demo_windows] == [1.0, 1.0, 1.0]
+    # Demos replayed as positives stay credited on every window; per episode, the conditional term
+    # then counts credited windows (a demo's 3 share what a rollout's first window carries alone).
+    demo_windows, _ = opt.make_windows(episodes[:1], torch.ones(1), policy, first_index=9, credit_windows="all")
+    mixed = [*windows[:3], *demo_windows]  # rollout 0 (weight 1 on its first window) + the demo
+    for w in mixed:
+        w.weight = 1.0 if w.credited else 0.0
+    opt.assign_window_weights(mixed)
+    rollout, demo = [w.weight for w in mixed[:3]], [w.weight for w in mixed[3:]]
+    assert rollout[1:] == [0.0, 0.0] and demo == pytest.approx([rollout[0] / 3] * 3)
+    assert sum(rollout) + sum(demo) == pytest.approx(4.0)  # the factors keep the 4 credited windows' total
+    assert sum(w.uncond_weight for w in mixed[:3]) == pytest.approx(sum(w.uncond_weight for w in mixed[3:]))
     # The anchor holds exactly the uncredited windows: moved outputs, then one round's anchor term.
     opt.optimize(policy, None, sgd(policy, lr=0.0))  # round 0 fixes the start
     displace_(policy)
