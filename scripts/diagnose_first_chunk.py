@@ -45,7 +45,7 @@ for path in (REPO_ROOT, REPO_ROOT / "scripts"):
 
 import numpy as np  # noqa: E402
 
-from ript.env_runner.rollout_scheduler import derive_seed  # noqa: E402
+from ript.env_runner.rollout_scheduler import EpisodeSpec, derive_seed  # noqa: E402
 
 logger = logging.getLogger("diagnose_first_chunk")
 
@@ -69,14 +69,6 @@ class FirstChunkNoise:
             raise ValueError("FirstChunkNoise needs a scheduler that passes noise_seeds")
         seeds = [self.replace.get(int(seed), int(seed)) for seed in noise_seeds]
         return self.policy.select_action(obs, cfg_scale=cfg_scale, noise_seeds=seeds)
-
-
-def first_chunk_seeds(base_seed: int, call_index: int, num_episodes: int, continuations: int,
-                      noise_seed: int, row: int) -> dict[int, int]:
-    """The scheduler's first-chunk seed of episode i of a ``run_policy_in_env`` call -> the seed of
-    its first-chunk group ``i // continuations`` (keys: ``chunked_runner.run_policy_in_env``)."""
-    return {derive_seed(base_seed, "call", call_index, i, "chunk", 0):
-            derive_seed(noise_seed, "first_chunk", row, i // continuations) for i in range(num_episodes)}
 
 
 def between_group_share(outcomes: np.ndarray) -> tuple[float, float]:
@@ -105,16 +97,21 @@ def permutation_test(per_state: Sequence[np.ndarray], permutations: int = 2000, 
 
 def run_state(runner: Any, policy: Any, task_name: str, init_state: np.ndarray, row: int, first_chunks: int,
               continuations: int, noise_seed: int) -> np.ndarray:
-    """(first_chunks, continuations) outcomes (NaN for an invalid episode) of one init state."""
+    """(first_chunks, continuations) outcomes (NaN for an invalid episode) of one init state.
+
+    Episode i (key ``("first_chunk", row, i)``) starts with first chunk ``i // continuations``: the
+    scheduler derives each chunk's noise seed from the episode's key, and the first chunk's is
+    swapped for its group's; every later chunk keeps its own."""
     n = first_chunks * continuations
-    call_index = runner._scheduler_calls + 1  # the identity run_policy_in_env gives this call's episodes
-    wrapped = FirstChunkNoise(policy, first_chunk_seeds(getattr(runner, "seed", 0), call_index, n,
-                                                        continuations, noise_seed, row))
-    results = list(runner.run_policy_in_env(task_name, wrapped, [init_state] * n))
-    if runner._scheduler_calls != call_index:
-        raise RuntimeError("the runner numbered this call differently than expected; the first chunks "
-                           "were not the chosen ones")
-    outcomes = np.array([float(s) if ep.valid else np.nan for s, _, ep in results])
+    keys = [("first_chunk", row, i) for i in range(n)]
+    base_seed = int(getattr(runner, "seed", 0))
+    group_seed = {derive_seed(base_seed, *key, "chunk", 0): derive_seed(noise_seed, "first_chunk", row, i // continuations)
+                  for i, key in enumerate(keys)}
+    scheduler = runner.make_scheduler(FirstChunkNoise(policy, group_seed), base_seed=base_seed)
+    for key in keys:
+        scheduler.submit(EpisodeSpec(task_name, np.asarray(init_state), key=key))
+    episodes = {spec.key: episode for spec, episode in scheduler.run()}
+    outcomes = np.array([float(episodes[key].success) if episodes[key].valid else np.nan for key in keys])
     return outcomes.reshape(first_chunks, continuations)
 
 

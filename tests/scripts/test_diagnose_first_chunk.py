@@ -42,8 +42,6 @@ def test_run_state_gives_each_first_chunk_group_its_seed_and_every_later_chunk_f
     runner = ScriptedRunner(max_len=35)  # 4 chunks of 10 steps, never a success on state [0, ...]
     policy = ObservationPolicy(record_seeds=True)
     try:
-        runner.run_policy_in_env("task_a", policy, scripted_states([0]))  # an earlier call: not numbered 1
-        policy.seeds.clear()
         outcomes = first_chunk.run_state(runner, policy, "task_a", scripted_states([0])[0], row=7, first_chunks=3,
                              continuations=2, noise_seed=11)
     finally:
