@@ -115,6 +115,12 @@ def run_state(runner: Any, policy: Any, task_name: str, init_state: np.ndarray, 
     return outcomes.reshape(first_chunks, continuations)
 
 
+def conflicting_settings(report: Mapping[str, Any], this_run: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Settings in which an existing report differs from this call: {key: (in the report, now)}.
+    A report is finished or redrawn only with the settings that made it."""
+    return {key: (report[key], value) for key, value in this_run.items() if key in report and report[key] != value}
+
+
 def summarize(report: Mapping[str, Any], permutations: int = 2000) -> dict[str, Any]:
     per_state = {row: np.asarray(v, dtype=np.float64) for row, v in report["outcomes"].items()}
     complete = [a for a in per_state.values() if not np.isnan(a).any()]
@@ -184,15 +190,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     policy.load_trainable_state_dict(weights[args.variant])
     policy.eval()
     task = info["task_name"]
-    states = load_benchmark(BENCHMARK).get_task_init_states(list(load_benchmark(BENCHMARK).get_task_names()).index(task))
+    benchmark = load_benchmark(BENCHMARK)
+    states = benchmark.get_task_init_states(list(benchmark.get_task_names()).index(task))
+    bad_rows = [row for row in args.rows if not 0 <= row < len(states)]
+    if bad_rows:
+        parser.error(f"--rows {bad_rows}: task {task!r} ships {len(states)} init states (0-{len(states) - 1})")
+    report: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    this_run = {"checkpoint": str(args.checkpoint), "variant": args.variant, "task": task,
+                "first_chunks": args.first_chunks, "continuations": args.continuations}
+    differing = conflicting_settings(report, this_run)
+    if differing:
+        parser.error(f"--out {args.out} holds another run's states ({differing}, as (in the report, now)): "
+                     "pass a new --out, or the same settings to finish or redraw it")
+    report.update(this_run)
     # The evaluation's runner (bench_learning_libero.evaluate): open loop 50, absolute actions.
     runner = Pi0LiberoRunner(benchmark_name=BENCHMARK, task_names_to_use=[task], num_parallel_envs=args.num_envs,
                              open_loop=50, n_action_steps=50, action_mode="absolute",
                              camera_height=args.camera_size, camera_width=args.camera_size,
                              seed=args.noise_seed, hard_reset=False)
-    report: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
-    report.update(checkpoint=str(args.checkpoint), variant=args.variant, task=task,
-                  first_chunks=args.first_chunks, continuations=args.continuations)
     outcomes = report.setdefault("outcomes", {})
     try:
         for row in args.rows:

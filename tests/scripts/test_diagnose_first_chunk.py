@@ -63,3 +63,11 @@ def test_summary_and_figure_of_a_report(first_chunk, tmp_path):
     assert report["summary"]["pooled"]["eta2"] == pytest.approx(0.5)  # 2 of the 4 units of variance
     first_chunk.plot_report(report, tmp_path / "first_chunk.png")
     assert (tmp_path / "first_chunk.png").stat().st_size > 10_000
+
+
+def test_a_report_is_continued_only_with_the_settings_that_made_it(first_chunk):
+    report = {"checkpoint": "/ck/step_5", "variant": "start", "first_chunks": 8, "continuations": 6, "outcomes": {}}
+    same = {"checkpoint": "/ck/step_5", "variant": "start", "first_chunks": 8, "continuations": 6}
+    assert first_chunk.conflicting_settings(report, same) == {}
+    assert first_chunk.conflicting_settings(report, {**same, "continuations": 4}) == {"continuations": (6, 4)}
+    assert first_chunk.conflicting_settings({}, same) == {}  # a new report
