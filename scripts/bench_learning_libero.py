@@ -157,20 +157,30 @@ def start_policy(args: argparse.Namespace, task_name: str, work: Path) -> Any:
     return build_policy(compose_config(None, rl_overrides(args, task_name, work, work / "rl")), None, {})
 
 
-def evaluate(policy: Any, task_name: str, rows: Sequence[int], val_rows: Sequence[int], seed: int,
-             camera_size: int, num_envs: int = 1, cfg_scale: float = 1.0) -> dict[str, Any]:
-    """Success per shipped init state (open loop 50, the suite's 280 steps) at ``cfg_scale``."""
+def evaluation_runner(task_name: str, num_envs: int, camera_size: int, seed: int) -> Any:
+    """The runner every evaluation here uses: 50-step chunks open loop, absolute actions, soft
+    resets; ``seed`` keys the episodes' flow noise. It renders the cameras only where the policy
+    looks (render_on_demand, its default)."""
     from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner
 
-    # The runner renders the cameras only where the policy looks (render_on_demand, its default).
-    runner = Pi0LiberoRunner(benchmark_name=BENCHMARK, task_names_to_use=[task_name],
-                             num_parallel_envs=num_envs, open_loop=50, n_action_steps=50,
-                             action_mode="absolute", camera_height=camera_size,
-                             camera_width=camera_size, seed=seed, hard_reset=False)
+    return Pi0LiberoRunner(benchmark_name=BENCHMARK, task_names_to_use=[task_name], num_parallel_envs=num_envs,
+                           open_loop=50, n_action_steps=50, action_mode="absolute", camera_height=camera_size,
+                           camera_width=camera_size, seed=seed, hard_reset=False)
+
+
+def task_init_states(task_name: str) -> Any:
+    """The task's shipped init states (LIBERO-Object)."""
     from ript.envs.libero_env import load_benchmark
 
     benchmark = load_benchmark(BENCHMARK)
-    states = benchmark.get_task_init_states(list(benchmark.get_task_names()).index(task_name))
+    return benchmark.get_task_init_states(list(benchmark.get_task_names()).index(task_name))
+
+
+def evaluate(policy: Any, task_name: str, rows: Sequence[int], val_rows: Sequence[int], seed: int,
+             camera_size: int, num_envs: int = 1, cfg_scale: float = 1.0) -> dict[str, Any]:
+    """Success per shipped init state (open loop 50, the suite's 280 steps) at ``cfg_scale``."""
+    runner = evaluation_runner(task_name, num_envs, camera_size, seed)
+    states = task_init_states(task_name)
     policy.eval()
     t0 = time.time()
     per_state = {}

@@ -161,7 +161,7 @@ def plot_report(report: Mapping[str, Any], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from bench_learning_libero import BENCHMARK
+    from bench_learning_libero import evaluation_runner, task_init_states
     from diagnose_heldout_drop import SHIPPED_START, build_variants
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,15 +183,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error("--first-chunks and --continuations must be >= 2 (the test compares groups)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from ript.env_runner.pi0_libero_runner import Pi0LiberoRunner
-    from ript.envs.libero_env import load_benchmark
-
     policy, weights, info = build_variants(args.checkpoint, args.sft_dir, "eager", 0)
     policy.load_trainable_state_dict(weights[args.variant])
     policy.eval()
     task = info["task_name"]
-    benchmark = load_benchmark(BENCHMARK)
-    states = benchmark.get_task_init_states(list(benchmark.get_task_names()).index(task))
+    states = task_init_states(task)
     bad_rows = [row for row in args.rows if not 0 <= row < len(states)]
     if bad_rows:
         parser.error(f"--rows {bad_rows}: task {task!r} ships {len(states)} init states (0-{len(states) - 1})")
@@ -203,11 +199,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"--out {args.out} holds another run's states ({differing}, as (in the report, now)): "
                      "pass a new --out, or the same settings to finish or redraw it")
     report.update(this_run)
-    # The evaluation's runner (bench_learning_libero.evaluate): open loop 50, absolute actions.
-    runner = Pi0LiberoRunner(benchmark_name=BENCHMARK, task_names_to_use=[task], num_parallel_envs=args.num_envs,
-                             open_loop=50, n_action_steps=50, action_mode="absolute",
-                             camera_height=args.camera_size, camera_width=args.camera_size,
-                             seed=args.noise_seed, hard_reset=False)
+    runner = evaluation_runner(task, args.num_envs, args.camera_size, args.noise_seed)
     outcomes = report.setdefault("outcomes", {})
     try:
         for row in args.rows:
