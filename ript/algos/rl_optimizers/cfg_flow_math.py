@@ -295,6 +295,7 @@ def cut_windows(
     action_mode: ActionMode = "relative",
     episode_index: int = -1,
     clip_labels: bool = False,
+    credit_windows: CreditWindows = "all",
 ) -> tuple[list[Window], int]:
     """Cut one episode into training windows ``[t, t + n_action_steps)``.
 
@@ -306,11 +307,14 @@ def cut_windows(
     Windows that start mid-chunk (``window_mode="stride"`` with a stride that is not a multiple of
     the chunk length) need ``episode.extra["step_observations"]``; without it a ValueError says so.
     ``clip_labels``: labels from :func:`clip_to_executed` actions (LIBERO's executed commands).
+    ``credit_windows="first"``: every window but the episode's first gets weight 0 and
+    ``credited=False`` (the first window, as ``window_mode="first"`` keeps it).
 
     Returns ``(windows, n_skipped_short)``. Invalid (padding) episodes give no windows.
     """
     check_literal("short_window", short_window, ShortWindow)
     check_literal("action_mode", action_mode, ActionMode)
+    check_literal("credit_windows", credit_windows, CreditWindows)
     if not episode.valid or episode.num_steps == 0:
         return [], 0
     starts = window_starts(episode.num_steps, episode.chunk_start_steps, window_mode, window_stride, n_action_steps)
@@ -325,12 +329,14 @@ def cut_windows(
         kept = kept[-1:]
     if window_mode == "gripper":
         kept = [t for t in kept if gripper_switches(episode.actions, t, n_action_steps)]
+    first_start = starts[0] if starts else None
     if window_mode == "first":
-        kept = [t for t in kept if starts and t == starts[0]]
+        kept = [t for t in kept if t == first_start]
     windows = []
     for t in kept:
         obs = _observation_at(episode, t, n_action_steps)
         action, is_pad = _labels(episode, t, obs.raw_state, norm_stats, n_action_steps, action_mode, clip_labels)
+        credited = credit_windows == "all" or t == first_start
         windows.append(
             Window(
                 images={k: np.asarray(v) for k, v in obs.images.items()},
@@ -338,11 +344,12 @@ def cut_windows(
                 prompt=episode.task_description,
                 action=action,
                 action_is_pad=is_pad,
-                weight=float(weight),
+                weight=float(weight) if credited else 0.0,
                 episode_index=episode_index,
                 start_step=t,
                 task_name=episode.task_name,
                 success=bool(episode.success),
+                credited=credited,
             )
         )
     return windows, n_skipped

@@ -513,7 +513,6 @@ class CFGFlowOptimizerPI0:
         ``window_mode`` and ``credit_windows`` override the config's (the demo probe always cuts
         aligned windows; replayed SFT demos are credited on every window)."""
         c = self.config
-        credit_windows = credit_windows or c.credit_windows
         n_steps = self._n_action_steps(model)
         windows: list[Window] = []
         n_skipped = 0
@@ -525,12 +524,8 @@ class CFGFlowOptimizerPI0:
                 window_mode=window_mode or c.window_mode,
                 short_window=c.short_window, n_action_steps=n_steps, action_mode=c.action_mode,
                 episode_index=first_index + i, clip_labels=c.clip_labels,
+                credit_windows=credit_windows or c.credit_windows,
             )
-            if credit_windows == "first":
-                first_start = int(ep.chunk_start_steps[0]) if len(ep.chunk_start_steps) else 0
-                for w in ws:
-                    if w.start_step != first_start:
-                        w.weight, w.credited = 0.0, False
             windows.extend(ws)
             n_skipped += skipped
         return windows, n_skipped

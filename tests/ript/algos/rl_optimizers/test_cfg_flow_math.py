@@ -173,6 +173,10 @@ def test_first_window_mode_keeps_only_the_episodes_first_chunk():
     aligned = cut_windows(ep, 0.5, ns)[0][0]
     np.testing.assert_array_equal(w.action, aligned.action)
     np.testing.assert_array_equal(w.images["base_0_rgb"], ep.chunk_observations[0].images["base_0_rgb"])
+    # credit_windows="first" keeps every window but credits the same first one alone.
+    credited = cut_windows(ep, 0.5, ns, credit_windows="first")[0]
+    assert [(c.start_step, c.weight, c.credited) for c in credited] == [
+        (0, 0.5, True), (50, 0.0, False), (100, 0.0, False), (150, 0.0, False)]
     # An episode shorter than one chunk: skipped, or padded under short_window="pad".
     short = make_episode(30, ns, seed=9)
     assert cut_windows(short, 1.0, ns, window_mode="first") == ([], 1)
