@@ -3,10 +3,20 @@
 The LIBERO runner's observation conversion (``ript.env_runner.pi0_runner_utils``) and the demo
 recorder (``ript.envs.libero_object_demos``) both call this, so SFT frames and rollout frames are
 the same pixels; it lives on the lowest floor so that environments need not import the runner.
+
+:func:`augment_frames` is the training-time augmentation of those frames (``algo.image_augmentation``):
+the magnitudes openpi's PI0 fine-tuning uses (a random crop keeping 95 % of each side, resized back,
+a rotation within +-5 degrees, colour jitter of brightness 0.3, contrast 0.4, saturation 0.5; the
+wrist camera gets the colour jitter only), written here in torch.
 """
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 def resize_with_pad_like_openpi(img: np.ndarray, size: int) -> np.ndarray:
@@ -44,4 +54,59 @@ def camera_frame_for_policy(img: np.ndarray, rotate_180: bool = True, image_size
     return img
 
 
-__all__ = ["camera_frame_for_policy", "resize_with_pad_like_openpi"]
+# openpi's training augmentation magnitudes (its PI0 fine-tuning recipe).
+CROP_SIDE_FRACTION = 0.95
+MAX_ROTATION_DEG = 5.0
+BRIGHTNESS, CONTRAST, SATURATION = 0.3, 0.4, 0.5
+_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's grayscale
+
+
+def augment_frames(frames: torch.Tensor, seeds: Sequence[int], spatial: bool = True) -> torch.Tensor:
+    """A randomly augmented copy of uint8 frames (N, 3, H, W), frame i drawn from ``seeds[i]``.
+
+    ``spatial``: crop + resize + rotate (one bilinear resampling), then colour jitter; False (the
+    wrist camera: its view is fixed to the gripper) applies the colour jitter only. The same seed
+    gives the same frame, so a resumed run repeats its augmentations exactly.
+    """
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"augment_frames expects uint8 (N, 3, H, W) frames, got {frames.dtype} {tuple(frames.shape)}")
+    if len(seeds) != frames.shape[0]:
+        raise ValueError(f"augment_frames got {len(seeds)} seeds for {frames.shape[0]} frames; pass one per frame")
+    # (N, 6): crop centre x/y in [-1, 1] units of the free margin, angle, brightness, contrast, saturation.
+    draws = torch.stack([torch.rand(6, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
+                         for s in seeds]).to(torch.float32)
+    out = frames.to(torch.float32)
+    if spatial:
+        out = _crop_and_rotate(out, draws[:, 0] * 2 - 1, draws[:, 1] * 2 - 1,
+                               (draws[:, 2] * 2 - 1) * math.radians(MAX_ROTATION_DEG))
+    out = _colour_jitter(out, 1 + (draws[:, 3] * 2 - 1) * BRIGHTNESS, 1 + (draws[:, 4] * 2 - 1) * CONTRAST,
+                         1 + (draws[:, 5] * 2 - 1) * SATURATION)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def _crop_and_rotate(frames: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor,
+                     angle: torch.Tensor) -> torch.Tensor:
+    """Each output pixel samples the input at centre + R(angle) * (scale * p): the crop of side
+    ``CROP_SIDE_FRACTION`` (its centre shifted within the free margin) resized back and rotated."""
+    scale = CROP_SIDE_FRACTION
+    margin = 1 - scale  # normalised coordinates span [-1, 1]: the crop centre moves within +-margin
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([scale * cos, -scale * sin, shift_x * margin], dim=1),
+                         torch.stack([scale * sin, scale * cos, shift_y * margin], dim=1)], dim=1)  # (N, 2, 3)
+    grid = F.affine_grid(theta, list(frames.shape), align_corners=False)
+    return F.grid_sample(frames, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _colour_jitter(frames: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
+                   saturation: torch.Tensor) -> torch.Tensor:
+    """Brightness, then contrast (about the frame's mean grey), then saturation (about each pixel's
+    grey); factors (N,), clamped to [0, 255] after each as torchvision does."""
+    weights = torch.tensor(_GRAY, dtype=frames.dtype).view(1, 3, 1, 1)
+    out = (frames * brightness.view(-1, 1, 1, 1)).clamp(0, 255)
+    mean_grey = (out * weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)  # (N, 1, 1, 1)
+    out = (mean_grey + (out - mean_grey) * contrast.view(-1, 1, 1, 1)).clamp(0, 255)
+    grey = (out * weights).sum(dim=1, keepdim=True)  # (N, 1, H, W)
+    return (grey + (out - grey) * saturation.view(-1, 1, 1, 1)).clamp(0, 255)
+
+
+__all__ = ["augment_frames", "camera_frame_for_policy", "resize_with_pad_like_openpi"]

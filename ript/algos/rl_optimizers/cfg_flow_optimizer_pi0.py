@@ -62,6 +62,7 @@ from ript.algos.rl_optimizers.cfg_flow_math import (
 from ript.algos.rl_optimizers.demo_replay import DemoReplay
 from ript.algos.rl_optimizers.success_replay import SuccessReplay
 from ript.types import Episode
+from ript.utils.images import augment_frames
 from ript.utils.distributed import (
     all_reduce_mean_dict,
     broadcast_object,
@@ -145,6 +146,10 @@ class CFGFlowConfig:
     # anchor on what the policy outputs rather than on its weights (a KL-like term). 0 = off.
     anchor_output: float = 0.0
     cond_lr_scale: float = 1.0  # the CFG condition's parameters move at this multiple of their group's lr
+    # Train on augmented camera frames (ript.utils.images.augment_frames: openpi's crop, rotation and
+    # colour jitter), drawn afresh per window and epoch, so that an update cannot key on the exact
+    # pixels of the few init states a round sees. Rollouts, probes and diagnostics see the real frames.
+    image_augmentation: bool = False
 
     def __post_init__(self) -> None:
         check_literal("weight_mode", self.weight_mode, WeightMode)
@@ -159,6 +164,8 @@ class CFGFlowConfig:
                "the output anchor's coefficient must be >= 0 (0 = off)")
         _check(not (self.anchor_output > 0 and not self.seeded_noise), "anchor_output", self.anchor_output,
                "the start policy must see the same noise and time as the trained one; set seeded_noise=true")
+        _check(isinstance(self.image_augmentation, bool), "image_augmentation", self.image_augmentation,
+               "use true (augment the training frames) or false")
         _check(self.cond_lr_scale > 0, "cond_lr_scale", self.cond_lr_scale,
                "a multiple of the condition parameters' lr; use a value > 0 (1 = same lr)")
         _check(not (self.uncond_scope == "successes" and self.cfg_uncond_weight == 0), "uncond_scope",
@@ -307,6 +314,7 @@ class CFGFlowOptimizerPI0:
         anchor_l2: float = 0.0,
         anchor_output: float = 0.0,
         cond_lr_scale: float = 1.0,
+        image_augmentation: bool = False,
     ) -> None:
         self.config = CFGFlowConfig(
             num_epochs=num_epochs, mini_batch_size=mini_batch_size,
@@ -324,6 +332,7 @@ class CFGFlowOptimizerPI0:
             track_weight_distance=track_weight_distance,
             episode_weighting=episode_weighting, uncond_scope=uncond_scope, clip_labels=clip_labels,
             anchor_l2=anchor_l2, anchor_output=anchor_output, cond_lr_scale=cond_lr_scale,
+            image_augmentation=image_augmentation,
         )
         self.rollout_generator = rollout_generator
         self.reward_function = reward_function
@@ -676,11 +685,19 @@ class CFGFlowOptimizerPI0:
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
         return torch.randperm(n, generator=gen).tolist()
 
-    def _window_seed(self, window: Window, epoch: int) -> int:
+    def _window_seed(self, window: Window, epoch: int, stream: int = 0) -> int:
         # Keyed by the window's identity, not its position: the same window gets the same noise
-        # however windows are grouped into micro-batches or steps.
+        # however windows are grouped into micro-batches or steps. stream > 0: another draw of the
+        # same window (its image augmentation), independent of its noise.
         entropy = [self.config.seed, self.round, epoch, get_rank(), window.episode_index + 1, window.start_step]
-        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        return int(np.random.SeedSequence(entropy + ([stream] if stream else [])).generate_state(1)[0])
+
+    def _augment_images(self, batch: dict[str, Any], chunk: list[Window], epoch: int) -> None:
+        """Replace the batch's frames by augmented copies (``image_augmentation``); the wrist camera,
+        which moves with the gripper, gets the colour jitter only."""
+        seeds = [self._window_seed(w, epoch, stream=1) for w in chunk]
+        for key in [k for k in batch if k.startswith("image.")]:
+            batch[key] = augment_frames(batch[key], seeds, spatial="wrist" not in key)
 
     def train_on_windows(self, model: Any, windows: list[Window], optimizers: Sequence[torch.optim.Optimizer]) -> _TrainStats:
         """All epochs / steps of this round; every rank runs the same number of micro-steps."""
@@ -713,6 +730,8 @@ class CFGFlowOptimizerPI0:
                     epoch: int, sync: bool, stats: _TrainStats) -> bool:
         """Forward both CFG branches, weighted loss, backward. Returns whether the loss was finite."""
         batch = collate_windows(chunk)
+        if self.config.image_augmentation:
+            self._augment_images(batch, chunk, epoch)
         weights = batch.pop("weights")  # (n,)
         alphas = batch.pop("uncond_weights", self.config.cfg_uncond_weight)  # (n,) or the scalar alpha
         noise, time = self._noise_time(model, chunk, epoch, batch["action"].shape[1])

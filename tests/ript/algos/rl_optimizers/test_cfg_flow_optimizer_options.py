@@ -122,9 +122,32 @@ def test_clip_labels_reach_the_windows():
     assert not torch.allclose(torch.tensor(plain[0].action), torch.tensor(clipped[0].action))
 
 
+def _trained_batches(**kw):
+    episodes = episodes_k2(lengths=(100, 100))
+    policy = FakePolicy()
+    make_optimizer(episodes, num_epochs=2, mini_batch_size=8, **kw).optimize(policy, None, sgd(policy, lr=0.0))
+    return [call["batch"] for call in policy.calls]
+
+
+def test_image_augmentation_changes_only_the_frames_the_update_sees():
+    plain, augmented = _trained_batches(), _trained_batches(image_augmentation=True)
+    assert len(plain) == len(augmented) == 2  # one micro-batch per epoch
+    for before, after in zip(plain, augmented):
+        torch.testing.assert_close(after["action"], before["action"])
+        torch.testing.assert_close(after["state"], before["state"])
+        for slot in ("image.base_0_rgb", "image.left_wrist_0_rgb"):
+            assert after[slot].shape == before[slot].shape and not torch.equal(after[slot], before[slot])
+    # Fresh per epoch: the same window is augmented differently in its second pass ...
+    assert not torch.equal(augmented[0]["image.base_0_rgb"], augmented[1]["image.base_0_rgb"])
+    # ... and exactly as before when the run is repeated (an exact resume).
+    again = _trained_batches(image_augmentation=True)
+    assert all(torch.equal(a["image.base_0_rgb"], b["image.base_0_rgb"]) for a, b in zip(augmented, again))
+
+
 @pytest.mark.parametrize("kw,key", [({"episode_weighting": "traj"}, "episode_weighting"),
                                     ({"uncond_scope": "x"}, "uncond_scope"),
                                     ({"anchor_l2": -1.0}, "anchor_l2"), ({"cond_lr_scale": 0.0}, "cond_lr_scale"),
+                                    ({"image_augmentation": "yes"}, "image_augmentation"),
                                     ({"uncond_scope": "successes", "cfg_uncond_weight": 0.0}, "uncond_scope")])
 def test_option_validation(kw, key):
     with pytest.raises(ValueError, match=key):

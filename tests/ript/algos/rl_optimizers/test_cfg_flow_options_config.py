@@ -17,7 +17,8 @@ from ript.training.config_checks import ConfigError, check_config
 CONFIG_DIR = Path(__file__).resolve().parents[4] / "config"
 ALL_ON = ["task=reach_rl", "algo.episode_weighting=episode", "algo.uncond_scope=successes",
           "algo.anchor_l2=0.01", "algo.anchor_output=0.5", "algo.cond_lr_scale=10", "algo.rollout_noise_temperature=1.3",
-          "algo.cfg_scale=2.0", "algo.policy.cond_layer_modulation=true", "algo.credit_windows=first"]
+          "algo.cfg_scale=2.0", "algo.policy.cond_layer_modulation=true", "algo.credit_windows=first",
+          "algo.image_augmentation=true"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,8 @@ def test_all_options_together_compose_pass_the_checks_and_reach_their_constructo
     algo = OmegaConf.to_container(cfg.algo, resolve=True)
     opt, gen, pol = algo["rl_optimizer_factory"], algo["rollout_generator_factory"], algo["policy"]
     assert (opt["episode_weighting"], opt["uncond_scope"], opt["anchor_l2"], opt["anchor_output"],
-            opt["cond_lr_scale"], opt["credit_windows"]) == ("episode", "successes", 0.01, 0.5, 10, "first")
+            opt["cond_lr_scale"], opt["credit_windows"], opt["image_augmentation"]) == (
+        "episode", "successes", 0.01, 0.5, 10, "first", True)
     assert gen["cfg_scale"] == 2.0 and gen["noise_temperature"] == 1.3 and pol["cond_layer_modulation"] is True
     for node, cls in ((opt, CFGFlowOptimizerPI0), (gen, RolloutGenerator), (pol, PI0_OFT_Policy)):
         params = inspect.signature(cls).parameters
@@ -46,7 +48,8 @@ def test_defaults_keep_the_seed_behaviour_except_the_per_layer_condition(compose
     cfg = compose_cfg(["task=reach_rl"])
     algo = cfg.algo
     assert (algo.episode_weighting, algo.uncond_scope, algo.clip_labels, algo.anchor_l2, algo.anchor_output,
-            algo.rollout_noise_temperature, algo.cfg_scale) == ("window", "all", False, 0.0, 0.0, 1.0, 1.0)
+            algo.rollout_noise_temperature, algo.cfg_scale, algo.image_augmentation) == (
+        "window", "all", False, 0.0, 0.0, 1.0, 1.0, False)
     assert algo.policy.cond_layer_modulation is True and algo.cond_lr_scale == 10.0
     assert OmegaConf.to_container(algo.rl_optimizer_factory, resolve=True)["cond_lr_scale"] == 10.0
 
