@@ -154,7 +154,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     new = sft_warm_start(policy, windows, num_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          uncond_weight=args.uncond_weight, seed=args.seed, progress=not args.no_progress,
                          start_step=start, optimizer_state=optimizer_state, checkpoint_every=args.save_every,
-                         on_checkpoint=checkpoint, autocast_dtype=amp, on_log=log)
+                         on_checkpoint=checkpoint, autocast_dtype=amp, on_log=log,
+                         image_augmentation=args.augment)
     train_s = time.time() - t_train
     losses = done[:start] + new
     weights = out / "model.safetensors"
@@ -301,6 +302,9 @@ def add_train_parser(sub: Any) -> None:
     t.add_argument("--weights-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--augment", action="store_true",
+                   help="augment the frames at every step (openpi's crop, rotation, colour jitter; ript.utils.images): "
+                        "without it the few-demo policy keys on exact pixels (docs/learning_libero.md)")
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

@@ -52,6 +52,7 @@ from ript.env_runner.pi0_runner_utils import (
     raw_state_from_env_obs,
 )
 from ript.types import ChunkObservation, Episode
+from ript.utils.images import augment_camera_batch
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,8 @@ def sft_warm_start(policy: Any, windows: Sequence[Window], num_steps: int = 300,
                    progress: bool = True, start_step: int = 0, optimizer_state: Mapping[str, Any] | None = None,
                    checkpoint_every: int = 0, on_checkpoint: Callable[[int, torch.optim.Optimizer, list[float]], None]
                    | None = None, autocast_dtype: torch.dtype | None = None,
-                   on_log: Callable[[int, float], None] | None = None) -> list[float]:
+                   on_log: Callable[[int, float], None] | None = None,
+                   image_augmentation: bool = False) -> list[float]:
     """Flow-matching SFT of ``policy`` on ``windows``; returns the per-step loss curve (steps run here).
 
     Loss per batch: ``mean_i (w_i * L_pos_i + uncond_weight * L_uncond_i)``, ``w_i`` the window's
@@ -246,6 +248,8 @@ def sft_warm_start(policy: Any, windows: Sequence[Window], num_steps: int = 300,
     ``on_checkpoint(step, optimizer, losses)`` is called after every ``checkpoint_every``-th step
     (``step`` = steps done) and after the last one. ``autocast_dtype`` (e.g. ``torch.bfloat16`` on
     cuda) runs the forward under autocast; weights and optimizer stay in their own dtype.
+    ``image_augmentation``: every window's frames are augmented afresh at every step
+    (:func:`ript.utils.images.augment_camera_batch`, seeded per (step, slot) like the noise).
     """
     if num_steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"num_steps={num_steps}, batch_size={batch_size}, lr={lr}: all must be positive")
@@ -273,6 +277,9 @@ def sft_warm_start(policy: Any, windows: Sequence[Window], num_steps: int = 300,
         weights = batch.pop("weights")  # (n,) conditional-branch weight of each window's demo
         seeds = [int(np.random.SeedSequence([seed, step, k]).generate_state(1)[0]) for k in range(len(idx))]
         noise, time = draw_noise_time(seeds, batch["action"].shape[1], noise_dim)
+        if image_augmentation:
+            augment_camera_batch(batch, [int(np.random.SeedSequence([seed, step, k, 1]).generate_state(1)[0])
+                                         for k in range(len(idx))])
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, num_steps, lr, warmup_steps, min_lr_ratio)
         optimizer.zero_grad(set_to_none=True)

@@ -84,6 +84,13 @@ def augment_frames(frames: torch.Tensor, seeds: Sequence[int], spatial: bool = T
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
+def augment_camera_batch(batch: dict, seeds: Sequence[int]) -> None:
+    """Replace every ``image.<slot>`` of a PI0 training batch by an augmented copy, in place; the
+    wrist camera, which moves with the gripper, gets the colour jitter only."""
+    for key in [k for k in batch if k.startswith("image.")]:
+        batch[key] = augment_frames(batch[key], seeds, spatial="wrist" not in key)
+
+
 def _crop_and_rotate(frames: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor,
                      angle: torch.Tensor) -> torch.Tensor:
     """Each output pixel samples the input at centre + R(angle) * (scale * p): the crop of side
@@ -109,4 +116,4 @@ def _colour_jitter(frames: torch.Tensor, brightness: torch.Tensor, contrast: tor
     return (grey + (out - grey) * saturation.view(-1, 1, 1, 1)).clamp(0, 255)
 
 
-__all__ = ["augment_frames", "camera_frame_for_policy", "resize_with_pad_like_openpi"]
+__all__ = ["augment_camera_batch", "augment_frames", "camera_frame_for_policy", "resize_with_pad_like_openpi"]

@@ -62,7 +62,7 @@ from ript.algos.rl_optimizers.cfg_flow_math import (
 from ript.algos.rl_optimizers.demo_replay import DemoReplay
 from ript.algos.rl_optimizers.success_replay import SuccessReplay
 from ript.types import Episode
-from ript.utils.images import augment_frames
+from ript.utils.images import augment_camera_batch
 from ript.utils.distributed import (
     all_reduce_mean_dict,
     broadcast_object,
@@ -692,13 +692,6 @@ class CFGFlowOptimizerPI0:
         entropy = [self.config.seed, self.round, epoch, get_rank(), window.episode_index + 1, window.start_step]
         return int(np.random.SeedSequence(entropy + ([stream] if stream else [])).generate_state(1)[0])
 
-    def _augment_images(self, batch: dict[str, Any], chunk: list[Window], epoch: int) -> None:
-        """Replace the batch's frames by augmented copies (``image_augmentation``); the wrist camera,
-        which moves with the gripper, gets the colour jitter only."""
-        seeds = [self._window_seed(w, epoch, stream=1) for w in chunk]
-        for key in [k for k in batch if k.startswith("image.")]:
-            batch[key] = augment_frames(batch[key], seeds, spatial="wrist" not in key)
-
     def train_on_windows(self, model: Any, windows: list[Window], optimizers: Sequence[torch.optim.Optimizer]) -> _TrainStats:
         """All epochs / steps of this round; every rank runs the same number of micro-steps."""
         plan = self._make_plan(len(windows))
@@ -731,7 +724,7 @@ class CFGFlowOptimizerPI0:
         """Forward both CFG branches, weighted loss, backward. Returns whether the loss was finite."""
         batch = collate_windows(chunk)
         if self.config.image_augmentation:
-            self._augment_images(batch, chunk, epoch)
+            augment_camera_batch(batch, [self._window_seed(w, epoch, stream=1) for w in chunk])
         weights = batch.pop("weights")  # (n,)
         alphas = batch.pop("uncond_weights", self.config.cfg_uncond_weight)  # (n,) or the scalar alpha
         noise, time = self._noise_time(model, chunk, epoch, batch["action"].shape[1])

@@ -140,6 +140,24 @@ def test_sft_is_deterministic_given_the_seed(demos, tiny_policy_factory):
     assert curve_a == curve_b and all(np.isfinite(curve_a))
 
 
+def test_sft_with_image_augmentation_trains_on_augmented_frames_deterministically(demos, tiny_policy_factory,
+                                                                                 monkeypatch):
+    seen = []
+    policy = tiny_policy_factory()
+    real = policy.cfg_flow_losses
+    monkeypatch.setattr(policy, "cfg_flow_losses", lambda batch, **kw: seen.append(batch) or real(batch, **kw))
+    windows = demonstration_windows(demos[:1], policy.norm_stats, stride=25)
+    curve = sft_warm_start(policy, windows, num_steps=2, batch_size=2, seed=5, progress=False, image_augmentation=True)
+    clean = collate_windows(windows)
+    for batch in seen:
+        for key in ("image.base_0_rgb", "image.left_wrist_0_rgb"):
+            assert batch[key].dtype == torch.uint8
+            assert not any(torch.equal(frame, original) for frame in batch[key] for original in clean[key])
+    again = tiny_policy_factory()
+    assert sft_warm_start(again, windows, num_steps=2, batch_size=2, seed=5, progress=False,
+                          image_augmentation=True) == curve
+
+
 @pytest.mark.slow
 def test_a_few_sft_steps_reduce_the_loss(demos, tiny_policy_factory):
     policy = tiny_policy_factory()
