@@ -4,14 +4,16 @@ The LIBERO runner's observation conversion (``ript.env_runner.pi0_runner_utils``
 recorder (``ript.envs.libero_object_demos``) both call this, so SFT frames and rollout frames are
 the same pixels; it lives on the lowest floor so that environments need not import the runner.
 
-:func:`augment_frames` is the training-time augmentation of those frames (``algo.image_augmentation``):
-the magnitudes openpi's PI0 fine-tuning uses (a random crop keeping 95 % of each side, resized back,
-a rotation within +-5 degrees, colour jitter of brightness 0.3, contrast 0.4, saturation 0.5; the
-wrist camera gets the colour jitter only), written here in torch.
+:func:`augment_frames` is the training-time augmentation of those frames (``algo.image_augmentation``,
+``sft_libero.py train --augment``): by default the magnitudes openpi's PI0 fine-tuning uses (a random
+crop keeping 95 % of each side, resized back, a rotation within +-5 degrees, colour jitter of
+brightness 0.3, contrast 0.4, saturation 0.5; the wrist camera gets the colour jitter only), written
+here in torch.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -54,14 +56,35 @@ def camera_frame_for_policy(img: np.ndarray, rotate_180: bool = True, image_size
     return img
 
 
-# openpi's training augmentation magnitudes (its PI0 fine-tuning recipe).
-CROP_SIDE_FRACTION = 0.95
-MAX_ROTATION_DEG = 5.0
-BRIGHTNESS, CONTRAST, SATURATION = 0.3, 0.4, 0.5
+@dataclass(frozen=True)
+class Augmentation:
+    """How strong :func:`augment_frames` is; the defaults are openpi's PI0 fine-tuning magnitudes.
+
+    ``crop_side_fraction``: each side of the random crop (then resized back), 1 = no crop;
+    ``max_rotation_deg``: rotation drawn in +-this; ``brightness`` / ``contrast`` / ``saturation``:
+    factors drawn in 1 +- this (torchvision's ColorJitter convention).
+    """
+
+    crop_side_fraction: float = 0.95
+    max_rotation_deg: float = 5.0
+    brightness: float = 0.3
+    contrast: float = 0.4
+    saturation: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop_side_fraction <= 1:
+            raise ValueError(f"crop_side_fraction={self.crop_side_fraction} must be in (0, 1] (1 = no crop)")
+        for key in ("max_rotation_deg", "brightness", "contrast", "saturation"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be >= 0 (0 = off)")
+
+
+OPENPI_AUGMENTATION = Augmentation()
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's grayscale
 
 
-def augment_frames(frames: torch.Tensor, seeds: Sequence[int], spatial: bool = True) -> torch.Tensor:
+def augment_frames(frames: torch.Tensor, seeds: Sequence[int], spatial: bool = True,
+                   strength: Augmentation = OPENPI_AUGMENTATION) -> torch.Tensor:
     """A randomly augmented copy of uint8 frames (N, 3, H, W), frame i drawn from ``seeds[i]``.
 
     ``spatial``: crop + resize + rotate (one bilinear resampling), then colour jitter; False (the
@@ -77,25 +100,24 @@ def augment_frames(frames: torch.Tensor, seeds: Sequence[int], spatial: bool = T
                          for s in seeds]).to(torch.float32)
     out = frames.to(torch.float32)
     if spatial:
-        out = _crop_and_rotate(out, draws[:, 0] * 2 - 1, draws[:, 1] * 2 - 1,
-                               (draws[:, 2] * 2 - 1) * math.radians(MAX_ROTATION_DEG))
-    out = _colour_jitter(out, 1 + (draws[:, 3] * 2 - 1) * BRIGHTNESS, 1 + (draws[:, 4] * 2 - 1) * CONTRAST,
-                         1 + (draws[:, 5] * 2 - 1) * SATURATION)
+        out = _crop_and_rotate(out, strength.crop_side_fraction, draws[:, 0] * 2 - 1, draws[:, 1] * 2 - 1,
+                               (draws[:, 2] * 2 - 1) * math.radians(strength.max_rotation_deg))
+    out = _colour_jitter(out, 1 + (draws[:, 3] * 2 - 1) * strength.brightness,
+                         1 + (draws[:, 4] * 2 - 1) * strength.contrast, 1 + (draws[:, 5] * 2 - 1) * strength.saturation)
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def augment_camera_batch(batch: dict, seeds: Sequence[int]) -> None:
+def augment_camera_batch(batch: dict, seeds: Sequence[int], strength: Augmentation = OPENPI_AUGMENTATION) -> None:
     """Replace every ``image.<slot>`` of a PI0 training batch by an augmented copy, in place; the
     wrist camera, which moves with the gripper, gets the colour jitter only."""
     for key in [k for k in batch if k.startswith("image.")]:
-        batch[key] = augment_frames(batch[key], seeds, spatial="wrist" not in key)
+        batch[key] = augment_frames(batch[key], seeds, spatial="wrist" not in key, strength=strength)
 
 
-def _crop_and_rotate(frames: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor,
+def _crop_and_rotate(frames: torch.Tensor, scale: float, shift_x: torch.Tensor, shift_y: torch.Tensor,
                      angle: torch.Tensor) -> torch.Tensor:
     """Each output pixel samples the input at centre + R(angle) * (scale * p): the crop of side
-    ``CROP_SIDE_FRACTION`` (its centre shifted within the free margin) resized back and rotated."""
-    scale = CROP_SIDE_FRACTION
+    ``scale`` (its centre shifted within the free margin) resized back and rotated."""
     margin = 1 - scale  # normalised coordinates span [-1, 1]: the crop centre moves within +-margin
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack([torch.stack([scale * cos, -scale * sin, shift_x * margin], dim=1),
@@ -116,4 +138,4 @@ def _colour_jitter(frames: torch.Tensor, brightness: torch.Tensor, contrast: tor
     return (grey + (out - grey) * saturation.view(-1, 1, 1, 1)).clamp(0, 255)
 
 
-__all__ = ["augment_camera_batch", "augment_frames", "camera_frame_for_policy", "resize_with_pad_like_openpi"]
+__all__ = ["OPENPI_AUGMENTATION", "Augmentation", "augment_camera_batch", "augment_frames", "camera_frame_for_policy", "resize_with_pad_like_openpi"]

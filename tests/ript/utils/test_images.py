@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ript.utils.images import augment_frames
+from ript.utils.images import Augmentation, augment_frames
 
 
 def _frames(n: int = 4, size: int = 112, seed: int = 0) -> torch.Tensor:
@@ -96,3 +96,16 @@ def test_colour_jitter_keeps_the_order_of_grey_levels():
 def test_bad_input_is_refused_with_the_fix(frames, seeds, match):
     with pytest.raises(ValueError, match=match):
         augment_frames(frames, seeds)
+
+
+def test_zero_strength_is_the_identity_and_strength_is_validated():
+    frames = _frames()
+    off = Augmentation(crop_side_fraction=1.0, max_rotation_deg=0.0, brightness=0.0, contrast=0.0, saturation=0.0)
+    assert torch.equal(augment_frames(frames, [1, 2, 3, 4], strength=off), frames)
+    milder = Augmentation(crop_side_fraction=0.99, max_rotation_deg=1.0, brightness=0.03, contrast=0.04, saturation=0.05)
+    default_change = (augment_frames(frames, [1, 2, 3, 4]).float() - frames.float()).abs().mean()
+    mild_change = (augment_frames(frames, [1, 2, 3, 4], strength=milder).float() - frames.float()).abs().mean()
+    assert 0 < mild_change < default_change
+    for bad in ({"crop_side_fraction": 0.0}, {"crop_side_fraction": 1.2}, {"brightness": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Augmentation(**bad)
