@@ -121,7 +121,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     norm_path = write_norm_stats_json(norm_stats_from_demonstrations(demos), out / "norm_stats.json")
     torch.manual_seed(args.seed)
     policy = PI0_OFT_Policy(device_id=args.device, norm_stats_path=str(norm_path), preset=args.preset,
-                            dtype="float32", freeze_vision_encoder=False)
+                            dtype="float32", freeze_vision_encoder=False,
+                            pretrained_path=args.init_weights)
     demo_sizes = {d.get("image_size") for d in demos}
     if demo_sizes != {policy.image_size}:
         raise SystemExit(f"Config error: --preset={args.preset}: its image size {policy.image_size} differs from the "
@@ -302,6 +303,8 @@ def add_train_parser(sub: Any) -> None:
     t.add_argument("--weights-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--init-weights", default=None,
+                   help="start from these weights (e.g. an earlier start's model.safetensors) instead of the preset's init")
     t.add_argument("--augment", action="store_true",
                    help="augment the frames at every step (openpi's crop, rotation, colour jitter; ript.utils.images): "
                         "without it the few-demo policy keys on exact pixels (docs/learning_libero.md)")

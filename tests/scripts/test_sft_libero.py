@@ -88,3 +88,17 @@ def test_train_from_pack_imports_no_simulator_or_hydra(tiny_pack, tmp_path):
                            "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model.safetensors").exists() and (out / "sft_info.json").exists()
+
+
+def test_init_weights_starts_from_an_earlier_start_and_augment_is_recorded(tiny_pack, tmp_path):
+    """--init-weights loads an earlier start (one step at lr ~0 leaves its weights), --augment is in sft_info."""
+    from safetensors.torch import load_file
+
+    _train(tiny_pack, tmp_path / "first", 3)
+    first = tmp_path / "first" / "model.safetensors"
+    info = _train(tiny_pack, tmp_path / "again", 1, "--lr", "1e-12", "--init-weights", str(first), "--augment")
+    a, b = load_file(str(first)), load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert info["args"]["init_weights"] == str(first) and info["args"]["augment"] is True
