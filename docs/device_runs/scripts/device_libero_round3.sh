@@ -87,7 +87,7 @@ RUNS=${RUNS:-"n10_s11 n5_s11"}; SWEEPS=${SWEEPS:-"start mid after"}; SAMPLER=${S
 LR=${LR:-1e-5}; EPOCHS=${EPOCHS:-4}; STATES=${STATES:-8}; K=${K:-8}; SCALES=${SCALES:-"1 1.5 2 3"}
 EVAL_STATES=${EVAL_STATES:-50}; EVAL_SEEDS=${EVAL_SEEDS:-}
 # A start is n<D> (LIBERO-Object task 4 from D demos; n10 is the shipped checkpoint) or t<T>n<D>
-# (task T from D demos). Its demo pack, gpu_inputs/libero_object_task<T>_10demos.npz
+# (task T from D demos); a trailing "a" (n10a, t1n5a) trains it on the machine with augmented frames. Its demo pack, gpu_inputs/libero_object_task<T>_10demos.npz
 # (scripts/sft_libero.py record --task T --max-demos 10; ~4.6 MB, travels with .gpu_libero/part2),
 # trains the start on the machine (its first D demos) and feeds the forgetting probe and demo replay.
 SHIPPED=ript/assets/checkpoints/pi0_small_libero_object_ketchup
@@ -126,11 +126,13 @@ if [ "$MODE" = pipeline ]; then
   setup_env; cd $REPO
   for run in $RUNS; do
     base=$(base_of $run); start=${base%_s*}; seed=${base##*_s}; d=$R/runs/$run; sd=$(start_dir $run); mkdir -p $d
-    task=$(task_of $start); demos=${start##*n}; PACK=$(pack_of $start)
+    # A start ending in "a" (n10a, t1n5a) is trained with augmented frames (sft_libero.py --augment).
+    task=$(task_of $start); demos=${start##*n}; demos=${demos%a}; PACK=$(pack_of $start)
+    sft_augment=; [ "${start%a}" != "$start" ] && sft_augment=--augment
     if [ ! -f $sd/model.safetensors ]; then
       if [ ! -f $R/in/$PACK ]; then log "$run: no start ($sd) and no $PACK: carry .r3/start_$start or gpu_inputs"; exit 1; fi
       log "$run: SFT of the $start start"
-      python3 scripts/sft_libero.py train --pack $R/in/$PACK --num-demos $demos --steps ${SFT_STEPS:-2000} --batch-size 32 \
+      python3 scripts/sft_libero.py train --pack $R/in/$PACK --num-demos $demos --steps ${SFT_STEPS:-2000} --batch-size 32 $sft_augment \
         --lr 3e-4 --stride 10 --seed 0 --device ${SFT_DEVICE:-cuda} --save-every 500 --no-progress --out $sd > $d/sft.log 2>&1 \
         && touch $sd/.made_here || { log "$run: SFT failed (tail $d/sft.log)"; exit 1; }
     fi
