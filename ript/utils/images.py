@@ -138,4 +138,5 @@ def _colour_jitter(frames: torch.Tensor, brightness: torch.Tensor, contrast: tor
     return (grey + (out - grey) * saturation.view(-1, 1, 1, 1)).clamp(0, 255)
 
 
-__all__ = ["OPENPI_AUGMENTATION", "Augmentation", "augment_camera_batch", "augment_frames", "camera_frame_for_policy", "resize_with_pad_like_openpi"]
+__all__ = ["OPENPI_AUGMENTATION", "Augmentation", "augment_camera_batch", "augment_frames", "camera_frame_for_policy",
+           "resize_with_pad_like_openpi"]

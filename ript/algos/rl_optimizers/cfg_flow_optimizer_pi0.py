@@ -62,7 +62,6 @@ from ript.algos.rl_optimizers.cfg_flow_math import (
 from ript.algos.rl_optimizers.demo_replay import DemoReplay
 from ript.algos.rl_optimizers.success_replay import SuccessReplay
 from ript.types import Episode
-from ript.utils.images import augment_camera_batch
 from ript.utils.distributed import (
     all_reduce_mean_dict,
     broadcast_object,
@@ -71,6 +70,7 @@ from ript.utils.distributed import (
     is_dist_ready,
     log_rank_zero,
 )
+from ript.utils.images import augment_camera_batch
 
 logger = logging.getLogger(__name__)
 DEMO_EPISODE_INDEX_OFFSET = 1_000_000  # episode_index of replayed demos (seeds, episode weighting)
