@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from ript.algos.rl_optimizers.cfg_flow_math import collate_windows, draw_noise_time, masked_window_mse
+from ript.algos.rl_optimizers.cfg_flow_optimizer_pi0 import conditional_loss_sum
 from ript.utils.images import Augmentation, augment_camera_batch
 
 logger = logging.getLogger("diagnose_pixel_sensitivity")
@@ -33,8 +32,8 @@ PERTURBATIONS: list[tuple[str, Augmentation]] = [
     ("recorded frames", Augmentation(**_NONE)),
     *[(f"colour jitter x{s:g} of openpi's", Augmentation(**{**_NONE, "brightness": 0.3 * s, "contrast": 0.4 * s,
                                                              "saturation": 0.5 * s})) for s in (0.05, 0.1, 0.25, 1.0)],
-    *[(f"crop {c:g} of each side (shift <= {(1 - c) * 56:.1f} px at 112 px)", Augmentation(**{**_NONE, "crop_side_fraction": c}))
-      for c in (0.99, 0.98, 0.95)],
+    *[(f"crop {c:g} of each side (shift <= {(1 - c) * 56:.1f} px at 112 px)",
+       Augmentation(**{**_NONE, "crop_side_fraction": c})) for c in (0.99, 0.98, 0.95)],
     *[(f"rotation within +-{r:g} deg", Augmentation(**{**_NONE, "max_rotation_deg": r})) for r in (1.0, 2.0, 5.0)],
     ("openpi's training augmentation (all of it)", Augmentation()),
 ]
@@ -44,29 +43,22 @@ def demo_loss(policy: Any, windows: Sequence[Any], strength: Augmentation, seed:
               batch_size: int = 16) -> float:
     """Conditional-branch flow-matching loss (element mean over real steps and the 7 action dims) on
     ``windows``, their frames perturbed by ``strength``; noise, time and perturbation seeded per window."""
-    total, count = 0.0, 0.0
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start:start + batch_size]
-        batch = collate_windows(chunk)
-        batch.pop("weights")
-        batch.pop("uncond_weights", None)
-        keys = [[seed, w.episode_index, w.start_step] for w in chunk]
-        augment_camera_batch(batch, [int(np.random.SeedSequence(k + [1]).generate_state(1)[0]) for k in keys], strength)
-        noise, time = draw_noise_time([int(np.random.SeedSequence(k).generate_state(1)[0]) for k in keys],
-                                      batch["action"].shape[1], int(policy.config.max_action_dim))
-        with torch.no_grad():
-            v_pos, _ = policy.cfg_velocities(batch, noise=noise, time=time)  # (n, H, A)
-        target = noise[..., : v_pos.shape[-1]] - batch["action"]  # u = noise - action (PI0's convention)
-        per_window = masked_window_mse((v_pos.float().cpu() - target) ** 2, batch["action_is_pad"])  # (n,)
-        elements = (~batch["action_is_pad"]).sum(dim=1).float() * 7  # (n,)
-        total += float((per_window * elements).sum())
-        count += float(elements.sum())
+    def window_seed(window: Any, stream: int = 0) -> int:  # stream 1: the frames' perturbation
+        entropy = [seed, window.episode_index, window.start_step] + ([stream] if stream else [])
+        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+    def perturb(batch: dict[str, Any], chunk: list[Any]) -> None:
+        augment_camera_batch(batch, [window_seed(w, stream=1) for w in chunk], strength)
+
+    total, count = conditional_loss_sum(policy, windows, window_seed, int(policy.config.max_action_dim), batch_size,
+                                        prepare_batch=perturb)
     return total / count
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--start", type=Path, required=True, help="a start's folder: model.safetensors + norm_stats.json")
+    parser.add_argument("--start", type=Path, required=True,
+                        help="a start's folder: model.safetensors + norm_stats.json")
     parser.add_argument("--pack", type=Path, required=True, help="its SFT demo pack (scripts/sft_libero.py record)")
     parser.add_argument("--num-demos", type=int, default=None, help="the first N demos (the start's); default all")
     parser.add_argument("--stride", type=int, default=50, help="window stride over each demo")

@@ -26,7 +26,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -77,6 +77,35 @@ DEMO_EPISODE_INDEX_OFFSET = 1_000_000  # episode_index of replayed demos (seeds,
 DEMO_PROBE_INDEX_OFFSET = 2_000_000  # episode_index of the demo-loss probe's windows (their own noise)
 
 GROUPS = ("model", "header")  # order of `optimizers` and keys of `policy.trainable_params`
+
+
+def conditional_loss_sum(model: Any, windows: Sequence[Window], noise_seed: Callable[[Window], int], noise_dim: int,
+                         batch_size: int, action_dim: int = 7,
+                         prepare_batch: Callable[[dict[str, Any], list[Window]], None] | None = None
+                         ) -> tuple[float, float]:
+    """(sum, count) of the conditional branch's flow-matching loss over ``windows``' non-pad steps and
+    real action dims, each window at the noise and time ``noise_seed(window)`` draws: a measurement
+    (no gradients, no collective) that two policies, or two rounds, compare at identical inputs.
+    ``prepare_batch(batch, chunk)`` may change a collated batch first (e.g. its frames)."""
+    total, count = 0.0, 0.0
+    for start in range(0, len(windows), batch_size):
+        chunk = list(windows[start:start + batch_size])
+        batch = collate_windows(chunk)
+        batch.pop("weights")
+        batch.pop("uncond_weights", None)
+        if prepare_batch is not None:
+            prepare_batch(batch, chunk)
+        noise, time_ = draw_noise_time([noise_seed(w) for w in chunk], batch["action"].shape[1], noise_dim)
+        # The velocities come from the bare module (no DDP collective); the loss is PI0's.
+        with torch.no_grad():
+            v_pos, _ = model.cfg_velocities(batch, noise=noise, time=time_)  # (n, H, A)
+        target = noise[..., : v_pos.shape[-1]] - batch["action"]  # u = noise - action (PI0's convention)
+        per_window = masked_window_mse((v_pos.float().cpu() - target) ** 2, batch["action_is_pad"], action_dim)  # (n,)
+        # Pooled over elements, not windows: each window's mean weighs by its non-pad elements.
+        elements = (~batch["action_is_pad"]).sum(dim=1).float() * action_dim  # (n,)
+        total += float((per_window * elements).sum())
+        count += float(elements.sum())
+    return total, count
 
 
 def keeps_start_weights(anchor_l2: float, track_weight_distance: bool) -> bool:
@@ -637,24 +666,13 @@ class CFGFlowOptimizerPI0:
                                            first_index=DEMO_PROBE_INDEX_OFFSET, window_mode="aligned",
                                            credit_windows="all")
             self._demo_probe = windows[: self.config.demo_probe_windows]
-        total, count = 0.0, 0.0
-        for start in range(0, len(self._demo_probe), self.config.mini_batch_size):
-            chunk = self._demo_probe[start:start + self.config.mini_batch_size]
-            batch = collate_windows(chunk)
-            batch.pop("weights")
-            batch.pop("uncond_weights", None)
-            seeds = [int(np.random.SeedSequence([self.config.seed, DEMO_PROBE_INDEX_OFFSET, w.episode_index,
-                                                 w.start_step]).generate_state(1)[0]) for w in chunk]
-            noise, time_ = draw_noise_time(seeds, batch["action"].shape[1], dim)
-            # The velocities come from the bare module (no DDP collective); the loss is PI0's.
-            v_pos, _ = model.cfg_velocities(batch, noise=noise, time=time_)  # (n, H, A)
-            target = noise[..., : v_pos.shape[-1]] - batch["action"]  # u = noise - action (PI0's convention)
-            per_window = masked_window_mse((v_pos.float().cpu() - target) ** 2, batch["action_is_pad"],
-                                           self.config.action_dim)  # (n,)
-            # Pooled over elements, not windows: each window's mean weighs by its non-pad elements.
-            elements = (~batch["action_is_pad"]).sum(dim=1).float() * self.config.action_dim  # (n,)
-            total += float((per_window * elements).sum())
-            count += float(elements.sum())
+
+        def noise_seed(window: Window) -> int:
+            return int(np.random.SeedSequence([self.config.seed, DEMO_PROBE_INDEX_OFFSET, window.episode_index,
+                                               window.start_step]).generate_state(1)[0])
+
+        total, count = conditional_loss_sum(model, self._demo_probe, noise_seed, dim, self.config.mini_batch_size,
+                                            self.config.action_dim)
         return {f"{name}_sum": total, f"{name}_n": count}
 
     # ------------------------------------------------------------------------- training
