@@ -87,7 +87,8 @@ RUNS=${RUNS:-"n10_s11 n5_s11"}; SWEEPS=${SWEEPS:-"start mid after"}; SAMPLER=${S
 LR=${LR:-1e-5}; EPOCHS=${EPOCHS:-4}; STATES=${STATES:-8}; K=${K:-8}; SCALES=${SCALES:-"1 1.5 2 3"}
 EVAL_STATES=${EVAL_STATES:-50}; EVAL_SEEDS=${EVAL_SEEDS:-}
 # A start is n<D> (LIBERO-Object task 4 from D demos; n10 is the shipped checkpoint) or t<T>n<D>
-# (task T from D demos); a trailing "a" (n10a, t1n5a) trains it on the machine with augmented frames. Its demo pack, gpu_inputs/libero_object_task<T>_10demos.npz
+# (task T from D demos); a trailing "a" (n10a, t1n5a) trains it on the machine with augmented frames.
+# Its demo pack, gpu_inputs/libero_object_task<T>_10demos.npz
 # (scripts/sft_libero.py record --task T --max-demos 10; ~4.6 MB, travels with .gpu_libero/part2),
 # trains the start on the machine (its first D demos) and feeds the forgetting probe and demo replay.
 SHIPPED=ript/assets/checkpoints/pi0_small_libero_object_ketchup
